@@ -1,0 +1,36 @@
+# backup-agent: every target installs what it needs first, so a fresh Debian machine needs only `make`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup system-deps test lint demo bench install clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	bash scripts/install-system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: setup
+	$(VENV)/bin/ruff check agent tests bench scripts
+	$(VENV)/bin/mypy
+
+test: setup
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,312 @@
+"""PostgreSQL: one `pg_dump --format=custom -Z0` per database, compressed by the agent.
+
+Custom format without pg_dump's own compression is as fast as a plain dump piped to zstd (4x
+faster than pg_dump's zlib) and keeps selective restore. Row counts are taken in the dump's own
+snapshot: a repeatable-read transaction exports it, pg_dump imports it with `--snapshot`, and the
+counting runs alongside the dump so it can never hold it up. The password reaches libpq through a
+0600 anonymous memfd passfile: never argv, never the environment, nothing left after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from agent import process
+from agent.engines.base import DumpDetails, DumpTarget, Engine, ServerInfo, Sink, StreamCheck, TrailerCheck
+from agent.errors import ConnectionFailed, DumpError, ToolError, VerificationError
+from agent.secrets import Secret
+
+CUSTOM_FORMAT = "postgresql-custom"
+GLOBALS_FORMAT = "postgresql-globals-sql"
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
+_COUNT_LOCK_TIMEOUT_MS = 2000
+
+
+def _conninfo_value(value: str) -> str:
+    """Quote a libpq conninfo value so any database name (spaces, quotes, `=`) is taken literally."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _passfile_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextlib.contextmanager
+def passfile(user: str | None, password: Secret | None) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+    """An anonymous 0600 passfile inherited by the child as /dev/fd/N; gone when closed or on a crash."""
+    if password is None:
+        yield {}, ()
+        return
+    descriptor = os.memfd_create("backup-agent-pgpass", 0)
+    try:
+        os.fchmod(descriptor, 0o600)
+        line = f"*:*:*:{_passfile_field(user or '*')}:{_passfile_field(password.reveal())}\n"
+        os.write(descriptor, line.encode())
+        yield {"PGPASSFILE": f"/dev/fd/{descriptor}"}, (descriptor,)
+    finally:
+        os.close(descriptor)
+
+
+def _tool_version(tool: str) -> tuple[int, str]:
+    result = process.run([tool, "--version"], timeout=30)
+    match = _VERSION.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise ToolError(f"cannot read the version of {tool}: {result.stderr.strip() or result.stdout.strip()}")
+    return int(match[1]), result.stdout.strip()
+
+
+class PgRestoreCheck:
+    """Reads the whole custom-format archive with `pg_restore -f /dev/null` as it streams by.
+
+    `pg_restore --list` passes a truncated archive; restoring every block to /dev/null does not.
+    """
+
+    def __init__(self, tool: str) -> None:
+        self._child = process.start(
+            process.Command((tool, "--file=/dev/null", "--exit-on-error")),
+            stdin=process.subprocess.PIPE,
+            stdout=process.subprocess.DEVNULL,
+        )
+        assert self._child.popen.stdin is not None
+        self._stdin = self._child.popen.stdin
+        self._broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            self._stdin.write(data)
+        except BrokenPipeError:
+            self._broken = True
+
+    def finish(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._stdin.close()
+        if self._child.wait() != 0 or self._broken:
+            tail = self._child.stderr.text()
+            last = tail.splitlines()[-1] if tail else f"exit status {self._child.popen.returncode}"
+            raise VerificationError(f"pg_restore could not read the archive to its end: {last}", tail)
+
+    def abort(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._stdin.close()
+        self._child.terminate_group(grace=2)
+
+
+class PostgresEngine(Engine):
+    name = "postgresql"
+
+    # --- tools and connections -------------------------------------------------------------
+    def _tool(self, name: str) -> str:
+        """pg_dump from the job's `tool` (or PATH); its siblings from the same folder."""
+        configured = self.job.tool
+        if configured and name == "pg_dump":
+            return configured
+        if configured and os.sep in configured:
+            return str(Path(configured).parent / name)
+        return name
+
+    def _connection_args(self) -> list[str]:
+        args: list[str] = []
+        host = self.job.socket or self.job.host
+        if host:
+            args.append(f"--host={host}")
+        if self.job.port:
+            args.append(f"--port={self.job.port}")
+        if self.job.user:
+            args.append(f"--username={self.job.user}")
+        return [*args, "--no-password"]
+
+    def _server_label(self) -> str:
+        if self.job.socket:
+            return f"{self.job.socket} (socket)"
+        return f"{self.job.host or 'localhost'}:{self.job.port or 5432}"
+
+    def connect(self, database: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        password = self.job.password.read()
+        params: dict[str, Any] = {
+            "dbname": database,
+            "host": self.job.socket or self.job.host,
+            "port": self.job.port,
+            "user": self.job.user,
+            "connect_timeout": max(1, int(self.job.connect_timeout.total_seconds())),
+            "application_name": "backup-agent",
+        }
+        if password is not None:
+            params["password"] = password.reveal()
+        try:
+            return psycopg.connect(autocommit=autocommit, **{k: v for k, v in params.items() if v is not None})
+        except psycopg.OperationalError as error:
+            raise ConnectionFailed(
+                f"cannot connect to PostgreSQL at {self._server_label()}: {_first_line(error)}"
+            ) from None
+
+    # --- the engine interface --------------------------------------------------------------
+    def probe(self) -> ServerInfo:
+        tool = self._tool("pg_dump")
+        if shutil.which(tool) is None:
+            raise ToolError(f"{tool} not found; install postgresql-client or set jobs.{self.job.name}.tool")
+        tool_major, tool_text = _tool_version(tool)
+        with self.connect() as connection:
+            server_number = connection.info.server_version
+            row = connection.execute("SHOW server_version").fetchone()
+            server_text = str(row[0]) if row else str(server_number)
+        server_major = server_number // 10000
+        if tool_major < server_major:
+            raise ToolError(
+                f"{tool} is version {tool_major} but the server is PostgreSQL {server_major}: "
+                f"pg_dump cannot dump a newer server; install postgresql-client-{server_major}"
+            )
+        return ServerInfo(self._server_label(), server_text, tool, tool_text)
+
+    def discover(self) -> list[str]:
+        with self.connect() as connection:
+            rows = connection.execute(
+                "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def extra_targets(self) -> list[DumpTarget]:
+        if not self.job.include_globals:
+            return []
+        return [DumpTarget("", kind="globals", extension="sql", format=GLOBALS_FORMAT)]
+
+    def database_target(self, database: str) -> DumpTarget:
+        return DumpTarget(database, kind="database", extension="pgdump", format=CUSTOM_FORMAT)
+
+    def size_estimate(self, database: str) -> int | None:
+        with self.connect() as connection:
+            row = connection.execute("SELECT pg_database_size(%s)", (database,)).fetchone()
+        return int(row[0]) if row else None
+
+    @classmethod
+    def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
+        if format_name == GLOBALS_FORMAT:
+            return TrailerCheck(b"PostgreSQL database cluster dump complete", "the globals dump")
+        if format_name == CUSTOM_FORMAT:
+            sibling = tool is not None and os.sep in tool
+            return PgRestoreCheck(str(Path(tool).parent / "pg_restore") if sibling and tool else "pg_restore")
+        raise VerificationError(f"unknown PostgreSQL format {format_name!r}")
+
+    def check_tool(self) -> str:
+        return self._tool("pg_dump")
+
+    def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
+        if target.kind == "globals":
+            return self._dump_globals(sink)
+        return self._dump_database(target.database, sink)
+
+    def _command(self, argv: list[str], env: dict[str, str], fds: tuple[int, ...]) -> process.Command:
+        return process.Command(tuple(argv), env=env, pass_fds=fds, nice=self.job.nice, ionice=self.job.ionice)
+
+    def _dump_globals(self, sink: Sink) -> DumpDetails:
+        details = DumpDetails()
+        argv = [self._tool("pg_dumpall"), "--globals-only", *self._connection_args()]
+        with self.connect() as connection:
+            row = connection.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if not (row and row[0]):
+            argv.append("--no-role-passwords")
+            details.warnings.append("not a superuser: role passwords are not in the globals dump")
+        with passfile(self.job.user, self.job.password.read()) as (env, fds):
+            child = process.start(self._command(argv, env, fds))
+            process.stream_stdout(child, sink, self.context.limits, "pg_dumpall")
+        return details
+
+    def _dump_database(self, database: str, sink: Sink) -> DumpDetails:
+        details = DumpDetails()
+        lock_wait = int(self.job.lock_wait_timeout.total_seconds() * 1000)
+        with self.connect(database, autocommit=False) as snapshot_holder:
+            snapshot_holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = snapshot_holder.execute("SELECT pg_export_snapshot()").fetchone()
+            snapshot = str(row[0]) if row else ""
+            argv = [
+                self._tool("pg_dump"),
+                "--format=custom",
+                "--compress=0",
+                f"--lock-wait-timeout={lock_wait}",
+                f"--snapshot={snapshot}",
+                *self._connection_args(),
+                *self.job.extra_args,
+                f"--dbname=dbname={_conninfo_value(database)}",
+            ]
+            with passfile(self.job.user, self.job.password.read()) as (env, fds):
+                child = process.start(self._command(argv, env, fds))
+                counter = _RowCounter(snapshot_holder)
+                counter.start()
+                try:
+                    process.stream_stdout(child, sink, self.context.limits, f"pg_dump of {database!r}")
+                except BaseException:
+                    counter.finish(cancel=True)
+                    raise
+                counter.finish(cancel=False)
+            snapshot_holder.rollback()
+        details.counts = counter.counts
+        details.counts_consistent = counter.complete
+        details.warnings.extend(counter.warnings)
+        return details
+
+
+class _RowCounter(threading.Thread):
+    """Counts rows of every table in the exported snapshot while pg_dump runs (never before it)."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        super().__init__(daemon=True, name="row-counter")
+        self._connection = connection
+        self._stop = threading.Event()
+        self.counts: dict[str, int] = {}
+        self.warnings: list[str] = []
+        self.complete = False
+
+    def run(self) -> None:
+        try:
+            self._connection.execute(f"SET LOCAL lock_timeout = {_COUNT_LOCK_TIMEOUT_MS}")
+            tables = self._connection.execute(
+                """
+                SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+                  AND c.relpersistence <> 't'
+                ORDER BY 1, 2
+                """
+            ).fetchall()
+            failures = 0
+            for schema, table in tables:
+                if self._stop.is_set():
+                    return
+                query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+                try:
+                    # a savepoint per table: a failed count must not abort the snapshot's transaction
+                    with self._connection.transaction():
+                        row = self._connection.execute(query).fetchone()
+                except psycopg.Error as error:
+                    failures += 1
+                    self.warnings.append(f"row count of {schema}.{table} skipped: {_first_line(error)}")
+                    continue
+                self.counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+            self.complete = failures == 0
+        except psycopg.Error as error:
+            self.warnings.append(f"row counts incomplete: {_first_line(error)}")
+
+    def finish(self, *, cancel: bool) -> None:
+        """Wait for the counts; on a failed dump, cancel the query in flight instead."""
+        if cancel:
+            self._stop.set()
+            if self.is_alive():
+                with contextlib.suppress(psycopg.Error):
+                    self._connection.cancel_safe()
+        self.join()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,58 @@
+"""Typed errors. Library code raises these; only `agent.cli` turns them into messages and exit codes."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+
+class AgentError(Exception):
+    """Base of every error the agent reports to a user as one clear line."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(AgentError):
+    """The configuration is invalid; carries every problem found, each naming its key path."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class UsageError(AgentError):
+    """The command line asks for something that cannot be done (unknown job, bad path)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ToolError(AgentError):
+    """A required external tool is missing or too old to be trusted."""
+
+
+class DumpError(AgentError):
+    """A dump failed. `reason` is a short stable word for logs and metrics."""
+
+    def __init__(self, message: str, reason: str = "dump_failed", stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.stderr_tail = stderr_tail
+
+
+class VerificationError(DumpError):
+    """A dump's bytes did not pass the engine's structural check."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        super().__init__(message, reason="verification_failed", stderr_tail=stderr_tail)
+
+
+class LockedError(AgentError):
+    """Another run holds the lock this one needs."""
+
+
+class ConnectionFailed(AgentError):
+    """The database server could not be reached or refused the credentials."""

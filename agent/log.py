@@ -1,0 +1,131 @@
+"""Logging: structlog events as one JSON line each in the log file, readable lines on a terminal.
+
+Every record is exactly one line (control characters escaped), and a redaction processor is the
+last line of defence against a secret reaching a log: every registered secret is masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` in every later log record."""
+    if len(value) >= 3:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {key: _mask(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(item) for item in value]
+    return value
+
+
+def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {key: _mask(value) for key, value in event.items()}
+
+
+def _escape_controls(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """For the text renderer: a newline in a database name must not start a fake record."""
+    def escape(value: Any) -> Any:
+        if isinstance(value, str) and _CONTROL.search(value):
+            return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", value)
+        return value
+    return {key: escape(value) for key, value in event.items()}
+
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def _json_formatter() -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.dict_tracebacks,
+            redact,
+            structlog.processors.JSONRenderer(sort_keys=False, ensure_ascii=False),
+        ],
+    )
+
+
+def _text_formatter(colors: bool) -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact,
+            _escape_controls,
+            structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback),
+        ],
+    )
+
+
+def configure(
+    *,
+    file: Path | None = None,
+    level: str = "info",
+    file_format: str = "json",
+    rotate: bool = True,
+    max_bytes: int = 10 << 20,
+    keep: int = 5,
+    console: bool | None = None,
+) -> None:
+    """Route structlog (and stdlib/APScheduler records) to the log file and, on a terminal, stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level.upper())
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler: logging.Handler
+        if rotate:
+            file_handler = logging.handlers.RotatingFileHandler(file, maxBytes=max_bytes, backupCount=keep)
+        else:
+            file_handler = logging.handlers.WatchedFileHandler(file)  # reopens after logrotate moves it
+        file_handler.setFormatter(_json_formatter() if file_format == "json" else _text_formatter(False))
+        root.addHandler(file_handler)
+    show_console = sys.stderr.isatty() if console is None else console
+    if show_console or file is None:
+        console_handler = logging.StreamHandler(sys.stderr)
+        tty = sys.stderr.isatty()
+        console_handler.setFormatter(_text_formatter(tty) if tty or file_format == "text" else _json_formatter())
+        root.addHandler(console_handler)
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("backup-agent").bind(**bound)
+    return logger

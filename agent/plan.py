@@ -1,0 +1,51 @@
+"""`check-config`: the resolved plan (jobs, the databases each would dump, target paths), no secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.config import Config
+from agent.engines import engine_class
+from agent.engines.base import EngineContext
+from agent.errors import AgentError
+from agent.process import StreamLimits
+from agent.runner import folder_for
+from agent.storage import StorageLayout
+
+
+def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
+    layout = StorageLayout(config.storage.path)
+    plan: dict[str, Any] = {"config": config.describe(), "jobs": {}}
+    for name, job in config.jobs.items():
+        entry: dict[str, Any] = {"engine": job.engine, "targets": [], "error": None}
+        engine = engine_class(job.engine)(job, EngineContext(layout.root, layout.scratch(name), StreamLimits()))
+        try:
+            targets = engine.targets() if discover or job.databases is not None else engine.extra_targets()
+        except AgentError as error:
+            targets = []
+            entry["error"] = f"cannot list databases: {error}"
+        for target in targets:
+            folder = folder_for(target, job.engine)
+            entry["targets"].append({
+                "database": target.database,
+                "kind": target.kind,
+                "folder": str(layout.job_directory(name) / folder),
+            })
+        plan["jobs"][name] = entry
+    return plan
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    lines = ["config is valid"]
+    storage = plan["config"].get("storage", {})
+    lines.append(f"storage: {storage.get('path')} (compression {storage.get('compression')})")
+    for name, entry in plan["jobs"].items():
+        job = plan["config"]["jobs"][name]
+        schedule = job.get("schedule")
+        lines.append(f"job {name}: engine {entry['engine']}, schedule {schedule}")
+        if entry["error"]:
+            lines.append(f"  ! {entry['error']}")
+        for target in entry["targets"]:
+            label = target["database"] or f"({target['kind']})"
+            lines.append(f"  - {label!r} -> {target['folder']}/")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""The only module that starts child processes.
+
+Commands are argv tuples (never a shell). Each child runs in its own process group at low CPU
+and I/O priority, its stderr drained by a thread into a bounded tail (a tool that writes 50 MB
+of warnings can neither deadlock the pipe nor fill memory), and its stdout read in large chunks.
+Secrets never reach argv or the environment: engines hand them over as inherited descriptors.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from agent.errors import DumpError, ToolError
+
+CHUNK_SIZE = 1 << 20
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+_STDERR_TAIL_BYTES = 8192
+# variables that carry passwords for database clients; never inherited by a child
+_SECRET_VARIABLES = ("PGPASSWORD", "MYSQL_PWD", "MONGODB_PASSWORD")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What to run: argv, extra environment (never a secret), descriptors to inherit, priority."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    pass_fds: tuple[int, ...] = ()
+    nice: int = 0
+    ionice: str = "none"  # idle | best-effort | none
+
+    def display(self) -> str:
+        return " ".join(self.argv)
+
+
+class StderrTail:
+    """Drains a pipe in a thread, keeping only the last few KiB."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._stream = stream
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="stderr-tail")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            data = self._stream.read1(65536) if hasattr(self._stream, "read1") else self._stream.read(65536)
+            if not data:
+                break
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size - len(self._chunks[0]) >= _STDERR_TAIL_BYTES:
+                self._size -= len(self._chunks.popleft())
+
+    def text(self, wait: float = 2.0) -> str:
+        self._thread.join(wait)
+        raw = b"".join(self._chunks)[-_STDERR_TAIL_BYTES:]
+        return raw.decode("utf-8", "replace").strip()
+
+
+def _child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in _SECRET_VARIABLES}
+    env.update(extra)
+    return env
+
+
+def _priority_prefix(nice: int, ionice: str) -> list[str]:
+    prefix: list[str] = []
+    if ionice != "none" and shutil.which("ionice"):
+        prefix += ["ionice", "-c", "3"] if ionice == "idle" else ["ionice", "-c", "2", "-n", "7"]
+    if nice > 0:
+        prefix += ["nice", "-n", str(nice)]
+    return prefix
+
+
+class Child:
+    """A running child process with its stdout as a pipe and its stderr tail collected."""
+
+    def __init__(
+        self,
+        command: Command,
+        *,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+    ) -> None:
+        self.command = command
+        executable = command.argv[0]
+        if shutil.which(executable) is None:
+            raise ToolError(f"{executable} not found on PATH; install it or set the job's `tool`")
+        argv = [*_priority_prefix(command.nice, command.ionice), *command.argv]
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=_child_environment(command.env),
+            pass_fds=command.pass_fds,
+            process_group=0,
+            close_fds=True,
+        )
+        assert self.popen.stderr is not None
+        self.stderr = StderrTail(self.popen.stderr)
+        if self.popen.stdout is not None:
+            try:
+                fcntl.fcntl(self.popen.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # larger pipes only help without compression; the default still works
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def terminate_group(self, grace: float = 5.0) -> None:
+        """SIGTERM the child's whole process group, then SIGKILL whatever is left after `grace`."""
+        if self.popen.poll() is not None:
+            return
+        _signal_group(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def wait(self) -> int:
+        return self.popen.wait()
+
+    def failure(self, what: str) -> DumpError:
+        """A DumpError that names the exit status or signal and carries the stderr tail."""
+        code = self.popen.returncode
+        if code is not None and code < 0:
+            try:
+                signal_name = signal.Signals(-code).name
+            except ValueError:
+                signal_name = f"signal {-code}"
+            message = f"{what} was killed by {signal_name}"
+            reason = "killed"
+        else:
+            message = f"{what} exited with status {code}"
+            reason = "tool_failed"
+        tail = self.stderr.text()
+        if tail:
+            message += f": {tail.splitlines()[-1]}"
+        return DumpError(message, reason=reason, stderr_tail=tail)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass(slots=True)
+class StreamLimits:
+    """Watchdogs for one stream: a hard deadline and a stall limit (monotonic seconds)."""
+
+    timeout: float | None = None
+    stall_timeout: float | None = None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+def stream_stdout(
+    child: Child, consume: Callable[[bytes], None], limits: StreamLimits, what: str
+) -> None:
+    """Feed the child's stdout to `consume` until EOF, then require exit status 0.
+
+    Watchdogs use the monotonic clock so wall-clock jumps never fire or defer them.
+    """
+    assert child.popen.stdout is not None
+    fd = child.popen.stdout.fileno()
+    started = last_data = time.monotonic()
+    try:
+        while True:
+            if limits.should_stop():
+                raise DumpError(f"{what} was stopped: the agent is shutting down", reason="shutdown")
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            now = time.monotonic()
+            if ready:
+                data = os.read(fd, CHUNK_SIZE)
+                if not data:
+                    break
+                consume(data)
+                last_data = now
+                continue
+            if limits.timeout is not None and now - started > limits.timeout:
+                raise DumpError(f"{what} ran longer than its timeout of {limits.timeout:.0f}s", "timeout")
+            if limits.stall_timeout is not None and now - last_data > limits.stall_timeout:
+                raise DumpError(
+                    f"{what} wrote nothing for {limits.stall_timeout:.0f}s (stall_timeout)", "stalled"
+                )
+    except BaseException:
+        child.terminate_group()
+        child.popen.stdout.close()
+        raise
+    child.popen.stdout.close()
+    if child.wait() != 0:
+        raise child.failure(what)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None,
+        input_bytes: bytes | None = None, pass_fds: tuple[int, ...] = ()) -> Result:
+    """Run a short command (a version check, a restore client) to completion."""
+    if shutil.which(argv[0]) is None:
+        raise ToolError(f"{argv[0]} not found on PATH")
+    completed = subprocess.run(
+        list(argv),
+        input=input_bytes,
+        capture_output=True,
+        timeout=timeout,
+        env=_child_environment(env or {}),
+        pass_fds=pass_fds,
+        check=False,
+    )
+    return Result(
+        completed.returncode,
+        completed.stdout.decode("utf-8", "replace"),
+        completed.stderr.decode("utf-8", "replace"),
+    )
+
+
+def start(command: Command, **kwargs: int | IO[bytes] | None) -> Child:
+    return Child(command, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,254 @@
+"""One job run: lock -> sweep partials -> probe -> for each target: dump -> check -> publish -> manifest.
+
+A failure of one database never stops the others; each ends as exactly one log event
+(`backup.finished` or `backup.failed`) and a failed dump leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import __version__, journal
+from agent.compression import CompressionSettings
+from agent.config import Config, JobConfig
+from agent.engines import engine_class
+from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
+from agent.errors import AgentError, DumpError, LockedError
+from agent.log import get_logger, register_secret
+from agent.manifest import Manifest, write_manifest
+from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
+from agent.process import StreamLimits
+from agent.storage import StorageLayout, exclusive_lock
+from agent.writer import DumpWriter
+
+OK = "ok"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class TargetOutcome:
+    database: str
+    kind: str
+    status: str
+    path: Path | None = None
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    job: str
+    run_id: str
+    status: str = OK
+    reason: str = ""
+    message: str = ""
+    targets: list[TargetOutcome] = field(default_factory=list)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK and all(target.status == OK for target in self.targets)
+
+
+def folder_for(target: DumpTarget, engine_name: str) -> str:
+    """The folder (and file-name component) of a target: `_globals`, `_grants`, or the encoded name."""
+    if target.kind != "database":
+        return f"_{target.kind}"
+    name = os.path.basename(target.database) if engine_name == "sqlite" else target.database
+    return encode_name(name)
+
+
+def compression_of(config: Config) -> CompressionSettings:
+    storage = config.storage
+    return CompressionSettings(storage.compression, storage.level, storage.threads)
+
+
+def _reason_for(error: BaseException) -> str:
+    if isinstance(error, DumpError):
+        return error.reason
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no_space"
+    if isinstance(error, OSError):
+        return "io_error"
+    return type(error).__name__.removesuffix("Error").lower() or "error"
+
+
+def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
+    """Remove a crashed run's `.partial` files and scratch copies; call only under the job lock."""
+    log = get_logger(run_id=run_id, job=job)
+    removed: list[Path] = []
+    job_directory = layout.job_directory(job)
+    candidates: list[Path] = []
+    if job_directory.is_dir():
+        for folder in job_directory.iterdir():
+            if folder.is_dir() and not folder.is_symlink():
+                candidates.extend(path for path in folder.iterdir() if path.name.endswith(PARTIAL_SUFFIX))
+    scratch = layout.scratch(job)
+    if scratch.is_dir():
+        candidates.extend(scratch.iterdir())
+    for path in candidates:
+        try:
+            size = path.lstat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+        log.warning("backup.partial_removed", path=str(path), bytes=size)
+    return removed
+
+
+class JobRun:
+    """Carries one run's shared pieces so each target's dump is a short method."""
+
+    def __init__(self, config: Config, job: JobConfig, should_stop: Callable[[], bool]) -> None:
+        self.config = config
+        self.job = job
+        self.run_id = uuid.uuid4().hex[:12]
+        self.layout = StorageLayout(config.storage.path)
+        self.log = get_logger(run_id=self.run_id, job=job.name)
+        self.limits = StreamLimits(
+            timeout=job.timeout.total_seconds(),
+            stall_timeout=job.stall_timeout.total_seconds(),
+            should_stop=should_stop,
+        )
+        self.host = socket.gethostname()
+
+    def execute(self, database: str | None) -> RunOutcome:
+        outcome = RunOutcome(self.job.name, self.run_id)
+        started = time.monotonic()
+        try:
+            self.layout.prepare()
+            with exclusive_lock(self.layout.lock_file(f"job-{self.job.name}"), f"a backup of job {self.job.name}"):
+                self._run_locked(database, outcome)
+        except LockedError as error:
+            outcome.status, outcome.reason, outcome.message = SKIPPED, "locked", str(error)
+            self.log.warning("backup.skipped", reason="locked", error=str(error))
+        outcome.duration_seconds = round(time.monotonic() - started, 3)
+        return outcome
+
+    def _run_locked(self, database: str | None, outcome: RunOutcome) -> None:
+        sweep_partials(self.layout, self.job.name, self.run_id)
+        scratch = self.layout.scratch(self.job.name)
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        engine = engine_class(self.job.engine)(self.job, EngineContext(self.layout.root, scratch, self.limits))
+        try:
+            secret = self.job.password.read()
+            if secret is not None:
+                register_secret(secret.reveal())
+            info = engine.probe()
+            targets = engine.targets(database)
+        except AgentError as error:
+            outcome.status, outcome.reason, outcome.message = FAILED, _reason_for(error), str(error)
+            self.log.error("backup.failed", reason=outcome.reason, error=str(error))
+            return
+        for target in targets:
+            outcome.targets.append(self.dump_target(engine, info, target))
+
+    def dump_target(self, engine: Engine, info: ServerInfo, target: DumpTarget) -> TargetOutcome:
+        folder = folder_for(target, self.job.engine)
+        compression = compression_of(self.config)
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        log = self.log.bind(database=target.database or folder, kind=target.kind)
+        log.info("backup.started")
+        extension = target.extension + compression.extension
+
+        def name_for(sequence: int) -> str:
+            return backup_filename(self.job.name, folder, started_at, extension, sequence)
+
+        writer: DumpWriter | None = None
+        check = None
+        try:
+            writer = DumpWriter(
+                self.layout.job_directory(self.job.name) / folder,
+                name_for,
+                compression,
+                max_write_rate=self.config.storage.max_write_rate,
+            )
+            check = engine.new_check(target.format, info.tool)
+            active_writer, active_check = writer, check
+
+            def sink(data: bytes) -> None:
+                active_check.feed(data)
+                active_writer.write(data)
+
+            details = engine.dump(target, sink)
+            check.finish()
+            if writer.raw_bytes == 0:
+                raise DumpError("the dump is empty", "empty")
+            published = writer.commit()
+        except (AgentError, OSError) as error:
+            if check is not None:
+                check.abort()
+            if writer is not None:
+                writer.abort()
+            reason = _reason_for(error)
+            tail = error.stderr_tail if isinstance(error, DumpError) else ""
+            log.error("backup.failed", reason=reason, error=str(error), stderr_tail=tail[-2000:])
+            return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
+        except BaseException:
+            if check is not None:
+                check.abort()
+            if writer is not None:
+                writer.abort()
+            log.warning("backup.failed", reason="interrupted", error="the run was interrupted")
+            raise
+        finished_at = datetime.now(UTC)
+        manifest = Manifest(
+            job=self.job.name,
+            engine=self.job.engine,
+            kind=target.kind,
+            database=target.database,
+            file=published.path.name,
+            host=self.host,
+            server=info.server,
+            server_version=info.server_version,
+            tool=info.tool,
+            tool_version=info.tool_version,
+            format=target.format,
+            compression=compression.method,
+            compression_level=compression.effective_level,
+            started_at=started_at.isoformat(),
+            finished_at=finished_at.isoformat(),
+            duration_seconds=round(time.monotonic() - started, 3),
+            raw_bytes=published.raw_bytes,
+            stored_bytes=published.stored_bytes,
+            sha256=published.sha256,
+            run_id=self.run_id,
+            agent_version=__version__,
+            counts=details.counts,
+            counts_consistent=details.counts_consistent,
+            point_in_time=details.point_in_time,
+            warnings=details.warnings,
+            details=details.details,
+        )
+        write_manifest(published.path, manifest)
+        journal.append(
+            self.layout.root, "created", path=str(published.path.relative_to(self.layout.root)),
+            sha256=published.sha256, bytes=published.stored_bytes, run_id=self.run_id,
+        )
+        for warning in details.warnings:
+            log.warning("backup.warning", message=warning)
+        log.info(
+            "backup.finished", path=str(published.path), bytes=published.raw_bytes,
+            stored_bytes=published.stored_bytes, sha256=published.sha256,
+            duration=manifest.duration_seconds,
+        )
+        return TargetOutcome(target.database, target.kind, OK, path=published.path)
+
+
+def run_job(
+    config: Config, job_name: str, *, database: str | None = None, should_stop: Callable[[], bool] = lambda: False
+) -> RunOutcome:
+    """Back up one job now (all its databases, or just `database`)."""
+    return JobRun(config, config.jobs[job_name], should_stop).execute(database)

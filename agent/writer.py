@@ -1,0 +1,198 @@
+"""The only code that creates dump files.
+
+Bytes go through the compressor and SHA-256 into `<final>.partial` (O_EXCL, O_NOFOLLOW, 0600).
+On commit: fsync, chmod 0440, publish with `os.link` (which fails on an existing name where
+`os.rename` would silently replace), unlink the partial, fsync the folder. A failed fsync is
+never retried: the data may already be lost, so the run fails and the partial goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.compression import CompressionSettings, new_compressor
+from agent.errors import DumpError
+from agent.naming import PARTIAL_SUFFIX
+
+FILE_MODE = 0o440
+DIRECTORY_MODE = 0o750
+PRIVATE_DIRECTORY_MODE = 0o700
+_MAX_SEQUENCE = 99
+
+
+def ensure_directory(path: Path, mode: int = DIRECTORY_MODE) -> Path:
+    """Create `path` (and parents) with `mode` whatever the umask; refuse a symlink in its place."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and not current.is_symlink():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            pass
+        os.chmod(directory, mode, follow_symlinks=False)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DumpError(f"{path} is not a real directory (a symlink or a file is in its place)", "unsafe_path")
+    return path
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedFile:
+    path: Path
+    sha256: str
+    raw_bytes: int
+    stored_bytes: int
+
+
+ProgressHook = Callable[[int], None]
+
+
+class DumpWriter:
+    """Streams one dump into a partial file and publishes it under a name no one else has."""
+
+    def __init__(
+        self,
+        directory: Path,
+        name_for: Callable[[int], str],
+        compression: CompressionSettings,
+        *,
+        max_write_rate: int | None = None,
+        progress: ProgressHook | None = None,
+        progress_every: int = 64 << 20,
+    ) -> None:
+        self.directory = ensure_directory(directory)
+        self._name_for = name_for
+        self.partial_path = directory / (name_for(0) + PARTIAL_SUFFIX)
+        self._compressor = new_compressor(compression)
+        self._hash = hashlib.sha256()
+        self.raw_bytes = 0
+        self.stored_bytes = 0
+        self._max_write_rate = max_write_rate
+        self._progress = progress
+        self._progress_every = progress_every
+        self._next_progress = progress_every
+        self._started = time.monotonic()
+        self._descriptor: int | None = os.open(
+            self.partial_path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        os.fchmod(self._descriptor, 0o600)
+
+    def write(self, data: bytes) -> None:
+        self.raw_bytes += len(data)
+        self._store(self._compressor.compress(data))
+
+    def _store(self, data: bytes) -> None:
+        if not data:
+            return
+        assert self._descriptor is not None, "writer already closed"
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            written = os.write(self._descriptor, view)
+            view = view[written:]
+        self.stored_bytes += len(data)
+        if self._progress is not None and self.stored_bytes >= self._next_progress:
+            self._next_progress = self.stored_bytes + self._progress_every
+            self._progress(self.stored_bytes)
+        if self._max_write_rate:
+            ahead = self.stored_bytes / self._max_write_rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def commit(self) -> PublishedFile:
+        """Finish, fsync once (never retried), and publish read-only under a fresh name."""
+        self._store(self._compressor.flush())
+        descriptor = self._descriptor
+        assert descriptor is not None, "writer already closed"
+        try:
+            os.fsync(descriptor)
+            os.fchmod(descriptor, FILE_MODE)
+        finally:
+            os.close(descriptor)
+            self._descriptor = None
+        final = link_without_replacing(self.partial_path, self.directory, self._name_for)
+        os.unlink(self.partial_path)
+        fsync_directory(self.directory)
+        return PublishedFile(final, self._hash.hexdigest(), self.raw_bytes, self.stored_bytes)
+
+    def abort(self) -> None:
+        """Close and remove the partial; safe to call more than once."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+        try:
+            os.unlink(self.partial_path)
+        except FileNotFoundError:
+            pass
+
+
+def link_without_replacing(source: Path, directory: Path, name_for: Callable[[int], str]) -> Path:
+    """Give `source` the first free name of `name_for(0)`, `name_for(1)`, ...; never overwrite."""
+    for sequence in range(_MAX_SEQUENCE + 1):
+        candidate = directory / name_for(sequence)
+        try:
+            os.link(source, candidate, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        return candidate
+    raise DumpError(f"no free file name for {name_for(0)} in {directory}", "name_taken")
+
+
+def write_small_file(directory: Path, name: str, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Write a small file (a manifest) the same careful way: partial, fsync, link, never replace."""
+    partial = directory / (name + PARTIAL_SUFFIX)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+        os.fchmod(descriptor, mode)
+    except BaseException:
+        os.close(descriptor)
+        os.unlink(partial)
+        raise
+    os.close(descriptor)
+    try:
+        os.link(partial, directory / name, follow_symlinks=False)
+    except FileExistsError:
+        os.unlink(partial)
+        raise DumpError(f"{directory / name} already exists; refusing to replace it", "name_taken") from None
+    os.unlink(partial)
+    fsync_directory(directory)
+    return directory / name
+
+
+def replace_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """For the agent's own state (state.json, metrics): write a temp file, fsync, rename over."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(descriptor, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
