@@ -103,7 +103,7 @@ def command_list(args: argparse.Namespace) -> int:
     if args.job is not None:
         _job_names(config, args.job)
     records = catalog.scan(config.storage.path, args.job)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "job": record.job,
             "database": record.database,
@@ -124,7 +124,8 @@ def command_list(args: argparse.Namespace) -> int:
     for row in rows:
         created = (row["created_at"] or "?")[:19]
         database = json.dumps(row["database"], ensure_ascii=True)[1:-1]  # never print raw control bytes
-        print(f"{row['status']:10} {created} {format_size(row['stored_bytes']):>10}  {row['job']}/{database}  {row['path']}")
+        size = format_size(row["stored_bytes"])
+        print(f"{row['status']:10} {created} {size:>10}  {row['job']}/{database}  {row['path']}")
     return EXIT_OK
 
 
@@ -172,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="backup-agent",
         description="Scheduled logical database dumps, kept as immutable checksummed files within a disk budget.",
     )
-    parser.add_argument("-c", "--config", help="config file (default: $BACKUP_AGENT_CONFIG or /etc/backup-agent/config.toml)")
+    parser.add_argument(
+        "-c", "--config", help="config file (default: $BACKUP_AGENT_CONFIG or /etc/backup-agent/config.toml)"
+    )
     parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True

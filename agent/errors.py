@@ -54,5 +54,5 @@ class LockedError(AgentError):
     """Another run holds the lock this one needs."""
 
 
-class ConnectionFailed(AgentError):
+class ConnectionFailed(AgentError):  # noqa: N818 - names the event users see, like LockedError
     """The database server could not be reached or refused the credentials."""

@@ -11,6 +11,7 @@ import logging.handlers
 import re
 import sys
 import threading
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return {key: _mask(value) for key, value in event.items()}
 
 
-def _escape_controls(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _escape_controls(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """For the text renderer: a newline in a database name must not start a fake record."""
     def escape(value: Any) -> Any:
         if isinstance(value, str) and _CONTROL.search(value):

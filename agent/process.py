@@ -9,6 +9,7 @@ Secrets never reach argv or the environment: engines hand them over as inherited
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import os
 import select
@@ -23,6 +24,8 @@ from typing import IO
 
 from agent.errors import DumpError, ToolError
 
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
 CHUNK_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -114,10 +117,9 @@ class Child:
         assert self.popen.stderr is not None
         self.stderr = StderrTail(self.popen.stderr)
         if self.popen.stdout is not None:
-            try:
+            # larger pipes only help without compression; the default size still works
+            with contextlib.suppress(OSError):
                 fcntl.fcntl(self.popen.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
-            except OSError:
-                pass  # larger pipes only help without compression; the default still works
 
     @property
     def pid(self) -> int:
@@ -157,10 +159,8 @@ class Child:
 
 
 def _signal_group(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass(slots=True)
@@ -238,5 +238,7 @@ def run(argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | 
     )
 
 
-def start(command: Command, **kwargs: int | IO[bytes] | None) -> Child:
-    return Child(command, **kwargs)  # type: ignore[arg-type]
+def start(
+    command: Command, *, stdin: int | IO[bytes] | None = DEVNULL, stdout: int | IO[bytes] | None = PIPE
+) -> Child:
+    return Child(command, stdin=stdin, stdout=stdout)

@@ -81,7 +81,7 @@ def _check_against(path: Path, manifest: Manifest) -> Finding:
                 check.feed(chunk)
             while hashing.read(_READ_SIZE):
                 pass  # hash any trailing bytes the decompressor did not need
-    except Exception as error:  # noqa: BLE001 - any decoding failure means the file is bad
+    except Exception as error:
         check.abort()
         digest = hashing.hash.hexdigest() if "hashing" in locals() else ""
         status = TAMPERED if digest and digest != manifest.sha256 else CORRUPT

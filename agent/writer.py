@@ -8,6 +8,7 @@ never retried: the data may already be lost, so the run fails and the partial go
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -34,10 +35,8 @@ def ensure_directory(path: Path, mode: int = DIRECTORY_MODE) -> Path:
         missing.append(current)
         current = current.parent
     for directory in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=mode)
-        except FileExistsError:
-            pass
         os.chmod(directory, mode, follow_symlinks=False)
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
@@ -139,10 +138,8 @@ class DumpWriter:
         if self._descriptor is not None:
             os.close(self._descriptor)
             self._descriptor = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial_path)
-        except FileNotFoundError:
-            pass
 
 
 def link_without_replacing(source: Path, directory: Path, name_for: Callable[[int], str]) -> Path:

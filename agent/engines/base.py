@@ -106,10 +106,7 @@ class Engine(ABC):
         if only_database is not None:
             return [self.database_target(only_database)]
         wanted = self.job.databases
-        if wanted is None:
-            names = select_databases(self.discover(), self.job.exclude)
-        else:
-            names = list(wanted)
+        names = select_databases(self.discover(), self.job.exclude) if wanted is None else list(wanted)
         return [*self.extra_targets(), *(self.database_target(name) for name in names)]
 
 

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from agent import process
 from agent.engines.base import DumpDetails, DumpTarget, Engine, ServerInfo, Sink, StreamCheck, TrailerCheck
-from agent.errors import ConnectionFailed, DumpError, ToolError, VerificationError
+from agent.errors import ConnectionFailed, ToolError, VerificationError
 from agent.secrets import Secret
 
 CUSTOM_FORMAT = "postgresql-custom"
@@ -57,6 +57,15 @@ def passfile(user: str | None, password: Secret | None) -> Iterator[tuple[dict[s
         os.close(descriptor)
 
 
+def _sibling(tool: str | None, name: str) -> str:
+    """`name` from the folder of a configured tool path if it is there, else from PATH."""
+    if tool and os.sep in tool:
+        candidate = Path(tool).parent / name
+        if candidate.exists():
+            return str(candidate)
+    return name
+
+
 def _tool_version(tool: str) -> tuple[int, str]:
     result = process.run([tool, "--version"], timeout=30)
     match = _VERSION.search(result.stdout)
@@ -74,8 +83,8 @@ class PgRestoreCheck:
     def __init__(self, tool: str) -> None:
         self._child = process.start(
             process.Command((tool, "--file=/dev/null", "--exit-on-error")),
-            stdin=process.subprocess.PIPE,
-            stdout=process.subprocess.DEVNULL,
+            stdin=process.PIPE,
+            stdout=process.DEVNULL,
         )
         assert self._child.popen.stdin is not None
         self._stdin = self._child.popen.stdin
@@ -108,13 +117,11 @@ class PostgresEngine(Engine):
 
     # --- tools and connections -------------------------------------------------------------
     def _tool(self, name: str) -> str:
-        """pg_dump from the job's `tool` (or PATH); its siblings from the same folder."""
+        """pg_dump from the job's `tool` (or PATH); its siblings from the same folder when there."""
         configured = self.job.tool
         if configured and name == "pg_dump":
             return configured
-        if configured and os.sep in configured:
-            return str(Path(configured).parent / name)
-        return name
+        return _sibling(configured, name)
 
     def _connection_args(self) -> list[str]:
         args: list[str] = []
@@ -194,8 +201,7 @@ class PostgresEngine(Engine):
         if format_name == GLOBALS_FORMAT:
             return TrailerCheck(b"PostgreSQL database cluster dump complete", "the globals dump")
         if format_name == CUSTOM_FORMAT:
-            sibling = tool is not None and os.sep in tool
-            return PgRestoreCheck(str(Path(tool).parent / "pg_restore") if sibling and tool else "pg_restore")
+            return PgRestoreCheck(_sibling(tool, "pg_restore"))
         raise VerificationError(f"unknown PostgreSQL format {format_name!r}")
 
     def check_tool(self) -> str:
@@ -262,7 +268,7 @@ class _RowCounter(threading.Thread):
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         super().__init__(daemon=True, name="row-counter")
         self._connection = connection
-        self._stop = threading.Event()
+        self._stop_requested = threading.Event()
         self.counts: dict[str, int] = {}
         self.warnings: list[str] = []
         self.complete = False
@@ -281,7 +287,7 @@ class _RowCounter(threading.Thread):
             ).fetchall()
             failures = 0
             for schema, table in tables:
-                if self._stop.is_set():
+                if self._stop_requested.is_set():
                     return
                 query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
                 try:
@@ -300,7 +306,7 @@ class _RowCounter(threading.Thread):
     def finish(self, *, cancel: bool) -> None:
         """Wait for the counts; on a failed dump, cancel the query in flight instead."""
         if cancel:
-            self._stop.set()
+            self._stop_requested.set()
             if self.is_alive():
                 with contextlib.suppress(psycopg.Error):
                     self._connection.cancel_safe()

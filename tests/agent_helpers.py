@@ -1,0 +1,82 @@
+"""Helpers shared by the integration tests: write a config, run the CLI, read the JSON log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent import cli
+from agent.compression import method_for_path, open_decompressed
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def write_config(
+    directory: Path,
+    jobs: dict[str, dict[str, Any]],
+    *,
+    storage: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """A private config file with storage and a JSON log under `directory`."""
+    lines = ["[storage]", f"path = {toml_value(directory / 'storage')}"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in (storage or {}).items()]
+    lines += ["", "[log]", f"file = {toml_value(directory / 'agent.log')}", 'level = "debug"']
+    for name, values in (sections or {}).items():
+        lines += ["", f"[{name}]", *(f"{key} = {toml_value(value)}" for key, value in values.items())]
+    for job, values in jobs.items():
+        lines += ["", f"[jobs.{job}]", *(f"{key} = {toml_value(value)}" for key, value in values.items())]
+    path = directory / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.chmod(path, 0o600)
+    return path
+
+
+def password_file(directory: Path, password: str) -> Path:
+    path = directory / "db.password"
+    path.write_text(password + "\n", encoding="utf-8")
+    os.chmod(path, 0o600)
+    return path
+
+
+def run_cli(config: Path, *args: str) -> int:
+    return cli.main(["-c", str(config), *args])
+
+
+def log_events(directory: Path) -> list[dict[str, Any]]:
+    path = directory / "agent.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def events_named(directory: Path, name: str) -> list[dict[str, Any]]:
+    return [event for event in log_events(directory) if event.get("event") == name]
+
+
+def stored_files(storage: Path) -> list[Path]:
+    """Every file under storage except the agent's own bookkeeping."""
+    return sorted(path for path in storage.rglob("*") if path.is_file() and ".agent" not in path.parts)
+
+
+def data_files(storage: Path) -> list[Path]:
+    return [path for path in stored_files(storage) if not path.name.endswith((".json", ".partial"))]
+
+
+def decompressed(path: Path) -> bytes:
+    reader = open_decompressed(io.BytesIO(path.read_bytes()), method_for_path(path.name))
+    out = bytearray()
+    while chunk := reader.read(1 << 20):
+        out += chunk
+    return bytes(out)
