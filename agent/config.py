@@ -606,7 +606,7 @@ _COMMON_JOB_KEYS = (
 _ENGINE_KEYS: dict[str, tuple[str, ...]] = {
     "postgresql": ("include_globals",),
     "mysql": ("include_grants", "include_system", "lock_for_consistency", "ssl_ca", "ssl_mode"),
-    "mongodb": ("uri", "auth_source", "tls", "point_in_time"),
+    "mongodb": ("uri", "auth_source", "tls", "point_in_time", "include_system"),
     "sqlite": (),
 }
 _CONNECTION_KEYS = ("host", "port", "socket", "user", "password", "password_file", "password_env")
