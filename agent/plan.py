@@ -41,11 +41,20 @@ def render_plan(plan: dict[str, Any]) -> str:
     lines.append(f"storage: {storage.get('path')} (compression {storage.get('compression')})")
     for name, entry in plan["jobs"].items():
         job = plan["config"]["jobs"][name]
-        schedule = job.get("schedule")
-        lines.append(f"job {name}: engine {entry['engine']}, schedule {schedule}")
+        lines.append(f"job {name}: engine {entry['engine']}, schedule {_schedule_text(job)}")
         if entry["error"]:
             lines.append(f"  ! {entry['error']}")
         for target in entry["targets"]:
             label = target["database"] or f"({target['kind']})"
             lines.append(f"  - {label!r} -> {target['folder']}/")
     return "\n".join(lines)
+
+
+def _schedule_text(job: dict[str, Any]) -> str:
+    schedule = job.get("schedule") or {}
+    kind = schedule.get("kind") if isinstance(schedule, dict) else str(schedule)
+    if kind == "cron":
+        return f"cron {schedule.get('cron')!r} ({job.get('timezone', 'UTC')})"
+    if kind == "interval":
+        return f"every {schedule.get('every')}"
+    return str(kind)

@@ -1,0 +1,37 @@
+"""The shipped example config is valid as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def test_the_example_config_parses_into_the_documented_job() -> None:
+    config = parse_config(EXAMPLE.read_text(encoding="utf-8"), EXAMPLE, file_mode=0o100600)
+    job = config.jobs["main"]
+    assert job.engine == "postgresql"
+    assert job.databases is None and "template*" in job.exclude
+    assert job.schedule.kind == "cron"
+    assert config.storage.compression == "zstd" and config.storage.level == 3
+    assert config.retention.keep_min == 2
+
+
+def test_every_commented_example_job_is_valid_once_uncommented() -> None:
+    """Uncommenting the example MySQL, MongoDB and SQLite jobs gives a valid config too."""
+    lines = []
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        stripped = line.lstrip("# ")
+        if line.startswith("# [jobs.") or (line.startswith("# ") and lines and lines[-1].startswith("[jobs.")):
+            lines.append(stripped)
+        elif line.startswith("# ") and "=" in stripped and any(
+            block in "\n".join(lines[-12:]) for block in ("[jobs.shop]", "[jobs.docs]", "[jobs.app]")
+        ):
+            lines.append(stripped)
+        else:
+            lines.append(line)
+    config = parse_config("\n".join(lines), EXAMPLE, file_mode=0o100600)
+    assert {"main", "shop", "docs", "app"} <= set(config.jobs)
+    assert config.jobs["shop"].engine == "mysql" and config.jobs["docs"].engine == "mongodb"
