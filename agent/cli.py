@@ -69,6 +69,7 @@ def _job_names(config: Any, job: str | None) -> list[str]:
 
 def command_backup(args: argparse.Namespace) -> int:
     from agent.runner import run_job
+    from agent.state import record_run
 
     config = _load(args)
     names = _job_names(config, args.job)
@@ -81,6 +82,7 @@ def command_backup(args: argparse.Namespace) -> int:
         if stop():
             break
         outcome = run_job(config, name, database=args.database, should_stop=stop)
+        record_run(config.storage.path, outcome)
         for target in outcome.targets:
             label = target.database or f"({target.kind})"
             if target.status == "ok":
@@ -94,6 +96,14 @@ def command_backup(args: argparse.Namespace) -> int:
     if stop.signal_number is not None:
         return 128 + stop.signal_number
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from agent.config import config_path_from
+    from agent.daemon import run_daemon
+
+    config = _load(args)
+    return run_daemon(config, config_path_from(args.config))
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -184,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--job", help="only this job")
     backup.add_argument("--database", help="only this database of the job")
     backup.set_defaults(handler=command_backup)
+
+    run = verbs.add_parser("run", help="the daemon: run the scheduled jobs in the foreground until SIGTERM")
+    run.set_defaults(handler=command_run)
 
     listing = verbs.add_parser("list", help="list the backups on disk")
     listing.add_argument("--job")

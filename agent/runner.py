@@ -21,7 +21,7 @@ from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
 from agent.engines import engine_class
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
-from agent.errors import AgentError, DumpError, LockedError
+from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
@@ -32,6 +32,7 @@ from agent.writer import DumpWriter
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
+CONNECTION_FAILED = "connection_failed"  # the server could not be reached; the daemon retries
 
 
 @dataclass(slots=True)
@@ -76,6 +77,8 @@ def compression_of(config: Config) -> CompressionSettings:
 def _reason_for(error: BaseException) -> str:
     if isinstance(error, DumpError):
         return error.reason
+    if isinstance(error, ConnectionFailed):
+        return CONNECTION_FAILED
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "no_space"
     if isinstance(error, OSError):
