@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -178,6 +179,108 @@ def command_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at: expected a time like 2026-11-26T06:00 (UTC) or with an offset, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def command_restore(args: argparse.Namespace) -> int:
+    from agent import restore
+
+    config = _load(args)
+    _job_names(config, args.job)
+    if (args.into is None) == (args.to_file is None):
+        raise UsageError("restore needs exactly one of --into NAME or --to-file OUT")
+    at = _parse_time(args.at) if args.at else None
+    if args.with_globals and args.to_file is None:
+        chosen_globals = restore.choose_backup(config, args.job, "", at=at, kind="globals")
+        if not args.dry_run:
+            restore.restore_database(config, args.job, chosen_globals, "postgres", force=True)
+            print(f"restored globals from {chosen_globals.record.path}")
+    chosen = restore.choose_backup(config, args.job, args.database, at=at)
+    if args.to_file is not None:
+        if args.dry_run:
+            print(f"would write the decompressed {chosen.record.path} to {args.to_file}")
+            return EXIT_OK
+        written = restore.restore_to_file(chosen, Path(args.to_file))
+        print(f"wrote {written}")
+        return EXIT_OK
+    engine = restore.engine_for(config, args.job)
+    if args.dry_run:
+        print("\n".join(restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table))))
+        return EXIT_OK
+    restore.restore_database(config, args.job, chosen, args.into, force=args.force, tables=tuple(args.table))
+    print(f"restored {chosen.record.path} into {args.into!r}")
+    return EXIT_OK
+
+
+def command_drill(args: argparse.Namespace) -> int:
+    from agent.drill import PASSED, run_drills
+
+    config = _load(args)
+    failed = False
+    for job in _job_names(config, args.job):
+        for result in run_drills(config, job):
+            failed |= result.status != PASSED
+            detail = "; ".join(result.differences) or result.reason
+            suffix = f": {detail}" if detail else ""
+            print(f"{result.status.upper():8} {job}/{result.database} {result.path}{suffix}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def command_prune(args: argparse.Namespace) -> int:
+    from agent.prune import prune
+    from agent.units import format_size
+
+    config = _load(args)
+    if args.job is not None:
+        _job_names(config, args.job)
+    result = prune(config, args.job, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **result.describe()}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    verb = "delete" if args.dry_run else "deleted"
+    for decision in result.plan.decisions:
+        action = verb if decision.delete else "keep"
+        created = decision.backup.created_at.isoformat()[:19]
+        size = format_size(decision.backup.size_bytes)
+        print(f"{action:8} {decision.rule:32} {created} {size:>10}  {decision.backup.key}")
+    figures, budget = result.figures, result.budget
+    limit = f" of max {format_size(budget.max_usage_bytes)}" if budget.max_usage_bytes is not None else ""
+    going = result.plan.deletions
+    print(
+        f"{len(going)} to delete ({format_size(sum(d.backup.size_bytes for d in going))}); "
+        f"usage {format_size(figures.usage_bytes)}{limit}; free {format_size(figures.free_bytes)}, "
+        f"reserve {format_size(budget.reserve_bytes)}" + (" (dry run: nothing deleted)" if args.dry_run else "")
+    )
+    if not result.plan.fits:
+        print("warning: the disk stays over budget: only keep_min backups and pins are left to delete")
+    return EXIT_OK
+
+
+def command_pin(args: argparse.Namespace) -> int:
+    from agent.pins import pin
+
+    config = _load(args)
+    relative = pin(config.storage.path, Path(args.path))
+    print(f"pinned {relative}: retention will never delete it (undo with `backup-agent unpin`)")
+    return EXIT_OK
+
+
+def command_unpin(args: argparse.Namespace) -> int:
+    from agent.pins import relative_backup_path, unpin
+
+    config = _load(args)
+    if not unpin(config.storage.path, Path(args.path)):
+        print(f"{relative_backup_path(config.storage.path, Path(args.path))} was not pinned")
+    else:
+        print(f"unpinned {relative_backup_path(config.storage.path, Path(args.path))}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-agent",
@@ -209,6 +312,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=command_verify)
 
+    restore = verbs.add_parser("restore", help="restore the newest good backup (at or before --at) into a database")
+    restore.add_argument("--job", required=True)
+    restore.add_argument("--database", required=True, help="the original database name (as in `list`)")
+    restore.add_argument("--at", help="newest backup at or before this time (ISO 8601; UTC unless an offset is given)")
+    restore.add_argument("--into", help="the database to create and load")
+    restore.add_argument("--to-file", help="write the plain decompressed dump here instead")
+    restore.add_argument("--table", action="append", default=[], help="only this table (PostgreSQL; repeatable)")
+    restore.add_argument("--with-globals", action="store_true", help="PostgreSQL: first apply the job's globals")
+    restore.add_argument("--force", action="store_true", help="restore even into a database that holds data")
+    restore.add_argument("--dry-run", action="store_true", help="say exactly what would happen, change nothing")
+    restore.set_defaults(handler=command_restore)
+
+    drill = verbs.add_parser("drill", help="restore each database's newest backup into a scratch database and compare")
+    drill.add_argument("--job")
+    drill.set_defaults(handler=command_drill)
+
+    prune = verbs.add_parser("prune", help="apply the retention policy and the disk budget (see --dry-run)")
+    prune.add_argument("--job", help="only this job's backups")
+    prune.add_argument("--dry-run", action="store_true", help="show keep/delete and why; delete nothing")
+    prune.add_argument("--json", action="store_true", help="JSON on stdout")
+    prune.set_defaults(handler=command_prune)
+
+    pin = verbs.add_parser("pin", help="protect a backup from every deletion")
+    pin.add_argument("path", metavar="PATH", help="the backup file (or its manifest)")
+    pin.set_defaults(handler=command_pin)
+
+    unpin = verbs.add_parser("unpin", help="let retention treat a pinned backup like any other again")
+    unpin.add_argument("path", metavar="PATH")
+    unpin.set_defaults(handler=command_unpin)
+
     check = verbs.add_parser("check-config", help="validate the config and print the resolved plan")
     check.add_argument("--json", action="store_true")
     check.add_argument("--offline", action="store_true", help="do not connect to list databases")
@@ -232,5 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as error:
         print(f"backup-agent: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        print(f"backup-agent: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

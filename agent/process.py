@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -188,6 +188,8 @@ def stream_stdout(
                 raise DumpError(f"{what} was stopped: the agent is shutting down", reason="shutdown")
             ready, _, _ = select.select([fd], [], [], 0.5)
             now = time.monotonic()
+            if limits.timeout is not None and now - started > limits.timeout:
+                raise DumpError(f"{what} ran longer than its timeout of {limits.timeout:.0f}s", "timeout")
             if ready:
                 data = os.read(fd, CHUNK_SIZE)
                 if not data:
@@ -195,8 +197,6 @@ def stream_stdout(
                 consume(data)
                 last_data = now
                 continue
-            if limits.timeout is not None and now - started > limits.timeout:
-                raise DumpError(f"{what} ran longer than its timeout of {limits.timeout:.0f}s", "timeout")
             if limits.stall_timeout is not None and now - last_data > limits.stall_timeout:
                 raise DumpError(
                     f"{what} wrote nothing for {limits.stall_timeout:.0f}s (stall_timeout)", "stalled"
@@ -242,3 +242,20 @@ def start(
     command: Command, *, stdin: int | IO[bytes] | None = DEVNULL, stdout: int | IO[bytes] | None = PIPE
 ) -> Child:
     return Child(command, stdin=stdin, stdout=stdout)
+
+
+def feed_stdin(child: Child, chunks: Iterable[bytes], what: str) -> None:
+    """Write `chunks` to the child's stdin (a restore client), then require exit status 0."""
+    assert child.popen.stdin is not None
+    stdin = child.popen.stdin
+    try:
+        for chunk in chunks:
+            stdin.write(chunk)
+        stdin.close()
+    except BrokenPipeError:
+        pass  # the child stopped reading: its exit status and stderr say why
+    except BaseException:
+        child.terminate_group()
+        raise
+    if child.wait() != 0:
+        raise child.failure(what)

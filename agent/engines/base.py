@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from agent.errors import UsageError
 from agent.process import StreamLimits
 
 if TYPE_CHECKING:
     from agent.config import JobConfig
+    from agent.manifest import Manifest
+
+MISSING = "missing"
+EMPTY = "empty"
+NOT_EMPTY = "not-empty"
 
 Sink = Callable[[bytes], None]
 
@@ -100,6 +106,28 @@ class Engine(ABC):
     @abstractmethod
     def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
         """The structural check for a stored format (used by the gate and by `verify`)."""
+
+    # --- restore and drills: engines that can restore override these -------------------------
+    def database_state(self, database: str) -> str:
+        """MISSING, EMPTY or NOT_EMPTY: restore refuses to write into a database that holds data."""
+        raise UsageError(f"engine {self.name} cannot restore into a server; use restore --to-file")
+
+    def create_database(self, database: str) -> None:
+        raise UsageError(f"engine {self.name} cannot create databases")
+
+    def drop_database(self, database: str) -> None:
+        raise UsageError(f"engine {self.name} cannot drop databases")
+
+    def restore(
+        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        drill: bool = False,
+    ) -> None:
+        """Load a decompressed dump into `database` (which exists and is empty, unless forced)."""
+        raise UsageError(f"engine {self.name} cannot restore into a server; use restore --to-file")
+
+    def count_rows(self, database: str) -> dict[str, int]:
+        """Rows per table, keyed as in the manifest's `counts`, for drills."""
+        raise UsageError(f"engine {self.name} cannot count rows")
 
     def targets(self, only_database: str | None = None) -> list[DumpTarget]:
         """The files this run makes: server-wide ones first, then each selected database."""

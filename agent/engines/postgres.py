@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,33 @@ import psycopg
 from psycopg import sql
 
 from agent import process
-from agent.engines.base import DumpDetails, DumpTarget, Engine, ServerInfo, Sink, StreamCheck, TrailerCheck
+from agent.engines.base import (
+    EMPTY,
+    MISSING,
+    NOT_EMPTY,
+    DumpDetails,
+    DumpTarget,
+    Engine,
+    ServerInfo,
+    Sink,
+    StreamCheck,
+    TrailerCheck,
+)
 from agent.errors import ConnectionFailed, ToolError, VerificationError
+from agent.manifest import Manifest
 from agent.secrets import Secret
 
 CUSTOM_FORMAT = "postgresql-custom"
 GLOBALS_FORMAT = "postgresql-globals-sql"
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 _COUNT_LOCK_TIMEOUT_MS = 2000
+_USER_TABLES = """
+    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+      AND c.relpersistence <> 't'
+    ORDER BY 1, 2
+"""
 
 
 def _conninfo_value(value: str) -> str:
@@ -261,6 +280,74 @@ class PostgresEngine(Engine):
         details.warnings.extend(counter.warnings)
         return details
 
+    # --- restore and drills ----------------------------------------------------------------
+    def database_state(self, database: str) -> str:
+        with self.connect() as connection:
+            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            return MISSING
+        with self.connect(database) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+            ).fetchone()
+        return NOT_EMPTY if row and row[0] else EMPTY
+
+    def create_database(self, database: str) -> None:
+        with self.connect() as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
+
+    def drop_database(self, database: str) -> None:
+        with self.connect() as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+    def restore(
+        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        drill: bool = False,
+    ) -> None:
+        """pg_restore from stdin in one transaction (all or nothing); globals go through psql."""
+        if manifest.kind == "globals":
+            argv = [self._tool("psql"), "--no-psqlrc", "--quiet", *self._connection_args(),
+                    f"--dbname=dbname={_conninfo_value(database)}", "--file=-"]
+            chunks = keep_own_password(chunks, self.job.user or "")
+        else:
+            argv = [self._tool("pg_restore"), "--exit-on-error", "--single-transaction", *self._connection_args(),
+                    f"--dbname=dbname={_conninfo_value(database)}"]
+            if drill:
+                argv += ["--no-owner", "--no-privileges"]
+            argv += [f"--table={table}" for table in tables]
+        with passfile(self.job.user, self.job.password.read()) as (env, fds):
+            child = process.start(self._command(argv, env, fds), stdin=process.PIPE, stdout=process.DEVNULL)
+            process.feed_stdin(child, chunks, f"{Path(argv[0]).name} into {database!r}")
+
+    def count_rows(self, database: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self.connect(database) as connection:
+            for schema, table in connection.execute(_USER_TABLES).fetchall():
+                query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+                row = connection.execute(query).fetchone()
+                counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+        return counts
+
+
+def keep_own_password(chunks: Iterable[bytes], user: str) -> Iterator[bytes]:
+    """Drop the PASSWORD clause of the agent's own role from a globals dump being restored.
+
+    Restoring globals brings every role's password back, which would lock the agent out of the
+    server it is restoring to (its password file holds the new server's password).
+    """
+    quoted = re.escape(user) + "|" + re.escape('"' + user.replace('"', '""') + '"')
+    pattern = re.compile(rb"^(ALTER ROLE (?:" + quoted.encode() + rb") WITH .*?) PASSWORD '[^']*'(.*)$", re.MULTILINE)
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield pattern.sub(rb"\1\2", pending[:cut])
+            pending = pending[cut:]
+    if pending:
+        yield pattern.sub(rb"\1\2", pending)
+
 
 class _RowCounter(threading.Thread):
     """Counts rows of every table in the exported snapshot while pg_dump runs (never before it)."""
@@ -276,15 +363,7 @@ class _RowCounter(threading.Thread):
     def run(self) -> None:
         try:
             self._connection.execute(f"SET LOCAL lock_timeout = {_COUNT_LOCK_TIMEOUT_MS}")
-            tables = self._connection.execute(
-                """
-                SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-                  AND c.relpersistence <> 't'
-                ORDER BY 1, 2
-                """
-            ).fetchall()
+            tables = self._connection.execute(_USER_TABLES).fetchall()
             failures = 0
             for schema, table in tables:
                 if self._stop_requested.is_set():

@@ -1,0 +1,136 @@
+"""`backup-agent restore`: pick the newest good backup at or before a time, re-verify it, load it.
+
+It never writes into a database that already holds data unless forced, and `--dry-run` says
+exactly what it would do. `--to-file` writes the plain decompressed dump for manual use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from agent import catalog
+from agent.compression import open_decompressed
+from agent.config import Config
+from agent.engines import engine_class
+from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
+from agent.errors import AgentError, UsageError
+from agent.log import get_logger
+from agent.manifest import Manifest
+from agent.process import StreamLimits
+from agent.storage import StorageLayout
+from agent.verify import OK, verify_file
+
+_READ_SIZE = 1 << 20
+
+
+class RestoreError(AgentError):
+    """The restore was refused or failed; nothing was changed unless the message says so."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    record: catalog.BackupRecord
+    manifest: Manifest
+
+
+def choose_backup(
+    config: Config, job: str, database: str, *, at: datetime | None = None, kind: str = "database"
+) -> Chosen:
+    """The newest good backup of `database` created at or before `at` (UTC-aware)."""
+    records = [
+        record for record in catalog.scan(config.storage.path, job)
+        if record.status == catalog.GOOD and record.manifest is not None and record.kind == kind
+        and (kind != "database" or record.database == database)
+        and record.created_at is not None and (at is None or record.created_at <= at)
+    ]
+    if not records:
+        when = f" at or before {at.isoformat()}" if at else ""
+        label = database if kind == "database" else kind
+        raise UsageError(f"no good backup of {label!r} in job {job!r}{when}; see `backup-agent list --job {job}`")
+    newest = max(records, key=lambda record: (record.created_at, record.path.name))
+    assert newest.manifest is not None
+    return Chosen(newest, newest.manifest)
+
+
+def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        reader = open_decompressed(stream, method)
+        while chunk := reader.read(_READ_SIZE):
+            yield chunk
+
+
+def engine_for(config: Config, job: str) -> Engine:
+    if job not in config.jobs:
+        raise UsageError(f"no job named {job!r} in the config")
+    layout = StorageLayout(config.storage.path)
+    job_config = config.jobs[job]
+    return engine_class(job_config.engine)(job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits()))
+
+
+def reverify(chosen: Chosen) -> None:
+    finding = verify_file(chosen.record.path)
+    if finding.status != OK:
+        raise RestoreError(f"refusing to restore {chosen.record.path}: {finding.status}: {finding.message}")
+
+
+def restore_to_file(chosen: Chosen, output: Path) -> Path:
+    """Write the decompressed dump to a new file (never over an existing one)."""
+    if output.exists() or output.is_symlink():
+        raise RestoreError(f"{output} already exists; choose a new file name")
+    reverify(chosen)
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as sink:
+            for chunk in decompressed_chunks(chosen.record.path, chosen.manifest.compression):
+                sink.write(chunk)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    return output
+
+
+def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: tuple[str, ...]) -> list[str]:
+    manifest = chosen.manifest
+    state = engine.database_state(into)
+    lines = [
+        f"backup:   {chosen.record.path}",
+        f"made:     {manifest.started_at} ({manifest.format}, {manifest.stored_bytes} bytes stored)",
+        f"sha256:   {manifest.sha256}",
+        f"into:     database {into!r} on {engine.job.name}'s server ({state})",
+    ]
+    if state == MISSING:
+        lines.append(f"step:     create database {into!r}")
+    elif state == NOT_EMPTY and not force:
+        lines.append("refused:  the database holds data; pass --force to restore into it anyway")
+    lines.append("step:     re-verify the backup's sha256 and structure")
+    lines.append(f"step:     load it{' (tables: ' + ', '.join(tables) + ')' if tables else ''}")
+    return lines
+
+
+def restore_database(
+    config: Config, job: str, chosen: Chosen, into: str, *, force: bool = False, tables: tuple[str, ...] = ()
+) -> None:
+    engine = engine_for(config, job)
+    log = get_logger(job=job, database=chosen.manifest.database, into=into)
+    state = engine.database_state(into)
+    if state == NOT_EMPTY and not force:
+        raise RestoreError(f"database {into!r} already holds data; refusing to restore into it without --force")
+    reverify(chosen)
+    log.info("restore.started", path=str(chosen.record.path))
+    created = False
+    if state == MISSING:
+        engine.create_database(into)
+        created = True
+    try:
+        engine.restore(decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, into,
+                       tables=tables)
+    except BaseException as error:
+        log.error("restore.failed", error=str(error))
+        if created:
+            engine.drop_database(into)
+        raise
+    log.info("restore.finished", path=str(chosen.record.path))
