@@ -47,8 +47,11 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str
     return differences
 
 
-def scratch_name(database: str, now: datetime) -> str:
-    return f"{database}{DRILL_MARKER}{now.strftime('%Y%m%dT%H%M%SZ')}"
+def scratch_name(database: str, now: datetime, limit: int = 63) -> str:
+    """`<db>__drill_<stamp>`, the database part cut so the whole fits the server's name limit (63 bytes)."""
+    suffix = f"{DRILL_MARKER}{now.strftime('%Y%m%dT%H%M%SZ')}"
+    head = database.encode()[: limit - len(suffix)].decode(errors="ignore")
+    return head + suffix
 
 
 def run_drills(config: Config, job: str, *, now: datetime | None = None) -> list[DrillResult]:

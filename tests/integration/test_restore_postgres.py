@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from servers.postgres import PostgresServer, running_postgres
 from test_postgres import SCHEMA, drop_database, pg_job, table_fingerprints
 
 from agent import journal
+from agent.drill import scratch_name
 from agent.manifest import manifest_path
+
+SCRATCH_QUERY = "SELECT datname FROM pg_database WHERE position('__drill_' in datname) > 0"
 
 
 def _database_exists(server: PostgresServer, name: str) -> bool:
@@ -142,7 +146,7 @@ def test_a_drill_passes_on_a_good_backup_and_leaves_no_scratch_database(
     assert run_cli(backed_up, "drill", "--job", "main") == 0
     assert [event["database"] for event in events_named(tmp_path, "drill.passed")] == [pg_database]
     with pg_server.connect() as connection:
-        left = connection.execute("SELECT datname FROM pg_database WHERE position('__drill_' in datname) > 0").fetchall()
+        left = connection.execute(SCRATCH_QUERY).fetchall()
     assert left == []
     entries, problems = journal.read_entries(tmp_path / "storage")
     assert problems == [] and entries[-1]["event"] == "drill" and entries[-1]["result"] == "passed"
@@ -161,14 +165,14 @@ def test_a_drill_fails_naming_the_table_whose_count_differs(
     (failure,) = events_named(tmp_path, "drill.failed")
     assert any("audit.event" in difference for difference in failure["differences"])
     with pg_server.connect() as connection:
-        left = connection.execute("SELECT datname FROM pg_database WHERE position('__drill_' in datname) > 0").fetchall()
+        left = connection.execute(SCRATCH_QUERY).fetchall()
     assert left == []
 
 
 def test_a_scratch_database_left_by_a_crashed_drill_is_dropped_at_the_next_drill(
     pg_server: PostgresServer, pg_database: str, backed_up: Path
 ) -> None:
-    leftover = f"{pg_database}__drill_20260101T000000Z"
+    leftover = scratch_name(pg_database, datetime(2026, 1, 1, tzinfo=UTC))
     with pg_server.connect() as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(leftover)))
     assert run_cli(backed_up, "drill", "--job", "main") == 0

@@ -21,17 +21,15 @@ def test_the_example_config_parses_into_the_documented_job() -> None:
 
 def test_every_commented_example_job_is_valid_once_uncommented() -> None:
     """Uncommenting the example MySQL, MongoDB and SQLite jobs gives a valid config too."""
-    lines = []
+    lines: list[str] = []
+    in_example_job = False
     for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
-        stripped = line.lstrip("# ")
-        if line.startswith("# [jobs.") or (line.startswith("# ") and lines and lines[-1].startswith("[jobs.")):
-            lines.append(stripped)
-        elif line.startswith("# ") and "=" in stripped and any(
-            block in "\n".join(lines[-12:]) for block in ("[jobs.shop]", "[jobs.docs]", "[jobs.app]")
-        ):
-            lines.append(stripped)
-        else:
-            lines.append(line)
+        if line.startswith("# [jobs.") and not line.startswith("# [jobs.main"):
+            in_example_job = True
+        elif not line.startswith("# "):
+            in_example_job = False
+        lines.append(line[2:] if in_example_job else line)
     config = parse_config("\n".join(lines), EXAMPLE, file_mode=0o100600)
     assert {"main", "shop", "docs", "app"} <= set(config.jobs)
     assert config.jobs["shop"].engine == "mysql" and config.jobs["docs"].engine == "mongodb"
+    assert config.jobs["app"].engine == "sqlite"
