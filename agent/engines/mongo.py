@@ -1,0 +1,561 @@
+"""MongoDB: one mongodump archive per database, from `mongodump --archive` or a built-in dumper.
+
+With mongodump available (on PATH, or `tool` names it) the agent streams `mongodump --archive --db`
+into the writer; the password reaches mongodump in a `--config` YAML file (0600, in a private folder
+under the job's scratch space, removed afterwards), never in argv. Without it (or `tool = "builtin"`)
+the agent writes the same archive format itself from PyMongo raw batches: the bytes are copied from
+the cursor without decoding, so memory is bounded by one batch whatever the collection's size, and
+on a replica set every collection of a database is read in one snapshot session. Either way the
+stream is parsed as it passes, so the manifest records documents per collection as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pymongo
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from agent import __version__, process
+from agent.engines.base import (
+    EMPTY,
+    MISSING,
+    NOT_EMPTY,
+    DumpDetails,
+    DumpTarget,
+    Engine,
+    ServerInfo,
+    Sink,
+    StreamCheck,
+    select_databases,
+)
+from agent.errors import ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
+from agent.mongo_archive import (
+    BUCKETS_PREFIX,
+    ArchiveCheck,
+    ArchiveHeader,
+    ArchiveParser,
+    ArchiveWriter,
+    PreludeEntry,
+    collection_metadata,
+)
+
+if TYPE_CHECKING:
+    from agent.manifest import Manifest
+    from agent.secrets import Secret
+
+ARCHIVE_FORMAT = "mongodump-archive"
+BUILTIN = "builtin"
+BUILTIN_TOOL = "backup-agent-builtin"
+SYSTEM_DATABASES = ("admin", "config", "local")
+_AUTHENTICATION_FAILED = 18
+_SNAPSHOT_TOO_OLD = 239
+_SNAPSHOT_WIRE_VERSION = 13  # MongoDB 5.0: snapshot reads outside transactions
+_BUFFER_SIZE = 1 << 20
+_VERSION = re.compile(r"version:?\s*r?(\d+)\.(\d+)(?:\.(\d+))?")
+_RAW = CodecOptions(document_class=RawBSONDocument)
+
+
+@dataclass(slots=True)
+class _Topology:
+    """What `hello` and `buildInfo` said about the server."""
+
+    version: str = ""
+    version_tuple: tuple[int, ...] = ()
+    replica_set: str | None = None
+    sharded: bool = False
+    wire_version: int = 0
+
+    @property
+    def snapshots(self) -> bool:
+        return (self.replica_set is not None or self.sharded) and self.wire_version >= _SNAPSHOT_WIRE_VERSION
+
+
+@dataclass(slots=True)
+class _Collection:
+    name: str
+    type: str
+    options: dict[str, Any]
+    uuid: bytes | None
+    indexes: list[Any] = field(default_factory=list)
+
+    @property
+    def has_data(self) -> bool:
+        return self.type != "view"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", text)
+    return tuple(int(part) for part in parts[:3])
+
+
+def dumpable_collection(name: str) -> bool:
+    """mongodump's rule: no `system.*` (except system.js and admin's users/roles), no `$` names."""
+    if "$" in name:
+        return False
+    return not name.startswith("system.") or name == "system.js"
+
+
+def _system_collection_kept(database: str, name: str) -> bool:
+    return database == "admin" and name in ("system.users", "system.roles", "system.version")
+
+
+def tool_version(tool: str) -> tuple[tuple[int, ...], str]:
+    """mongodump's version as numbers and as its first line (`mongodump version: 100.10.0`)."""
+    result = process.run([tool, "--version"], timeout=30)
+    text = result.stdout.strip() or result.stderr.strip()
+    match = _VERSION.search(text)
+    if result.returncode != 0 or match is None:
+        raise ToolError(f"cannot read the version of {tool}: {text.splitlines()[0] if text else 'no output'}")
+    numbers = tuple(int(part) for part in match.groups() if part is not None)
+    return numbers, text.splitlines()[0]
+
+
+def yaml_config(password: str) -> str:
+    """A mongodump --config file; a JSON string is a valid YAML double-quoted scalar."""
+    return f"password: {json.dumps(password)}\n"
+
+
+@contextlib.contextmanager
+def private_config(scratch: Path, password: Secret | None) -> Iterator[Path | None]:
+    """The --config YAML in a fresh 0700 folder under scratch, 0600, removed on exit (even on error)."""
+    if password is None:
+        yield None
+        return
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="mongodump-", dir=scratch))
+    try:
+        path = folder / "mongodump.yaml"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(yaml_config(password.reveal()))
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _CountingSink:
+    """Wraps a sink: parses the stream on its way to count documents per namespace."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.parser = ArchiveParser()
+
+    def __call__(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self._sink(data)
+
+
+class MongoEngine(Engine):
+    name = "mongodb"
+
+    # --- connections ---------------------------------------------------------------------------
+    def _client_options(self) -> dict[str, Any]:
+        job = self.job
+        timeout_ms = max(1000, int(job.connect_timeout.total_seconds() * 1000))
+        options: dict[str, Any] = {
+            "appname": "backup-agent",
+            "connectTimeoutMS": timeout_ms,
+            "serverSelectionTimeoutMS": timeout_ms,
+            "socketTimeoutMS": max(timeout_ms, int(job.stall_timeout.total_seconds() * 1000)),
+        }
+        if job.uri is None:
+            options["host"] = job.socket or job.host or "localhost"
+            options["port"] = job.port or 27017
+            options["directConnection"] = True  # dump from the node named, not whatever it points to
+        if job.user:
+            options["username"] = job.user
+        if job.auth_source:
+            options["authSource"] = job.auth_source
+        if job.tls:
+            options["tls"] = True
+        return options
+
+    def client(self) -> pymongo.MongoClient[dict[str, Any]]:
+        """A client for the job's server; credentials are keywords, never part of a URI."""
+        options = self._client_options()
+        password = self.job.password.read()
+        if password is not None:
+            options["password"] = password.reveal()
+        try:
+            if self.job.uri is not None:
+                return pymongo.MongoClient(self.job.uri, **options)
+            return pymongo.MongoClient(**options)
+        except PyMongoError as error:
+            raise self._unreachable(error) from None
+
+    @contextlib.contextmanager
+    def _connected(self) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+        client = self.client()
+        try:
+            yield client
+        except OperationFailure as error:
+            if error.code == _AUTHENTICATION_FAILED:
+                raise ConnectionFailed(
+                    f"MongoDB at {self._server_label()} refused the credentials of user "
+                    f"{self.job.user!r}: authentication failed"
+                ) from None
+            raise
+        except ConnectionFailure as error:
+            raise self._unreachable(error) from None
+        finally:
+            client.close()
+
+    def _unreachable(self, error: PyMongoError) -> ConnectionFailed:
+        return ConnectionFailed(f"cannot connect to MongoDB at {self._server_label()}: {_first_line(error)}")
+
+    def _server_label(self) -> str:
+        if self.job.uri is not None:
+            hosts = urlsplit(self.job.uri).netloc.rpartition("@")[2]
+            return hosts or self.job.uri.split("?")[0]
+        if self.job.socket:
+            return f"{self.job.socket} (socket)"
+        return f"{self.job.host or 'localhost'}:{self.job.port or 27017}"
+
+    def _topology(self, client: pymongo.MongoClient[dict[str, Any]]) -> _Topology:
+        hello = client.admin.command("hello")
+        build = client.admin.command("buildInfo")
+        version = str(build.get("version", ""))
+        return _Topology(
+            version=version,
+            version_tuple=_version_tuple(version),
+            replica_set=hello.get("setName"),
+            sharded=hello.get("msg") == "isdbgrid",
+            wire_version=int(hello.get("maxWireVersion", 0)),
+        )
+
+    # --- tools -----------------------------------------------------------------------------------
+    def resolve_tool(self) -> str:
+        """BUILTIN, or the mongodump to run: `tool` auto/None takes mongodump from PATH when it is there."""
+        configured = self.job.tool
+        if configured == BUILTIN:
+            return BUILTIN
+        if configured in (None, "auto"):
+            return shutil.which("mongodump") or BUILTIN
+        found = shutil.which(configured)
+        if found is None:
+            where = "on PATH" if configured == "mongodump" else "or is not executable"
+            raise ToolError(
+                f"{configured} not found {where}; install the MongoDB Database Tools, or set "
+                f'jobs.{self.job.name}.tool = "builtin"'
+            )
+        return found
+
+    # --- the engine interface --------------------------------------------------------------------
+    def probe(self) -> ServerInfo:
+        tool = self.resolve_tool()
+        with self._connected() as client:
+            topology = self._topology(client)
+            client.admin.command("listDatabases", nameOnly=True)  # proves the login works
+        if tool == BUILTIN:
+            return ServerInfo(self._server_label(), topology.version, BUILTIN_TOOL, f"backup-agent {__version__}")
+        numbers, text = tool_version(tool)
+        if numbers and numbers[0] < 100 and topology.version_tuple >= (4, 4):
+            raise ToolError(
+                f"{tool} is the legacy {'.'.join(map(str, numbers))} but the server is MongoDB {topology.version}: "
+                f"install the MongoDB Database Tools 100.x, or set jobs.{self.job.name}.tool = \"builtin\""
+            )
+        return ServerInfo(self._server_label(), topology.version, tool, text)
+
+    def discover(self) -> list[str]:
+        with self._connected() as client:
+            names = client.list_database_names()
+        if self.job.include_system:
+            return sorted(names)
+        return sorted(name for name in names if name not in SYSTEM_DATABASES)
+
+    def database_target(self, database: str) -> DumpTarget:
+        return DumpTarget(database, kind="database", extension="archive", format=ARCHIVE_FORMAT)
+
+    def targets(self, only_database: str | None = None) -> list[DumpTarget]:
+        """One archive per database; with `point_in_time` on a whole-server mongodump job, one server
+        archive with `--oplog` (mongodump cannot combine --oplog with --db)."""
+        if only_database is None and self._whole_server_oplog():
+            return [DumpTarget("", kind="server", extension="archive", format=ARCHIVE_FORMAT)]
+        return super().targets(only_database)
+
+    def _whole_server_oplog(self) -> bool:
+        if not self.job.point_in_time or self.job.databases is not None or self.resolve_tool() == BUILTIN:
+            return False
+        with self._connected() as client:
+            return self._topology(client).replica_set is not None
+
+    def size_estimate(self, database: str) -> int | None:
+        """`dbStats.dataSize`: the uncompressed BSON the archive will carry (storage sizes are compressed)."""
+        try:
+            with self._connected() as client:
+                stats = client[database].command("dbStats")
+        except (PyMongoError, ConnectionFailed):
+            return None
+        size = stats.get("dataSize")
+        return int(size) if isinstance(size, int | float) else None
+
+    @classmethod
+    def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
+        if format_name != ARCHIVE_FORMAT:
+            raise VerificationError(f"unknown MongoDB format {format_name!r}")
+        return ArchiveCheck()
+
+    def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
+        tool = self.resolve_tool()
+        try:
+            if tool == BUILTIN:
+                if target.kind != "database":
+                    raise DumpError("the built-in dumper writes one database per archive", "unsupported")
+                return _BuiltinDump(self, target.database, sink).run()
+            return self._mongodump(tool, target, sink)
+        except ConnectionFailed as error:
+            raise DumpError(str(error), "connection_failed") from None
+
+    # --- mongodump -------------------------------------------------------------------------------
+    def mongodump_argv(self, tool: str, target: DumpTarget, config_path: Path | None) -> list[str]:
+        """The command as data; the password is only ever in the --config file."""
+        job = self.job
+        argv = [tool, "--archive"]
+        if job.uri is not None:
+            argv.append(f"--uri={job.uri}")
+        else:
+            argv.append(f"--host={job.socket or job.host or 'localhost'}")
+            if job.port:
+                argv.append(f"--port={job.port}")
+        if job.user:
+            argv.append(f"--username={job.user}")
+        if job.auth_source:
+            argv.append(f"--authenticationDatabase={job.auth_source}")
+        if job.tls:
+            argv.append("--ssl")
+        if config_path is not None:
+            argv.append(f"--config={config_path}")
+        if target.kind == "server":
+            argv.append("--oplog")
+            argv.extend(f"--nsExclude={name}.*" for name in self._excluded_databases())
+        else:
+            argv.append(f"--db={target.database}")
+        argv.extend(job.extra_args)
+        return argv
+
+    def _excluded_databases(self) -> list[str]:
+        """Databases a whole-server dump must leave out: system ones unless asked, and `exclude`.
+
+        mongodump skips `local` by itself; `admin` may hold users without being listed."""
+        with self._connected() as client:
+            names = set(client.list_database_names())
+        if not self.job.include_system:
+            names.update(("admin", "config"))
+        wanted = set(select_databases(self.discover(), self.job.exclude))
+        return sorted(name for name in names if name not in wanted and name != "local")
+
+    def _mongodump(self, tool: str, target: DumpTarget, sink: Sink) -> DumpDetails:
+        details = DumpDetails(counts_consistent=True)
+        what = "mongodump of the whole server" if target.kind == "server" else f"mongodump of {target.database!r}"
+        counting = _CountingSink(sink)
+        with private_config(self.context.scratch, self.job.password.read()) as config_path:
+            command = process.Command(
+                tuple(self.mongodump_argv(tool, target, config_path)), nice=self.job.nice, ionice=self.job.ionice
+            )
+            child = process.start(command)
+            process.stream_stdout(child, counting, self.context.limits, what)
+        summary = counting.parser.finish()
+        per_database = target.kind == "server"
+        types = {(entry.database, entry.collection): entry.type for entry in summary.entries}
+        for (database, collection), count in summary.counts().items():
+            if types[(database, collection)] == "view":
+                continue
+            if database == "" and collection == "oplog":
+                details.details["oplog_entries"] = count
+                continue
+            details.counts[f"{database}.{collection}" if per_database else collection] = count
+        details.point_in_time = target.kind == "server"
+        details.details.update(tool="mongodump", server_version=summary.header.server_version if summary.header else "")
+        if self.job.point_in_time and target.kind != "server":
+            details.warnings.append(
+                "point_in_time needs a whole-server job (databases = \"*\") on a replica set; "
+                "this database was dumped without --oplog"
+            )
+        return details
+
+    # --- restore (the runner's restore/drill interface) ------------------------------------------
+    def database_state(self, database: str) -> str:
+        with self._connected() as client:
+            if database not in client.list_database_names():
+                return MISSING
+            names = client[database].list_collection_names()
+        return NOT_EMPTY if names else EMPTY
+
+    def create_database(self, database: str) -> None:
+        """MongoDB creates a database with its first collection; nothing to do ahead of the restore."""
+
+    def drop_database(self, database: str) -> None:
+        with self._connected() as client:
+            client.drop_database(database)
+
+    def restore(
+        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        drill: bool = False,
+    ) -> None:
+        from agent.mongo_restore import ChunkStream, restore_archive
+
+        if tables:
+            raise UsageError("a MongoDB restore loads whole databases; --table is not supported")
+        with self._connected() as client:
+            restore_archive(ChunkStream(chunks), client, database, source_database=manifest.database or None)
+
+    def count_rows(self, database: str) -> dict[str, int]:
+        with self._connected() as client:
+            target = client[database]
+            return {
+                info["name"]: target[info["name"]].count_documents({})
+                for info in target.list_collections()
+                if info.get("type", "collection") != "view" and dumpable_collection(info["name"])
+            }
+
+
+class _BuiltinDump:
+    """Writes one database as a mongodump archive from raw cursor batches (no decoding)."""
+
+    def __init__(self, engine: MongoEngine, database: str, sink: Sink) -> None:
+        self.engine = engine
+        self.database = database
+        self.writer = ArchiveWriter(sink)
+        self.details = DumpDetails(counts_consistent=True)
+        self.limits = engine.context.limits
+        self.started = time.monotonic()
+
+    def run(self) -> DumpDetails:
+        with self.engine._connected() as client:
+            topology = self.engine._topology(client)  # connection and login problems surface here, as such
+            try:
+                self._dump(client, topology)
+            except OperationFailure as error:
+                if error.code == _SNAPSHOT_TOO_OLD:
+                    raise DumpError(
+                        f"the dump of {self.database!r} took longer than the server keeps snapshot history "
+                        "(minSnapshotHistoryWindowInSeconds, 300 s by default): raise it on the server",
+                        "snapshot_too_old",
+                    ) from None
+                raise DumpError(f"reading {self.database!r} failed: {_first_line(error)}", "server_error") from None
+            except ConnectionFailure as error:
+                raise DumpError(
+                    f"lost the connection to MongoDB while dumping {self.database!r}: {_first_line(error)}",
+                    "connection_lost",
+                ) from None
+            except PyMongoError as error:
+                raise DumpError(f"reading {self.database!r} failed: {_first_line(error)}", "server_error") from None
+        return self.details
+
+    def _dump(self, client: pymongo.MongoClient[dict[str, Any]], topology: _Topology) -> None:
+        database = client[self.database]
+        collections = self._collections(database, topology)
+        entries = [
+            PreludeEntry(
+                database=self.database,
+                collection=item.name,
+                metadata=collection_metadata(
+                    item.name, options=item.options, indexes=item.indexes, uuid=item.uuid, collection_type=item.type
+                ),
+                type=item.type,
+            )
+            for item in collections
+        ]
+        header = ArchiveHeader(server_version=topology.version, tool_version=f"backup-agent {__version__} (builtin)")
+        self.writer.begin(header, entries)
+        use_snapshot = topology.snapshots
+        session_context = client.start_session(snapshot=True) if use_snapshot else contextlib.nullcontext()
+        with session_context as session:
+            for item in collections:
+                self._collection(database, item, session)
+            snapshot_time = getattr(session, "_snapshot_time", None) if session is not None else None
+        self.writer.close()
+        self.details.point_in_time = use_snapshot
+        self.details.details.update(
+            tool=BUILTIN,
+            collections=sum(1 for item in collections if item.type != "view"),
+            views=sum(1 for item in collections if item.type == "view"),
+            indexes=sum(len(item.indexes) for item in collections),
+            read_in_one_snapshot=use_snapshot,
+        )
+        if snapshot_time is not None:
+            self.details.details["snapshot_time"] = {"t": snapshot_time.time, "i": snapshot_time.inc}
+        if topology.replica_set is not None:
+            self.details.details["replica_set"] = topology.replica_set
+        if not use_snapshot:
+            self.details.warnings.append(
+                "the server does not offer snapshot reads (not a replica set, or older than 5.0): "
+                "collections were read one after another, not at one point in time"
+            )
+        if self.engine.job.point_in_time and self.engine.job.databases is None:
+            self.details.warnings.append(
+                "the built-in dumper reads each database in its own snapshot; point in time across "
+                "databases needs mongodump --oplog"
+            )
+
+    def _collections(self, database: Any, topology: _Topology) -> list[_Collection]:
+        listed = list(database.list_collections())
+        found: list[_Collection] = []
+        for info in sorted(listed, key=lambda item: item["name"]):
+            name = info["name"]
+            if not dumpable_collection(name) and not _system_collection_kept(self.database, name):
+                continue
+            kind = str(info.get("type", "collection"))
+            uuid = info.get("info", {}).get("uuid")
+            item = _Collection(
+                name=name,
+                type=kind,
+                options=dict(info.get("options", {})),
+                uuid=bytes(uuid) if getattr(uuid, "subtype", None) == 4 else None,
+            )
+            if kind == "timeseries" and topology.version_tuple >= (8, 3):
+                raise DumpError(
+                    f"time-series collection {self.database}.{name}: on MongoDB 8.3+ its buckets can only "
+                    "be read with rawData, which the built-in dumper does not do; install mongodump",
+                    "unsupported",
+                )
+            if item.has_data:
+                item.indexes = list(database[name].list_indexes())
+            found.append(item)
+        return found
+
+    def _collection(self, database: Any, item: _Collection, session: Any) -> None:
+        if not item.has_data:
+            self.writer.end(self.database, item.name)
+            return
+        data_name = BUCKETS_PREFIX + item.name if item.type == "timeseries" else item.name
+        collection = database.get_collection(data_name, codec_options=_RAW)
+        cursor = collection.find_raw_batches({}, session=session, hint=[("$natural", 1)])
+        documents = 0
+        try:
+            for batch in cursor:
+                self._check_limits()
+                documents += self.writer.write(self.database, data_name, batch)
+        finally:
+            cursor.close()
+        self.writer.end(self.database, data_name)
+        self.details.counts[item.name] = documents
+
+    def _check_limits(self) -> None:
+        limits = self.limits
+        if limits.should_stop():
+            raise DumpError(f"the dump of {self.database!r} was stopped: the agent is shutting down", "shutdown")
+        now = time.monotonic()
+        if limits.timeout is not None and now - self.started > limits.timeout:
+            raise DumpError(
+                f"the dump of {self.database!r} ran longer than its timeout of {limits.timeout:.0f}s", "timeout"
+            )
