@@ -32,7 +32,7 @@ from apscheduler.triggers.base import BaseTrigger
 from agent import __version__, catalog, log
 from agent.config import Config, JobConfig, load_config
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
-from agent.runner import CONNECTION_FAILED, FAILED, RunOutcome, run_job
+from agent.runner import CONNECTION_FAILED, FAILED, SKIPPED, RunOutcome, run_job
 from agent.schedule import (
     BEFORE_SNAPSHOTS,
     Plan,
@@ -370,7 +370,7 @@ class Daemon:
         next_run = self._next_run(name)
         record_run(config.storage.path, outcome, next_run)
         fields: dict[str, Any] = {
-            "run_id": outcome.run_id, "status": outcome.status, "duration": outcome.duration_seconds,
+            "run_id": outcome.run_id, "status": _status_of(outcome), "duration": outcome.duration_seconds,
             "databases_ok": sum(1 for target in outcome.targets if target.status == "ok"),
             "databases_failed": sum(1 for target in outcome.targets if target.status != "ok"),
             "next_run": _iso(next_run),
@@ -380,7 +380,7 @@ class Daemon:
         else:
             reasons = [outcome.reason] if outcome.reason else []
             reasons += [target.reason for target in outcome.targets if target.status != "ok"]
-            level = logger.warning if outcome.status == "skipped" else logger.error
+            level = logger.warning if outcome.status == SKIPPED else logger.error
             level("job.finished", reason=",".join(dict.fromkeys(reasons)) or outcome.status, **fields)
         return outcome
 
@@ -407,6 +407,13 @@ class Daemon:
         elif event.code == EVENT_JOB_MAX_INSTANCES:
             logger.warning("job.overlap_skipped", scheduled=[_iso(moment) for moment in event.scheduled_run_times],
                            reason="the previous run of this job is still going")
+
+
+def _status_of(outcome: RunOutcome) -> str:
+    """ok, skipped, or failed (also when only some databases failed)."""
+    if outcome.ok:
+        return "ok"
+    return SKIPPED if outcome.status == SKIPPED else FAILED
 
 
 def _connection_failed(outcome: RunOutcome) -> bool:
