@@ -1,0 +1,220 @@
+"""The disk budget: filesystem figures, what `max_usage` and `reserve` resolve to, and dump predictions.
+
+Two limits guard every write. `reserve` is free space that must remain for the application;
+`max_usage` caps what the agent's own files (everything under the storage path) may occupy.
+Figures come from statvfs on the storage path; an explicit `quota` replaces the filesystem's size
+when the filesystem does not show it (free space is then also capped at quota minus usage).
+The arithmetic here is pure; `measure` and `free_bytes_now` are the only functions that look at disk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, StorageConfig
+from agent.errors import DumpError
+
+MIB = 1 << 20
+PREDICTION_HISTORY = 5  # the last N stored sizes of a series
+GROWTH_MARGIN = 1.2  # the next dump may be 20% larger than the largest of those
+# With no history: stored bytes per byte the server reports. Deliberately pessimistic (databases
+# compress 3-10x and a logical dump leaves out indexes); the in-flight check covers a miss.
+COMPRESSION_RATIO = {"none": 1.0, "gzip": 0.5, "zstd": 0.5}
+UNKNOWN_PREDICTION = MIB  # no history and no estimate (globals, grants): a small dump
+# Engines that first copy the whole database into the scratch folder under the storage path and
+# then stream the copy: while they run, the copy occupies the same disk as the dump.
+SCRATCH_COPY_ENGINES = frozenset({"sqlite"})
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFigures:
+    """One look at the disk: its size, the free space writers may use, and the agent's usage."""
+
+    total_bytes: int
+    free_bytes: int
+    usage_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    reserve_bytes: int
+    max_usage_bytes: int | None
+
+
+def resolve_budget(storage: StorageConfig, total_bytes: int) -> Budget:
+    """Bytes that `reserve` and `max_usage` stand for on a filesystem (or quota) of `total_bytes`."""
+    max_usage = storage.max_usage.resolve(total_bytes) if storage.max_usage is not None else None
+    return Budget(reserve_bytes=storage.reserve.resolve(total_bytes), max_usage_bytes=max_usage)
+
+
+def shortfall(figures: DiskFigures, budget: Budget, need_bytes: int) -> int:
+    """Bytes that must be freed before `need_bytes` more can be written within the budget (0: it fits).
+
+    Deleting a file of n bytes raises free space and lowers usage by n, so one number covers both limits.
+    """
+    missing = need_bytes + budget.reserve_bytes - figures.free_bytes
+    if budget.max_usage_bytes is not None:
+        missing = max(missing, figures.usage_bytes + need_bytes - budget.max_usage_bytes)
+    return max(0, missing)
+
+
+def check_interval(total_bytes: int, budget: Budget) -> int:
+    """Stored bytes a dump writes between two free-space checks: 1/1024 of the disk (or of max_usage
+    when smaller), between 1 and 64 MiB. A statvfs call costs microseconds; this is cheap."""
+    scale = min(total_bytes, budget.max_usage_bytes or total_bytes)
+    return min(64 * MIB, max(MIB, scale // 1024))
+
+
+# --------------------------------------------------------------------------------------------------
+# Looking at the disk
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes a file occupies on disk (what deleting it gives back); 0 when it is gone."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return 0
+    return _allocated(info)
+
+
+def _allocated(info: os.stat_result) -> int:
+    blocks = getattr(info, "st_blocks", None)
+    return blocks * 512 if blocks is not None else info.st_size
+
+
+def usage_of(root: Path) -> int:
+    """Bytes allocated to every regular file under `root` (backups, manifests, journal, partials, scratch)."""
+    total = 0
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(entry.path)
+            elif stat.S_ISREG(info.st_mode):
+                total += _allocated(info)
+    return total
+
+
+def _filesystem(path: Path) -> tuple[int, int]:
+    """(size, bytes an unprivileged writer may still use) of the filesystem holding `path`."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    figures = os.statvfs(probe)
+    return figures.f_blocks * figures.f_frsize, figures.f_bavail * figures.f_frsize
+
+
+def free_bytes_now(storage: StorageConfig, usage_bytes: int) -> int:
+    """Free space this instant; cheap enough to call every few MiB of a dump."""
+    size, available = _filesystem(storage.path)
+    if storage.quota is not None:
+        quota = storage.quota.resolve(size)
+        available = min(available, quota - usage_bytes)
+    return max(0, available)
+
+
+def measure(storage: StorageConfig) -> DiskFigures:
+    """The disk as it is now; with a quota set, the quota is the size and caps the free space."""
+    usage = usage_of(storage.path)
+    size, _available = _filesystem(storage.path)
+    total = storage.quota.resolve(size) if storage.quota is not None else size
+    return DiskFigures(total_bytes=total, free_bytes=free_bytes_now(storage, usage), usage_bytes=usage)
+
+
+# --------------------------------------------------------------------------------------------------
+# Predicting the next dump
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    stored_bytes: int  # the predicted size of the dump file
+    basis: str  # history | estimate | unknown
+    scratch_bytes: int = 0  # a scratch copy the engine makes on the same disk while it runs
+
+
+def predict(history: Sequence[int], size_estimate: int | None, compression: str) -> Prediction:
+    """The next dump's size: the largest of the last few stored sizes times a growth margin, or,
+    with no history, the server's size estimate times a pessimistic compression ratio."""
+    recent = [size for size in history[-PREDICTION_HISTORY:] if size > 0]
+    if recent:
+        return Prediction(math.ceil(max(recent) * GROWTH_MARGIN), "history")
+    if size_estimate is not None and size_estimate > 0:
+        ratio = COMPRESSION_RATIO.get(compression, 1.0)
+        return Prediction(max(UNKNOWN_PREDICTION, math.ceil(size_estimate * ratio)), "estimate")
+    return Prediction(UNKNOWN_PREDICTION, "unknown")
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusal and reporting
+
+
+class InsufficientSpaceError(DumpError):
+    """A dump was refused before it started: it cannot fit the budget without going below keep_min."""
+
+    def __init__(self, message: str, figures: dict[str, int | None]) -> None:
+        super().__init__(message, reason="insufficient_space")
+        self.figures = figures
+
+
+def space_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
+    """Usage against the budget, free space, reserve, and the predicted next dump of every database.
+
+    For `status` and metrics: reads the disk and the manifests, never connects to a database (so a
+    database with no history shows no prediction).
+    """
+    from agent import catalog
+
+    figures = measure(config.storage)
+    budget = resolve_budget(config.storage, figures.total_bytes)
+    history: dict[tuple[str, str], list[tuple[datetime, int]]] = {}
+    for record in catalog.scan(config.storage.path):
+        if record.job in config.jobs and record.status == catalog.GOOD and record.manifest is not None:
+            moment = record.created_at or datetime.min.replace(tzinfo=UTC)
+            history.setdefault((record.job, record.folder), []).append((moment, record.manifest.stored_bytes))
+    series = []
+    for (job, folder), sizes in sorted(history.items()):
+        sizes.sort()
+        prediction = predict([size for _moment, size in sizes], None, config.storage.compression)
+        series.append({
+            "job": job,
+            "folder": folder,
+            "backups": len(sizes),
+            "last_stored_bytes": sizes[-1][1],
+            "predicted_bytes": prediction.stored_bytes,
+        })
+    return {
+        "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "storage": str(config.storage.path),
+        "total_bytes": figures.total_bytes,
+        "free_bytes": figures.free_bytes,
+        "usage_bytes": figures.usage_bytes,
+        "reserve_bytes": budget.reserve_bytes,
+        "max_usage_bytes": budget.max_usage_bytes,
+        "headroom_bytes": headroom(figures, budget),
+        "series": series,
+    }
+
+
+def headroom(figures: DiskFigures, budget: Budget) -> int:
+    """Bytes that still fit before a limit is reached; negative when the disk is over budget."""
+    room = figures.free_bytes - budget.reserve_bytes
+    if budget.max_usage_bytes is not None:
+        room = min(room, budget.max_usage_bytes - figures.usage_bytes)
+    return room
