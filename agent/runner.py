@@ -16,22 +16,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from structlog.stdlib import BoundLogger
+
 from agent import __version__, journal
+from agent.budget import InsufficientSpaceError
 from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
 from agent.engines import engine_class
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError
+from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
 from agent.process import StreamLimits
+from agent.prune import DumpSpace, apply_after_dump, prepare_dump
 from agent.storage import StorageLayout, exclusive_lock
 from agent.writer import DumpWriter
 
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
+REFUSED = "refused"  # the dump would not fit the disk budget (see agent/prune.py)
 CONNECTION_FAILED = "connection_failed"  # the server could not be reached; the daemon retries
 
 
@@ -156,6 +162,7 @@ class JobRun:
             return
         for target in targets:
             outcome.targets.append(self.dump_target(engine, info, target))
+        self._apply_retention(outcome)
 
     def dump_target(self, engine: Engine, info: ServerInfo, target: DumpTarget) -> TargetOutcome:
         folder = folder_for(target, self.job.engine)
@@ -163,6 +170,9 @@ class JobRun:
         started_at = datetime.now(UTC)
         started = time.monotonic()
         log = self.log.bind(database=target.database or folder, kind=target.kind)
+        space = self._preflight(engine, target, folder, log)
+        if isinstance(space, TargetOutcome):
+            return space
         log.info("backup.started")
         extension = target.extension + compression.extension
 
@@ -177,6 +187,8 @@ class JobRun:
                 name_for,
                 compression,
                 max_write_rate=self.config.storage.max_write_rate,
+                progress=space.progress,
+                progress_every=space.check_every,
             )
             check = engine.new_check(target.format, info.tool)
             active_writer, active_check = writer, check
@@ -185,6 +197,7 @@ class JobRun:
                 active_check.feed(data)
                 active_writer.write(data)
 
+            space.before_write()
             details = engine.dump(target, sink)
             check.finish()
             if writer.raw_bytes == 0:
@@ -226,6 +239,7 @@ class JobRun:
             duration_seconds=round(time.monotonic() - started, 3),
             raw_bytes=published.raw_bytes,
             stored_bytes=published.stored_bytes,
+            predicted_bytes=space.predicted_bytes,
             sha256=published.sha256,
             run_id=self.run_id,
             agent_version=__version__,
@@ -235,7 +249,9 @@ class JobRun:
             warnings=details.warnings,
             details=details.details,
         )
-        write_manifest(published.path, manifest)
+        manifest_file = write_manifest(published.path, manifest)
+        if self.config.storage.immutable:
+            _make_immutable((published.path, manifest_file), log)
         journal.append(
             self.layout.root, "created", path=str(published.path.relative_to(self.layout.root)),
             sha256=published.sha256, bytes=published.stored_bytes, run_id=self.run_id,
@@ -248,6 +264,46 @@ class JobRun:
             duration=manifest.duration_seconds,
         )
         return TargetOutcome(target.database, target.kind, OK, path=published.path)
+
+    def _preflight(
+        self, engine: Engine, target: DumpTarget, folder: str, log: BoundLogger
+    ) -> DumpSpace | TargetOutcome:
+        """Predict the dump and plan its room before it starts (retention and budget: agent/prune.py)."""
+        try:
+            return prepare_dump(self.config, self.job, engine, target, folder=folder, log=log)
+        except InsufficientSpaceError as refusal:
+            # The one place a refused dump is reported; alerts hook in here.
+            log.error("backup.refused", reason=refusal.reason, error=str(refusal), **refusal.figures)
+            return TargetOutcome(target.database, target.kind, REFUSED, reason=refusal.reason, message=str(refusal))
+        except (AgentError, OSError) as error:
+            reason = _reason_for(error)
+            log.error("backup.failed", reason=reason, error=f"before the dump: {error}")
+            return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
+
+    def _apply_retention(self, outcome: RunOutcome) -> None:
+        """After good dumps: their series' policy, and the disk budget."""
+        folders = {target.path.parent.name for target in outcome.targets if target.status == OK and target.path}
+        if not folders:
+            return
+        try:
+            apply_after_dump(self.config, self.job.name, folders, self.log)
+        except (AgentError, OSError) as error:
+            self.log.error("retention.failed", error=str(error))
+
+
+_immutable_warned = False
+
+
+def _make_immutable(paths: tuple[Path, ...], log: BoundLogger) -> None:
+    """`chattr +i` when configured; without the capability, one warning per process, then carry on."""
+    global _immutable_warned  # noqa: PLW0603 - one warning per process, not per file
+    try:
+        for path in paths:
+            set_immutable(path)
+    except ImmutableUnsupported as error:
+        if not _immutable_warned:
+            _immutable_warned = True
+            log.warning("storage.immutable_unavailable", error=error.strerror)
 
 
 def run_job(
