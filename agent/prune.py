@@ -12,11 +12,7 @@ order would leave a manifest without data that no listing shows and nothing clea
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
-import fcntl
-import os
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -42,20 +38,15 @@ from agent.budget import (
     shortfall,
 )
 from agent.config import Config, JobConfig
-from agent.engines.base import DumpTarget, Engine
+from agent.engines.base import DumpTarget, Engine, Sink
 from agent.errors import AgentError, DumpError
+from agent.immutable import clear_immutable
 from agent.log import get_logger
 from agent.manifest import manifest_path
 from agent.naming import parse_backup_filename
 from agent.retention import Decision, Plan, Series
 from agent.units import format_size
 from agent.writer import fsync_directory
-
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-_FS_IMMUTABLE_FL = 0x00000010
-_NO_ATTRIBUTES = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
-
 
 # --------------------------------------------------------------------------------------------------
 # What is on disk, as the planner sees it
@@ -114,29 +105,6 @@ def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Invento
 
 # --------------------------------------------------------------------------------------------------
 # Deleting
-
-
-def clear_immutable(path: Path) -> bool:
-    """`chattr -i`: clear the immutable attribute when it is set; True if it was."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return False
-    try:
-        flags = array.array("i", [0])  # the kernel reads and writes an int, whatever the ioctl's name says
-        try:
-            fcntl.ioctl(descriptor, _FS_IOC_GETFLAGS, flags, True)
-        except OSError as error:
-            if error.errno in _NO_ATTRIBUTES:
-                return False  # a filesystem without attributes cannot have set it
-            raise
-        if not flags[0] & _FS_IMMUTABLE_FL:
-            return False
-        flags[0] &= ~_FS_IMMUTABLE_FL
-        fcntl.ioctl(descriptor, _FS_IOC_SETFLAGS, flags, True)
-        return True
-    finally:
-        os.close(descriptor)
 
 
 def _delete(
@@ -217,9 +185,21 @@ class DumpSpace:
         self._inventory = inventory
         self._log = log
 
-    def before_write(self) -> None:
-        """Make room for the engine's scratch copy and the first stretch of the dump."""
-        self._make_room(0, self._scratch + self._slack)
+    def watch(self, sink: Sink) -> Sink:
+        """Wrap the dump's byte sink: room for an engine's scratch copy is made now (the engine
+        writes it before the first byte arrives), room for the dump itself only once bytes
+        arrive, so a dump that fails before writing costs no old backups."""
+        self._make_room(0, self._scratch)
+        started = False
+
+        def first_bytes_make_room(data: bytes) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                self._make_room(self._scratch, self._slack)
+            sink(data)
+
+        return first_bytes_make_room
 
     def progress(self, stored_bytes: int) -> None:
         """The writer's progress hook: keep room for the next stretch of the dump."""

@@ -197,8 +197,7 @@ class JobRun:
                 active_check.feed(data)
                 active_writer.write(data)
 
-            space.before_write()
-            details = engine.dump(target, sink)
+            details = engine.dump(target, space.watch(sink))
             check.finish()
             if writer.raw_bytes == 0:
                 raise DumpError("the dump is empty", "empty")
