@@ -64,7 +64,8 @@ SYSTEM_DATABASES = ("admin", "config", "local")
 _AUTHENTICATION_FAILED = 18
 _SNAPSHOT_TOO_OLD = 239
 _SNAPSHOT_WIRE_VERSION = 13  # MongoDB 5.0: snapshot reads outside transactions
-_BUFFER_SIZE = 1 << 20
+_BATCH_BYTES = 4 << 20  # aim for cursor batches of this size; the server caps each at 16 MiB
+_MAX_BATCH_DOCUMENTS = 100_000
 _VERSION = re.compile(r"version:?\s*r?(\d+)\.(\d+)(?:\.(\d+))?")
 _RAW = CodecOptions(document_class=RawBSONDocument)
 
@@ -477,6 +478,7 @@ class _BuiltinDump:
         ]
         header = ArchiveHeader(server_version=topology.version, tool_version=f"backup-agent {__version__} (builtin)")
         self.writer.begin(header, entries)
+        self.batch_size = self._batch_size(database)
         use_snapshot = topology.snapshots
         session_context = client.start_session(snapshot=True) if use_snapshot else contextlib.nullcontext()
         with session_context as session:
@@ -539,7 +541,9 @@ class _BuiltinDump:
             return
         data_name = BUCKETS_PREFIX + item.name if item.type == "timeseries" else item.name
         collection = database.get_collection(data_name, codec_options=_RAW)
-        cursor = collection.find_raw_batches({}, session=session, hint=[("$natural", 1)])
+        cursor = collection.find_raw_batches(
+            {}, session=session, hint=[("$natural", 1)], batch_size=self.batch_size
+        )
         documents = 0
         try:
             for batch in cursor:
@@ -549,6 +553,17 @@ class _BuiltinDump:
             cursor.close()
         self.writer.end(self.database, data_name)
         self.details.counts[item.name] = documents
+
+    @staticmethod
+    def _batch_size(database: Any) -> int:
+        """Documents per cursor batch for about _BATCH_BYTES each: memory follows the batch, not the data."""
+        try:
+            average = float(database.command("dbStats").get("avgObjSize") or 0)
+        except PyMongoError:
+            average = 0
+        if average <= 0:
+            return 1000
+        return max(1, min(_MAX_BATCH_DOCUMENTS, int(_BATCH_BYTES / average)))
 
     def _check_limits(self) -> None:
         limits = self.limits

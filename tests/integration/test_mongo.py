@@ -14,12 +14,10 @@ import json
 import os
 import stat
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
 
-import bson
 import pymongo
 import pytest
 from agent_helpers import data_files, decompressed, events_named, password_file, run_cli, write_config
@@ -29,7 +27,6 @@ from bson.raw_bson import RawBSONDocument
 from servers.mongo import MongoServer
 
 from agent.manifest import manifest_path, read_manifest
-from agent.mongo_archive import ArchiveHeader, ArchiveParser, ArchiveWriter, PreludeEntry, collection_metadata
 from agent.mongo_restore import restore_archive
 
 RAW = CodecOptions(document_class=RawBSONDocument)
@@ -87,7 +84,7 @@ def fill_rich_database(client: pymongo.MongoClient[Any], name: str) -> None:
             "binary": Binary(b"\x00\x01\xfe\xff", 0),
             "function": Binary(b"fn", 1),
             "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),
-            "md5": Binary(hashlib.md5(b"x").digest(), 5),  # noqa: S324 - a BSON subtype, not security
+            "md5": Binary(hashlib.md5(b"x").digest(), 5),
             "user_defined": Binary(b"custom", 128),
             "regex": Regex("^ab+c$", "imx"),
             "int64": Int64(2**62),
@@ -272,3 +269,262 @@ def test_a_wrong_password_fails_clearly_and_leaves_no_file(
     assert failed[0]["reason"] == "connection_failed"
     assert "authentication failed" in failed[0]["error"]
     assert "not-the-password" not in (tmp_path / "agent.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# mongodump (a stand-in script: MongoDB's own tools cannot be installed here)
+
+STAND_IN = '''#!{python}
+"""A stand-in mongodump: records what it was given, then writes an archive to stdout."""
+import json, os, stat, sys
+from agent.mongo_archive import ArchiveHeader, ArchiveWriter, PreludeEntry, collection_metadata
+import bson
+
+if sys.argv[1:] == ["--version"]:
+    print("mongodump version: 100.10.0")
+    print("git version: stand-in")
+    sys.exit(0)
+config = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--config=")), None)
+seen = {{"argv": sys.argv, "config": config}}
+if config is not None:
+    seen["config_mode"] = stat.S_IMODE(os.stat(config).st_mode)
+    seen["folder_mode"] = stat.S_IMODE(os.stat(os.path.dirname(config)).st_mode)
+    seen["config_text"] = open(config, encoding="utf-8").read()
+with open({record!r}, "w", encoding="utf-8") as out:
+    json.dump(seen, out)
+
+databases = [arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--db=")] or ["alpha", "beta"]
+oplog = "--oplog" in sys.argv
+chunks = []
+writer = ArchiveWriter(chunks.append)
+entries = []
+for database in databases:
+    entries.append(PreludeEntry(database, "things", collection_metadata("things", options={{}}, indexes=[])))
+    entries.append(PreludeEntry(database, "recent", collection_metadata(
+        "recent", options={{"viewOn": "things", "pipeline": []}}, indexes=[], collection_type="view"), "view"))
+if oplog:
+    entries.append(PreludeEntry("", "oplog", "", ""))
+writer.begin(ArchiveHeader("8.2.11", "100.10.0", 4), entries)
+for database in databases:
+    writer.write(database, "things", b"".join(bson.encode({{"_id": n, "db": database}}) for n in range(3)))
+    writer.end(database, "recent")
+    writer.end(database, "things")
+if oplog:
+    writer.write("", "oplog", bson.encode({{"op": "n", "o": {{}}}}) * 2)
+    writer.end("", "oplog")
+writer.close()
+archive = b"".join(chunks)
+mode = {mode!r}
+if mode == "truncated":
+    archive = archive[: len(archive) * 2 // 3]
+elif mode == "bad-crc":
+    position = archive.index(bson.encode({{"_id": 1, "db": databases[0]}})) + 8
+    archive = archive[:position] + bytes([archive[position] ^ 1]) + archive[position + 1 :]
+sys.stdout.buffer.write(archive)
+'''
+
+
+def stand_in_mongodump(folder: Path, mode: str = "good", name: str = "mongodump") -> tuple[Path, Path]:
+    """Write the stand-in as an executable `name` in `folder`; returns it and the file it records into."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "seen.json"
+    script = folder / name
+    script.write_text(STAND_IN.format(python=sys.executable, record=str(record), mode=mode), encoding="utf-8")
+    script.chmod(0o755)
+    return script, record
+
+
+def needs_auth(server: MongoServer) -> None:
+    if not server.auth:
+        pytest.skip("the MongoDB server under test runs without auth, so there is no password to hand over")
+
+
+def test_mongodump_gets_the_password_only_through_a_private_config_file(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path
+) -> None:
+    needs_auth(mongo_server)
+    script, record = stand_in_mongodump(tmp_path / "bin")
+    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [mongo_database], tool=str(script))})
+
+    assert run_cli(config, "backup") == 0
+
+    seen = json.loads(record.read_text())
+    argv = seen["argv"]
+    assert argv[1] == "--archive" and f"--db={mongo_database}" in argv
+    assert "--gzip" not in argv and "--oplog" not in argv
+    assert f"--username={mongo_server.user}" in argv and "--authenticationDatabase=admin" in argv
+    assert all(mongo_server.password not in argument for argument in argv)
+    assert seen["config_text"] == f"password: {json.dumps(mongo_server.password)}\n"
+    assert (seen["config_mode"], seen["folder_mode"]) == (0o600, 0o700)
+    scratch = tmp_path / "storage" / ".agent" / "tmp" / "docs"
+    assert Path(seen["config"]).parent.parent == scratch
+    assert not Path(seen["config"]).parent.exists()
+    manifest = read_manifest(manifest_path(the_dump(tmp_path, mongo_database)))
+    assert (manifest.tool, manifest.tool_version) == (str(script), "mongodump version: 100.10.0")
+    assert manifest.counts == {"things": 3}
+    assert manifest.counts_consistent and not manifest.point_in_time
+
+
+def test_auto_takes_mongodump_from_path(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script, record = stand_in_mongodump(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [mongo_database])})
+
+    assert run_cli(config, "backup") == 0
+
+    assert record.exists()
+    assert read_manifest(manifest_path(the_dump(tmp_path, mongo_database))).tool == str(script)
+
+
+def test_a_named_mongodump_that_is_missing_is_a_clear_error(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = mongo_job(mongo_server, tmp_path, [mongo_database], tool=str(tmp_path / "no" / "mongodump"))
+    config = write_config(tmp_path, {"docs": job})
+
+    assert run_cli(config, "backup") == 1
+
+    assert "mongodump not found" in capsys.readouterr().out
+    assert data_files(tmp_path / "storage") == []
+
+
+def test_a_point_in_time_whole_server_job_runs_one_mongodump_with_oplog(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path
+) -> None:
+    if not is_replica_set(mongo_server):
+        pytest.skip("--oplog needs a replica set")
+    script, record = stand_in_mongodump(tmp_path / "bin")
+    job = mongo_job(mongo_server, tmp_path, "*", tool=str(script), point_in_time=True, exclude=["beta"])
+    config = write_config(tmp_path, {"docs": job})
+
+    assert run_cli(config, "backup") == 0
+
+    argv = json.loads(record.read_text())["argv"]
+    assert "--oplog" in argv and not any(argument.startswith("--db") for argument in argv)
+    assert {"--nsExclude=admin.*", "--nsExclude=config.*"} <= set(argv)
+    dumps = data_files(tmp_path / "storage")
+    assert [path.parent.name for path in dumps] == ["_server"]
+    manifest = read_manifest(manifest_path(dumps[0]))
+    assert (manifest.kind, manifest.point_in_time) == ("server", True)
+    assert manifest.counts == {"alpha.things": 3, "beta.things": 3}
+    assert manifest.details["oplog_entries"] == 2
+
+
+@pytest.mark.parametrize(("mode", "message"), [("truncated", "truncated"), ("bad-crc", "CRC mismatch")])
+def test_a_damaged_archive_from_mongodump_is_caught_and_nothing_is_published(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, mode: str, message: str
+) -> None:
+    script, _ = stand_in_mongodump(tmp_path / "bin", mode=mode)
+    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [mongo_database], tool=str(script))})
+
+    assert run_cli(config, "backup") == 1
+
+    assert data_files(tmp_path / "storage") == []
+    assert not list((tmp_path / "storage").rglob("*.partial"))
+    failed = events_named(tmp_path, "backup.failed")
+    assert [event["reason"] for event in failed] == ["verification_failed"]
+    assert message in failed[0]["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Size: bounded memory, and a server that goes away mid-dump
+
+BIG_DOCUMENTS = 200_000
+BIG_PAYLOAD = 400  # bytes of text per document: about 90 MB of BSON in all
+
+MEASURE = """
+import json, resource, sys
+from agent.cli import main
+code = main(["-c", sys.argv[1], "backup"])
+print(json.dumps({"code": code, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_database(mongo_server: MongoServer) -> Any:
+    """200k small documents, made once for the tests of this section and dropped after them."""
+    name = f"t_big_{uuid.uuid4().hex[:8]}"
+    with mongo_server.client() as client:
+        collection = client[name].items
+        for start in range(0, BIG_DOCUMENTS, 20_000):
+            collection.insert_many(
+                [{"_id": index, "n": index, "text": f"{index:08d}" + "x" * BIG_PAYLOAD}
+                 for index in range(start, start + 20_000)],
+                ordered=False,
+            )
+        data_size = client[name].command("dbStats")["dataSize"]
+    yield name, data_size
+    mongo_server.start()
+    with mongo_server.client() as client:
+        client.drop_database(name)
+
+
+def _measured_backup(config: Path) -> dict[str, int]:
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(config)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result: dict[str, int] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_dumping_200k_documents_keeps_the_agent_memory_bounded(
+    mongo_server: MongoServer, mongo_database: str, big_database: tuple[str, int], tmp_path: Path
+) -> None:
+    """Peak RSS of the whole agent process, minus that of a tiny dump, stays far below the data size."""
+    big, data_size = big_database
+    with mongo_server.client() as client:
+        client[mongo_database].few.insert_many([{"n": index} for index in range(10)])
+    peaks = {}
+    for name in (mongo_database, big):
+        place = tmp_path / name
+        place.mkdir()
+        config = write_config(place, {"docs": mongo_job(mongo_server, place, [name], tool="builtin")})
+        outcome = _measured_backup(config)
+        assert outcome["code"] == 0
+        peaks[name] = outcome["peak_rss_kib"] * 1024
+    growth = peaks[big] - peaks[mongo_database]
+    manifest = read_manifest(manifest_path(the_dump(tmp_path / big, big)))
+    assert manifest.counts == {"items": BIG_DOCUMENTS}
+    assert manifest.raw_bytes > data_size
+    print(f"\npeak RSS: tiny dump {peaks[mongo_database] / 2**20:.1f} MiB, {BIG_DOCUMENTS} documents "
+          f"({data_size / 2**20:.1f} MiB of BSON) {peaks[big] / 2**20:.1f} MiB, growth {growth / 2**20:.1f} MiB")
+    assert growth < min(64 * 2**20, data_size // 2)
+
+
+def test_a_server_stopped_mid_dump_fails_the_backup_and_leaves_no_file(
+    mongo_server: MongoServer, big_database: tuple[str, int], tmp_path: Path
+) -> None:
+    import subprocess
+    import time
+
+    if mongo_server._external_uri is not None:
+        pytest.skip("the server from MONGODB_TEST_URI cannot be stopped")
+    big, _ = big_database
+    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [big], tool="builtin")})
+    folder = tmp_path / "storage" / "docs" / big
+    child = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(config), "backup"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(path.stat().st_size > 0 for path in folder.glob("*.partial")) if folder.exists() else True:
+            assert child.poll() is None, "the backup ended before the server could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        mongo_server.stop()
+        output, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        mongo_server.start()
+    assert child.returncode == 1
+    assert data_files(tmp_path / "storage") == []
+    assert not list((tmp_path / "storage").rglob("*.partial"))
+    failed = events_named(tmp_path, "backup.failed")
+    assert [event["reason"] for event in failed] == ["connection_lost"]
+    assert "lost the connection to MongoDB while dumping" in failed[0]["error"]
+    assert b"FAILED" in output
