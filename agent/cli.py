@@ -179,6 +179,35 @@ def command_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_status(args: argparse.Namespace) -> int:
+    from agent import log, status
+
+    config = _load(args, configure_logging=False)
+    log.configure(level="warning", console=True)  # read-only: never needs the agent's log file
+    picture = status.collect(config)
+    if args.json:
+        print(json.dumps(picture, indent=2, ensure_ascii=False))
+    else:
+        print(status.render_text(picture))
+    return EXIT_FAILED if args.check and not picture["ok"] else EXIT_OK
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    from agent import log
+    from agent.config import config_path_from
+    from agent.doctor import diagnose
+
+    log.configure(level="error", console=True)
+    diagnosis = diagnose(config_path_from(args.config))
+    for finding in diagnosis.findings:
+        print(f"{'ok' if finding.ok else 'PROBLEM':8} {finding.topic}: {finding.message}")
+    problems = sum(1 for finding in diagnosis.findings if not finding.ok)
+    print(f"DOCTOR {'OK' if diagnosis.ok else 'CRITICAL'} - {len(diagnosis.findings)} check(s), {problems} problem(s)")
+    if not diagnosis.config_valid:
+        return EXIT_CONFIG
+    return EXIT_OK if diagnosis.ok else EXIT_FAILED
+
+
 def _parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -346,7 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.add_argument("--offline", action="store_true", help="do not connect to list databases")
     check.set_defaults(handler=command_check_config)
+    _add_operations_verbs(verbs)
     return parser
+
+
+def _add_operations_verbs(verbs: Any) -> None:
+    status = verbs.add_parser("status", help="are my backups OK? per job and database, offline")
+    status.add_argument("--json", action="store_true", help="JSON on stdout")
+    status.add_argument("--check", action="store_true", help="exit 1 when a database has no fresh good backup")
+    status.set_defaults(handler=command_status)
+
+    doctor = verbs.add_parser("doctor", help="check everything a first run needs; one line per problem")
+    doctor.set_defaults(handler=command_doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,7 +145,16 @@ class JobRun:
         outcome.duration_seconds = round(time.monotonic() - started, 3)
         return outcome
 
+    def before_dumps(self, database: str | None, outcome: RunOutcome) -> bool:
+        """Called under the job lock before anything else; False (with `outcome` set) ends the run.
+
+        agent/events.py overrides it for the `before` hook and the start alert.
+        """
+        return True
+
     def _run_locked(self, database: str | None, outcome: RunOutcome) -> None:
+        if not self.before_dumps(database, outcome):
+            return
         sweep_partials(self.layout, self.job.name, self.run_id)
         scratch = self.layout.scratch(self.job.name)
         scratch.mkdir(mode=0o700, exist_ok=True)
@@ -308,5 +317,7 @@ def _make_immutable(paths: tuple[Path, ...], log: BoundLogger) -> None:
 def run_job(
     config: Config, job_name: str, *, database: str | None = None, should_stop: Callable[[], bool] = lambda: False
 ) -> RunOutcome:
-    """Back up one job now (all its databases, or just `database`)."""
-    return JobRun(config, config.jobs[job_name], should_stop).execute(database)
+    """Back up one job now (all its databases, or just `database`), with its hooks, alerts and metrics."""
+    from agent.events import ObservedRun  # imports this module; hooks, alerts, metrics: agent/events.py
+
+    return ObservedRun(config, config.jobs[job_name], should_stop).execute(database)

@@ -1,0 +1,473 @@
+"""`backup-agent status`: are my backups OK? One offline look at disk, journal and the agent's records.
+
+Per job and database: the newest good backup (age, size, path), the last failure, the next run,
+the last drill and the newest drilled backup, the predicted next size; and the storage against
+its budget. Nothing here connects to a database, so status is fast and works while servers are
+down. `collect` builds the whole picture as JSON-able data; `render_text` and the metrics file
+are views of it. The freshness rule (`--check`) is the pure function `freshness_problem`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, catalog, journal
+from agent.budget import headroom, measure, predict, resolve_budget
+from agent.config import Config, JobConfig
+from agent.naming import parse_backup_filename
+from agent.schedule import (
+    INTERVAL,
+    Plan,
+    first_fire_at_or_after,
+    next_fire_after,
+    plan_for,
+    previous_fire_at_or_before,
+)
+from agent.units import format_duration, format_size
+
+DEFAULT_AGE_HORIZON = timedelta(days=7)
+_MAX_FIRES_LOOKED_AT = 5000  # a cron firing every minute: about three and a half days of it
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure rules
+
+
+def default_max_backup_age(plan: Plan, now: datetime) -> timedelta:
+    """Twice the longest gap between two consecutive scheduled runs over the coming week.
+
+    The gap before the first coming run counts too, and at least two runs are looked at, so a
+    monthly cron or "weekdays only" schedule gets an allowance that covers its longest pause.
+    """
+    if plan.kind == INTERVAL and plan.every is not None:
+        return 2 * plan.every
+    fires: list[datetime] = []
+    previous = previous_fire_at_or_before(plan, now)
+    if previous is not None:
+        fires.append(previous)
+    moment = first_fire_at_or_after(plan, now)
+    horizon = now + DEFAULT_AGE_HORIZON
+    while (len(fires) < 2 or moment <= horizon) and len(fires) < _MAX_FIRES_LOOKED_AT:
+        fires.append(moment)
+        moment = next_fire_after(plan, moment)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fires)]
+    return 2 * max(gaps, default=timedelta(days=1))
+
+
+def freshness_problem(newest_good: datetime | None, max_age: timedelta, now: datetime) -> str | None:
+    """Why a database fails `status --check`, or None when its newest good backup is young enough."""
+    if newest_good is None:
+        return "no good backup yet"
+    age = now - newest_good
+    if age > max_age:
+        return f"newest good backup is {_age_text(age)} old (max_backup_age {format_duration(max_age)})"
+    return None
+
+
+def _age_text(age: timedelta) -> str:
+    """A rounded human age: "45s", "3m", "5h10m", "2d3h"."""
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 3600:
+        return format_duration(timedelta(seconds=seconds if seconds < 60 else seconds // 60 * 60))
+    if seconds < 86400:
+        return format_duration(timedelta(minutes=seconds // 60))
+    return format_duration(timedelta(hours=seconds // 3600))
+
+
+# --------------------------------------------------------------------------------------------------
+# The filesystem under a path
+
+
+@dataclass(frozen=True, slots=True)
+class Filesystem:
+    mount_point: str
+    type: str
+    source: str
+
+
+def filesystem_of(path: Path) -> Filesystem | None:
+    """The mount holding `path` (its nearest existing ancestor), from /proc/self/mountinfo."""
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    resolved = str(probe.resolve())
+    best: Filesystem | None = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        before, _, after = line.partition(" - ")
+        parts, tail = before.split(), after.split()
+        if len(parts) < 5 or len(tail) < 2:
+            continue
+        mount_point = parts[4].replace("\\040", " ")
+        inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) >= len(best.mount_point)):
+            best = Filesystem(mount_point, tail[0], tail[1])
+    return best
+
+
+# --------------------------------------------------------------------------------------------------
+# Collecting
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment is not None else None
+
+
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    with contextlib.suppress(ValueError):
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None
+
+
+def _created(record: catalog.BackupRecord) -> datetime | None:
+    if record.manifest is not None:
+        started = _parse_time(record.manifest.started_at)
+        if started is not None:
+            return started
+    return record.created_at
+
+
+def schedule_text(job: JobConfig) -> str:
+    schedule = job.schedule
+    if schedule.kind == "cron":
+        return f"cron {schedule.cron} ({job.timezone})"
+    if schedule.kind == "interval" and schedule.every is not None:
+        return f"every {format_duration(schedule.every)}"
+    return schedule.kind
+
+
+def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
+    """The whole status as JSON-able data; `ok` is False when some checked database is not fresh."""
+    from agent.events import read_history
+    from agent.state import read_state
+
+    now = now or datetime.now(UTC)
+    storage = config.storage.path
+    records = [record for record in catalog.scan(storage) if record.job in config.jobs]
+    entries, _problems = journal.read_entries(storage)
+    drills = [entry for entry in entries if entry.get("event") == "drill"]
+    states = read_state(storage)
+    histories = read_history(storage)
+    host = socket.gethostname()
+    jobs = []
+    problems: list[str] = []
+    for name, job in config.jobs.items():
+        state = states.get(name)
+        plan = plan_for(job, config.snapshots, host, state.recent_durations if state else ())
+        described = _job_status(
+            config=config, job=job, plan=plan, state=state, history=histories.get(name), records=records,
+            drills=drills, now=now,
+        )
+        for database in described["databases"]:
+            if database["problem"]:
+                problems.append(f"{name}/{_label(database)}: {database['problem']}")
+        if described["checked"] and not described["databases"]:
+            problems.append(f"{name}: no good backup yet")
+        jobs.append(described)
+    return {
+        "ok": not problems,
+        "at": _iso(now),
+        "version": __version__,
+        "host": host,
+        "storage": storage_status(config),
+        "jobs": jobs,
+        "problems": problems,
+    }
+
+
+def storage_status(config: Config) -> dict[str, Any]:
+    figures = measure(config.storage)
+    budget = resolve_budget(config.storage, figures.total_bytes)
+    filesystem = filesystem_of(config.storage.path)
+    room = headroom(figures, budget)
+    return {
+        "path": str(config.storage.path),
+        "exists": config.storage.path.is_dir(),
+        "filesystem": filesystem.type if filesystem else None,
+        "mount_point": filesystem.mount_point if filesystem else None,
+        "total_bytes": figures.total_bytes,
+        "used_bytes": figures.usage_bytes,
+        "max_usage_bytes": budget.max_usage_bytes,
+        "free_bytes": figures.free_bytes,
+        "reserve_bytes": budget.reserve_bytes,
+        "headroom_bytes": room,
+        "over_budget": room < 0,
+    }
+
+
+def _job_status(
+    *,
+    config: Config,
+    job: JobConfig,
+    plan: Plan | None,
+    state: Any,
+    history: Any,
+    records: list[catalog.BackupRecord],
+    drills: list[dict[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    if job.max_backup_age is not None:
+        max_age: timedelta | None = job.max_backup_age
+        source: str | None = "config"
+    elif plan is not None:
+        max_age, source = default_max_backup_age(plan, now), "schedule"
+    else:
+        max_age, source = None, None
+    next_run = _parse_time(state.next_run) if state is not None else None
+    if (next_run is None or next_run < now) and plan is not None:
+        next_run = first_fire_at_or_after(plan, now)
+    if plan is None:
+        next_run = None
+    own = [record for record in records if record.job == job.name]
+    keys = _database_keys(job, own, history)
+    current_names = _current_names(job, history)
+    databases = [
+        _database_status(
+            (kind, database), job=job, own=own, history=history, drills=drills, now=now, max_age=max_age,
+            current=kind != "database" or current_names is None or database in current_names,
+            compression=config.storage.compression,
+        )
+        for kind, database in keys
+    ]
+    return {
+        "job": job.name,
+        "engine": job.engine,
+        "schedule": schedule_text(job),
+        "next_run": _iso(next_run),
+        "checked": max_age is not None,
+        "max_backup_age_seconds": max_age.total_seconds() if max_age is not None else None,
+        "max_backup_age_source": source,
+        "last_run": _last_run(state),
+        "databases": databases,
+    }
+
+
+def _last_run(state: Any) -> dict[str, Any] | None:
+    if state is None or state.last_status is None:
+        return None
+    return {
+        "status": state.last_status,
+        "reason": state.last_reason,
+        "started_at": state.last_start,
+        "duration_seconds": state.last_duration,
+        "last_success": state.last_success,
+        "last_failure": state.last_failure,
+        "last_failure_reason": state.last_failure_reason,
+        "last_failure_message": state.last_failure_message,
+    }
+
+
+def _database_keys(job: JobConfig, own: list[catalog.BackupRecord], history: Any) -> list[tuple[str, str]]:
+    """Every (kind, database) the job is known for: configured, on disk, or in its records."""
+    keys: dict[tuple[str, str], None] = {}
+    for name in job.databases or ():
+        keys[("database", name)] = None
+    for record in own:
+        if record.status == catalog.GOOD:
+            keys[(record.kind, record.database)] = None
+    for item in history.databases if history is not None else ():
+        keys[(item.kind, item.database)] = None
+    kind_order = {"globals": 0, "grants": 1, "database": 2}
+    return sorted(keys, key=lambda key: (kind_order.get(key[0], 3), key[1]))
+
+
+def _current_names(job: JobConfig, history: Any) -> set[str] | None:
+    """The databases the job dumps now (None: unknown, treat all as current)."""
+    if job.databases is not None:
+        return set(job.databases)
+    if history is not None and history.last_full_run_databases is not None:
+        return set(history.last_full_run_databases)
+    return None
+
+
+def _database_status(
+    key: tuple[str, str],
+    *,
+    job: JobConfig,
+    own: list[catalog.BackupRecord],
+    history: Any,
+    drills: list[dict[str, Any]],
+    now: datetime,
+    max_age: timedelta | None,
+    current: bool,
+    compression: str,
+) -> dict[str, Any]:
+    kind, database = key
+    good = sorted(
+        (record for record in own if record.status == catalog.GOOD and record.kind == kind
+         and record.database == database),
+        key=lambda record: (_created(record) or now, record.path.name),
+    )
+    newest = good[-1] if good else None
+    newest_at = _created(newest) if newest is not None else None
+    record = _history_record(history, kind, database)
+    sizes = [item.manifest.stored_bytes for item in good if item.manifest is not None]
+    prediction = predict(sizes, None, compression).stored_bytes if sizes else None
+    checked = max_age is not None and kind == "database" and current
+    problem = freshness_problem(newest_at, max_age, now) if checked and max_age is not None else None
+    last_failure = None
+    if record is not None and record.last_failure is not None:
+        failed_at = _parse_time(record.last_failure)
+        last_failure = {
+            "at": record.last_failure,
+            "age_seconds": round((now - failed_at).total_seconds()) if failed_at else None,
+            "reason": record.last_failure_reason,
+            "message": record.last_failure_message,
+        }
+    drill, drilled = _drills_of(job.name, database, drills, now) if kind == "database" else (None, None)
+    if not current:
+        state = "retired"
+    elif problem is not None:
+        state = "missing" if newest is None else "stale"
+    elif record is not None and record.last_status not in (None, "ok"):
+        state = str(record.last_status)
+    else:
+        state = "ok" if newest is not None else "none"
+    return {
+        "database": database,
+        "kind": kind,
+        "state": state,
+        "current": current,
+        "checked": checked,
+        "problem": problem,
+        "backups": len(good),
+        "used_bytes": sum(item.stored_bytes for item in good),
+        "last_good": _backup_summary(newest, newest_at, now),
+        "last_status": record.last_status if record else None,
+        "last_failure": last_failure,
+        "failures_total": record.failures_total if record else 0,
+        "last_duration_seconds": newest.manifest.duration_seconds if newest and newest.manifest else None,
+        "predicted_next_bytes": prediction,
+        "last_drill": drill,
+        "newest_drilled_backup": drilled,
+    }
+
+
+def _history_record(history: Any, kind: str, database: str) -> Any:
+    for item in history.databases if history is not None else ():
+        if item.kind == kind and item.database == database:
+            return item
+    return None
+
+
+def _backup_summary(record: catalog.BackupRecord | None, created: datetime | None, now: datetime) -> Any:
+    if record is None or record.manifest is None:
+        return None
+    manifest = record.manifest
+    return {
+        "path": str(record.path),
+        "created_at": _iso(created),
+        "age_seconds": round((now - created).total_seconds()) if created else None,
+        "stored_bytes": manifest.stored_bytes,
+        "raw_bytes": manifest.raw_bytes,
+        "sha256": manifest.sha256,
+    }
+
+
+def _drills_of(
+    job: str, database: str, drills: Iterable[dict[str, Any]], now: datetime
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The last drill of a database, and the newest backup that passed one (with its age)."""
+    own = [entry for entry in drills if entry.get("job") == job and entry.get("database") == database]
+    last = own[-1] if own else None
+    summary = None
+    if last is not None:
+        summary = {
+            "at": last.get("at"), "result": last.get("result"), "path": last.get("path"),
+            "differences": last.get("differences") or [], "error": last.get("error") or "",
+        }
+    newest: tuple[datetime, str, str] | None = None
+    for entry in own:
+        if entry.get("result") != "passed":
+            continue
+        parsed = parse_backup_filename(Path(str(entry.get("path", ""))).name)
+        if parsed is not None and (newest is None or parsed.created_at > newest[0]):
+            newest = (parsed.created_at, str(entry.get("path")), str(entry.get("at")))
+    drilled = None
+    if newest is not None:
+        drilled = {
+            "path": newest[1], "created_at": _iso(newest[0]), "drilled_at": newest[2],
+            "age_seconds": round((now - newest[0]).total_seconds()),
+        }
+    return summary, drilled
+
+
+# --------------------------------------------------------------------------------------------------
+# Text for people
+
+
+def _label(database: dict[str, Any]) -> str:
+    if database["kind"] != "database":
+        return f"({database['kind']})"
+    # never print raw control bytes: a database name may hold anything
+    text: str = database["database"].encode("unicode_escape").decode("ascii")
+    return text
+
+
+def _ago(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{_age_text(timedelta(seconds=seconds))} ago"
+
+
+def render_text(status: dict[str, Any]) -> str:
+    lines: list[str] = []
+    storage = status["storage"]
+    limit = f" of max {format_size(storage['max_usage_bytes'])}" if storage["max_usage_bytes"] is not None else ""
+    where = f" on {storage['filesystem']}" if storage["filesystem"] else ""
+    lines.append(
+        f"storage {storage['path']}{where}: {format_size(storage['used_bytes'])} used{limit}; "
+        f"free {format_size(storage['free_bytes'])} (reserve {format_size(storage['reserve_bytes'])})"
+        + ("; OVER BUDGET" if storage["over_budget"] else "")
+    )
+    for job in status["jobs"]:
+        next_run = f"next run {job['next_run']}" if job["next_run"] else "no scheduled runs"
+        age = (
+            f"max age {format_duration(timedelta(seconds=job['max_backup_age_seconds']))}"
+            if job["checked"] else "not checked"
+        )
+        last = job["last_run"]
+        last_text = f"; last run {last['status']}" + (f" ({last['reason']})" if last["reason"] else "") if last else ""
+        lines.append(f"job {job['job']} ({job['engine']}, {job['schedule']}): {next_run}; {age}{last_text}")
+        if not job["databases"]:
+            lines.append("  (no backups yet)")
+        for database in job["databases"]:
+            lines.append("  " + _database_line(database))
+    verdict = "OK" if status["ok"] else "CRITICAL"
+    lines.append(f"STATUS {verdict} - {len(status['problems'])} problem(s)")
+    lines.extend(f"  {problem}" for problem in status["problems"])
+    return "\n".join(lines)
+
+
+def _database_line(database: dict[str, Any]) -> str:
+    parts: list[str] = []
+    good = database["last_good"]
+    if good is not None:
+        parts.append(f"last good {_ago(good['age_seconds'])} ({format_size(good['stored_bytes'])}) {good['path']}")
+    else:
+        parts.append("no good backup")
+    failure = database["last_failure"]
+    if failure is not None:
+        parts.append(f"last failure {_ago(failure['age_seconds'])}: {failure['reason']}")
+    if database["predicted_next_bytes"] is not None:
+        parts.append(f"next ~{format_size(database['predicted_next_bytes'])}")
+    drill = database["last_drill"]
+    if drill is not None:
+        parts.append(f"drill {drill['result']} {drill['at']}")
+    drilled = database["newest_drilled_backup"]
+    if drilled is not None:
+        parts.append(f"newest drilled backup {_ago(drilled['age_seconds'])}")
+    if database["problem"]:
+        parts.append(database["problem"])
+    return f"{database['state'].upper():8} {_label(database)}: " + "; ".join(parts)
