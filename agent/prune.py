@@ -350,6 +350,10 @@ def _apply(
         for decision in plan.deletions:
             _delete(config.storage.path, decision, inventory.records.get(decision.backup.key), log, moment)
             deleted.append(decision)
+        log.info(
+            "retention.applied", moment=moment, deleted=len(deleted), deleted_bytes=plan.deleted_bytes,
+            kept=len(plan.decisions) - len(deleted),
+        )
         if not plan.fits:
             log.warning(
                 "retention.over_budget", shortfall_bytes=plan.shortfall_bytes - plan.deleted_bytes,

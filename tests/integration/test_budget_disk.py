@@ -83,7 +83,8 @@ def make_database(path: Path, mebibytes: int) -> None:
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE blob (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        connection.executemany("INSERT INTO blob (data) VALUES (?)", [(os.urandom(8000),) for _ in range(mebibytes * 128)])
+        rows = [(os.urandom(8000),) for _ in range(mebibytes * 128)]
+        connection.executemany("INSERT INTO blob (data) VALUES (?)", rows)
     connection.close()
 
 
