@@ -168,6 +168,7 @@ def test_a_database_round_trips_through_the_builtin_dumper_and_restore(
     assert manifest.point_in_time == is_replica_set(mongo_server)
     assert manifest.details["read_in_one_snapshot"] == manifest.point_in_time
     assert manifest.details["views"] == 1
+    assert run_cli(config, "verify") == 0
     with mongo_server.client() as client:
         try:
             result = restore_file(client, dump, target)
