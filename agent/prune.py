@@ -189,7 +189,8 @@ class DumpSpace:
         """Wrap the dump's byte sink: room for an engine's scratch copy is made now (the engine
         writes it before the first byte arrives), room for the dump itself only once bytes
         arrive, so a dump that fails before writing costs no old backups."""
-        self._make_room(0, self._scratch)
+        if self._scratch:
+            self._make_room(0, self._scratch)
         started = False
 
         def first_bytes_make_room(data: bytes) -> None:
