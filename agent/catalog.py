@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.manifest import Manifest, ManifestError, manifest_path, read_manifest
@@ -38,6 +38,12 @@ class BackupRecord:
         if self.manifest is not None:
             return self.manifest.kind
         return self.folder.lstrip("_") if self.folder.startswith("_") else "database"
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        """Sort key for "newest": time, then the `-N` suffix of runs in the same second."""
+        parsed = parse_backup_filename(self.path.name.removesuffix(PARTIAL_SUFFIX))
+        return (self.created_at or datetime.min.replace(tzinfo=UTC), parsed.sequence if parsed else 0)
 
     @property
     def stored_bytes(self) -> int:
@@ -104,4 +110,4 @@ def latest_good(records: list[BackupRecord], job: str, database: str, kind: str 
         record for record in records
         if record.status == GOOD and record.job == job and record.kind == kind and record.database == database
     ]
-    return max(candidates, key=lambda record: (record.created_at, record.path.name), default=None)
+    return max(candidates, key=lambda record: record.order, default=None)

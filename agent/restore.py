@@ -51,7 +51,7 @@ def choose_backup(
         when = f" at or before {at.isoformat()}" if at else ""
         label = database if kind == "database" else kind
         raise UsageError(f"no good backup of {label!r} in job {job!r}{when}; see `backup-agent list --job {job}`")
-    newest = max(records, key=lambda record: (record.created_at, record.path.name))
+    newest = max(records, key=lambda record: record.order)
     assert newest.manifest is not None
     return Chosen(newest, newest.manifest)
 

@@ -85,3 +85,13 @@ def test_file_names_parse_back_to_job_name_time_and_sequence() -> None:
     assert (parsed.job, parsed.component, parsed.created_at, parsed.sequence, parsed.extension) == (
         "main", "my%20shop", moment, 2, "pgdump.zst"
     )
+
+
+def test_the_newest_of_two_backups_in_one_second_is_the_one_with_the_higher_sequence(tmp_path) -> None:
+    from agent import catalog
+
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    first = catalog.BackupRecord("j", "db", tmp_path / backup_filename("j", "db", moment, "sql"), moment, "good")
+    second = catalog.BackupRecord("j", "db", tmp_path / backup_filename("j", "db", moment, "sql", 1), moment, "good")
+    assert max([second, first], key=lambda record: record.order) is second
+    assert max([first, second], key=lambda record: record.order) is second
