@@ -260,21 +260,30 @@ class Daemon:
             if plan is None:
                 self.log.info("schedule.manual", job=name)
                 continue
-            last_good = last_good_backup(config.storage.path, name) if name in catch_up_for else None
-            owed = catch_up(plan, now, last_good) if name in catch_up_for else None
-            trigger = PlanTrigger(functools.partial(self.plan, name), owed.run_at if owed else None)
-            scheduled = self.scheduler.add_job(
-                self._run_scheduled, trigger, args=(name,), id=name, name=name, replace_existing=True,
-                **job_defaults(config),
-            )
-            next_run = scheduled.next_run_time
-            self.log.info("schedule.planned", job=name, next_run=_iso(next_run), **plan.describe())
-            if owed is not None:
-                self.log.info(
-                    "schedule.catch_up", job=name, run_at=_iso(owed.run_at), missed=_iso(owed.missed),
-                    last_good=_iso(last_good),
-                )
+            try:
+                first_fire_at_or_after(plan, now)
+            except ValueError as error:  # a cron date that never comes, e.g. "0 0 31 2 *"
+                self.log.error("schedule.invalid", job=name, error=str(error))
+                if self.scheduler.get_job(name) is not None:
+                    self.scheduler.remove_job(name)
+                continue
+            self._add(config, name, plan, now, check_catch_up=name in catch_up_for)
         record_next_runs(config.storage.path, {name: self._next_run(name) for name in config.jobs})
+
+    def _add(self, config: Config, name: str, plan: Plan, now: datetime, *, check_catch_up: bool) -> None:
+        last_good = last_good_backup(config.storage.path, name) if check_catch_up else None
+        owed = catch_up(plan, now, last_good) if check_catch_up else None
+        trigger = PlanTrigger(functools.partial(self.plan, name), owed.run_at if owed else None)
+        scheduled = self.scheduler.add_job(
+            self._run_scheduled, trigger, args=(name,), id=name, name=name, replace_existing=True,
+            **job_defaults(config),
+        )
+        self.log.info("schedule.planned", job=name, next_run=_iso(scheduled.next_run_time), **plan.describe())
+        if owed is not None:
+            self.log.info(
+                "schedule.catch_up", job=name, run_at=_iso(owed.run_at), missed=_iso(owed.missed),
+                last_good=_iso(last_good),
+            )
 
     def _next_run(self, name: str) -> datetime | None:
         job = self.scheduler.get_job(name)
@@ -362,6 +371,10 @@ class Daemon:
                     logger.info("job.cancelled", reason="shutdown")
                     return None
             logger.info("job.slot_acquired", waited=round(time.monotonic() - waiting_since, 3))
+        if self.stopping:
+            slots.release()
+            logger.info("job.cancelled", reason="shutdown")
+            return None
         try:
             logger.info("job.started")
             outcome = run_job(config, name, should_stop=lambda: self.stopping)

@@ -118,12 +118,15 @@ def moment(event: Event) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
 
 
-def dump_spans(events: list[Event]) -> list[tuple[datetime, datetime, str]]:
-    """(start, end, job) of every dump, from backup.started to its backup.finished/failed."""
+Span = tuple[datetime, datetime, str]
+
+
+def dump_spans(events: list[Event], ends: tuple[str, ...] = ("backup.finished", "backup.failed")) -> list[Span]:
+    """(start, end, job) of every dump, from backup.started to its end event (finished or failed)."""
     starts = {event["run_id"]: event for event in events if event["event"] == "backup.started"}
     spans = []
     for event in events:
-        if event["event"] in ("backup.finished", "backup.failed") and event.get("run_id") in starts:
+        if event["event"] in ends and event.get("run_id") in starts:
             spans.append((moment(starts[event["run_id"]]), moment(event), str(event["job"])))
     return sorted(spans)
 
@@ -232,7 +235,9 @@ def test_a_run_longer_than_its_interval_never_overlaps_and_dumps_take_turns_for_
     assert code == 0
     spans = dump_spans(daemon.events())
     assert {job for _start, _end, job in spans} == {"first", "second"}
-    assert all((end - start).total_seconds() > 1.2 for start, end, _ in spans)  # each longer than "every"
+    completed = dump_spans(daemon.events(), ends=("backup.finished",))
+    assert len(completed) >= 3
+    assert all((end - start).total_seconds() > 1.2 for start, end, _ in completed)  # each longer than "every"
     for (_, earlier_end, _), (later_start, _, _) in itertools.pairwise(spans):
         assert earlier_end <= later_start, f"two dumps overlapped: {spans}"
     assert daemon.events("job.overlap_skipped"), "a fire during a running dump should be skipped"
@@ -403,3 +408,59 @@ def test_an_unreachable_server_is_retried_with_backoff_then_given_up_loudly(tmp_
     assert (gave_up["attempts"], gave_up["level"]) == (4, "error")
     assert state_of(tmp_path / "storage", "main")["last_failure_reason"] == "connection_failed"
     assert code == 0
+
+
+def test_a_run_missed_by_more_than_the_grace_time_is_logged_and_the_schedule_goes_on(
+    tmp_path: Path, daemons: Any
+) -> None:
+    database = sqlite_database(tmp_path / "app.db")
+    config = write_config(
+        tmp_path, {"app": sqlite_job(database, every="3s")}, sections={"daemon": {"misfire_grace_time": "1s"}}
+    )
+    daemon = daemons(tmp_path, config)
+    daemon.wait_for("job.finished")  # the catch-up run
+    planned = datetime.fromisoformat(state_of(tmp_path / "storage", "app")["next_run"])
+    daemon.process.send_signal(signal.SIGSTOP)  # a suspended machine sleeps through the next run
+    time.sleep(max(0.0, (planned - datetime.now(planned.tzinfo)).total_seconds()) + 1.8)
+    daemon.process.send_signal(signal.SIGCONT)
+    missed = daemon.wait_for("job.missed")
+    runs = len(daemon.events("job.finished"))
+    daemon.wait_for("job.finished", count=runs + 1, timeout=10)  # the next regular run still happens
+    code, _ = daemon.stop()
+
+    assert datetime.fromisoformat(missed[0]["scheduled"]) == planned
+    assert missed[0]["misfire_grace_time"] == 1.0
+    assert code == 0
+
+
+def test_a_dump_that_cannot_stop_in_time_ends_the_daemon_at_the_shutdown_timeout(
+    tmp_path: Path, daemons: Any
+) -> None:
+    database = sqlite_database(tmp_path / "slow.db", payload_bytes=600_000)
+    config = write_config(
+        tmp_path, {"slow": sqlite_job(database, every="1h")},
+        storage={"compression": "none", "max_write_rate": "200KiB/s"},  # one throttled write of ~3 s
+        sections={"daemon": {"shutdown_timeout": "1s"}},
+    )
+    daemon = daemons(tmp_path, config)
+    daemon.wait_for("backup.started")
+    time.sleep(0.3)
+    code, took = daemon.stop()
+
+    assert code == 1
+    assert 0.9 < took < 3
+    timeout = daemon.events("daemon.shutdown_timeout")[0]
+    assert timeout["jobs"] == ["slow"]
+    assert daemon.events("daemon.stopped")[-1]["clean"] is False
+    storage = tmp_path / "storage"
+    left = partial_files(storage)
+    assert left, "the interrupted dump leaves its partial for the next run to sweep"
+    unthrottled = write_config(tmp_path, {"slow": sqlite_job(database, every="1h")})
+    manual = subprocess.run(
+        [sys.executable, "-m", "agent", "-c", str(unthrottled), "backup", "--job", "slow"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert manual.returncode == 0, manual.stdout + manual.stderr
+    removed = {event["path"] for event in daemon.events("backup.partial_removed")}
+    assert {str(path) for path in left} <= removed
+    assert partial_files(storage) == []
