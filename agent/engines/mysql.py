@@ -47,7 +47,7 @@ from agent.engines.base import (
     StreamCheck,
     TrailerCheck,
 )
-from agent.errors import AgentError, ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
+from agent.errors import AgentError, ConfigError, ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
 from agent.log import get_logger
 from agent.secrets import Secret
 
@@ -247,6 +247,55 @@ def strip_definers(lines: Iterable[bytes]) -> Iterator[bytes]:
         yield line if line.startswith(b"INSERT INTO ") else _DEFINER.sub(b"", line)
 
 
+_GRANT_LINE = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<scope>\S+) TO ")
+_ROLE_GRANT = re.compile(r"^GRANT (?P<role>`(?:[^`]|``)*`(?:@`(?:[^`]|``)*`)?) TO ")
+
+
+def held_privileges(grant_lines: Iterable[str]) -> list[tuple[frozenset[str], str]]:
+    """(privileges, scope) of each `GRANT ... ON scope TO` line of SHOW GRANTS (role grants skipped)."""
+    held = []
+    for line in grant_lines:
+        match = _GRANT_LINE.match(line)
+        if match:
+            privileges = frozenset(part.strip().upper() for part in match["privileges"].split(","))
+            held.append((privileges, match["scope"]))
+    return held
+
+
+def _scope_covers(scope: str, database: str) -> bool:
+    """Whether a grant scope (`*.*`, or `db`.* where `_` and `%` are LIKE wildcards) covers the database."""
+    if scope == "*.*":
+        return True
+    match = re.fullmatch(r"`((?:[^`]|``)*)`\.\*", scope)
+    if match is None:
+        return False
+    pattern = ""
+    for token in re.findall(r"\\.|.", match[1].replace("``", "`"), flags=re.DOTALL):
+        pattern += re.escape(token[1]) if token.startswith("\\") else {"%": ".*", "_": "."}.get(token, re.escape(token))
+    return re.fullmatch(pattern, database) is not None
+
+
+def privilege_gaps(held: list[tuple[frozenset[str], str]], database: str) -> list[str]:
+    """What the account lacks to see every trigger and routine of `database`.
+
+    The dump tools leave out, without an error, the triggers and routines the account cannot see.
+    """
+
+    def granted(names: set[str], in_scope: Callable[[str], bool]) -> bool:
+        return any((names | {"ALL PRIVILEGES", "ALL"}) & privileges and in_scope(scope) for privileges, scope in held)
+
+    gaps = []
+    if not granted({"TRIGGER"}, lambda scope: _scope_covers(scope, database)):
+        gaps.append("the TRIGGER privilege on it (triggers)")
+    if not (
+        granted({"SELECT"}, lambda scope: scope in ("*.*", "`mysql`.*", "`mysql`.`proc`"))
+        or granted({"SHOW_ROUTINE"}, lambda scope: scope == "*.*")
+        or granted({"SHOW CREATE ROUTINE"}, lambda scope: _scope_covers(scope, database))
+    ):
+        gaps.append("global SELECT, SELECT on mysql.proc or SHOW_ROUTINE (stored routines)")
+    return gaps
+
+
 # --------------------------------------------------------------------------------------------------
 # The engine
 
@@ -261,6 +310,7 @@ class _DatabaseFacts:
     non_transactional: dict[str, str]  # table -> engine
     definers: list[str]
     missing_definers: list[str]  # named by DEFINER clauses but not an account here
+    privilege_gaps: list[str]  # what the account lacks to see every trigger and routine
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +358,10 @@ class MysqlEngine(Engine):
             return {}
         if mode == "DISABLED":
             return {"ssl_disabled": True}
-        context = ssl.create_default_context(cafile=self.job.ssl_ca)
+        try:
+            context = ssl.create_default_context(cafile=self.job.ssl_ca)
+        except OSError as error:  # a missing or unreadable CA file is a setting to fix, not a crash
+            raise ConfigError(f"jobs.{self.job.name}.ssl_ca: cannot load {self.job.ssl_ca}: {error}") from None
         if mode != "VERIFY_IDENTITY":
             context.check_hostname = False
         if mode == "REQUIRED":
@@ -493,6 +546,7 @@ class MysqlEngine(Engine):
                 (database,) * 4,
             )
             definers = sorted({str(row[0]) for row in cursor.fetchall() if row[0]})
+            gaps = privilege_gaps(held_privileges(self._grant_lines(cursor)), database)
             missing: list[str] = []
             with contextlib.suppress(pymysql.MySQLError):  # reading mysql.user needs a privilege
                 cursor.execute("SELECT IF(Host = '', User, CONCAT(User, '@', Host)) FROM mysql.user")
@@ -504,7 +558,20 @@ class MysqlEngine(Engine):
             if engine and engine.upper() not in transactional and engine.upper() not in _DATALESS_ENGINES
         }
         return _DatabaseFacts(str(schema[0]), str(schema[1]), [name for name, _ in tables], non_transactional,
-                              definers, missing)
+                              definers, missing, gaps)
+
+    @staticmethod
+    def _grant_lines(cursor: Any) -> list[str]:
+        """SHOW GRANTS of the account and of the roles granted to it (MySQL lists those only on request)."""
+        lines: list[str] = []
+        with contextlib.suppress(pymysql.MySQLError):
+            cursor.execute("SHOW GRANTS")
+            lines = [str(row[0]) for row in cursor.fetchall()]
+            for role in [match["role"] for line in lines if (match := _ROLE_GRANT.match(line))]:
+                with contextlib.suppress(pymysql.MySQLError):
+                    cursor.execute(f"SHOW GRANTS FOR {role}")
+                    lines += [str(row[0]) for row in cursor.fetchall()]
+        return lines
 
     def _dump_argv(self, tool: str, tool_version: Version, database: str, lock_tables: bool) -> list[str]:
         """The dump command (its option file goes in first): correct by default, restorable elsewhere."""
@@ -551,6 +618,11 @@ class MysqlEngine(Engine):
                 get_logger(job=self.job.name, database=database).warning(
                     "backup.consistency_warning", message=warning, tables=facts.non_transactional
                 )
+        if facts.privilege_gaps:
+            details.warnings.append(
+                f"the account lacks {' and '.join(facts.privilege_gaps)}: {Path(tool).name} leaves out, without "
+                f"an error, the triggers and routines it cannot see"
+            )
         if facts.missing_definers:
             details.warnings.append(
                 f"DEFINER account(s) {', '.join(facts.missing_definers)} do not exist on the server: the views, "

@@ -622,7 +622,7 @@ def test_a_backup_over_the_unix_socket_works(
     assert manifest.counts["customer"] == 300
 
 
-def test_ssl_mode_required_refuses_a_server_without_tls(
+def test_ssl_mode_required_refuses_a_server_without_tls_and_a_missing_ca_is_named(
     mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
 ) -> None:
     job = mysql_job(mariadb_server, tmp_path, [mariadb_database], ssl_mode="REQUIRED")
@@ -630,6 +630,11 @@ def test_ssl_mode_required_refuses_a_server_without_tls(
     assert run_cli(config, "backup") == 1
     failure = events_named(tmp_path, "backup.failed")[-1]
     assert "SSL is required" in failure["error"]
+    job = mysql_job(mariadb_server, tmp_path, [mariadb_database], ssl_ca=str(tmp_path / "missing-ca.pem"))
+    config = write_config(tmp_path, {"main": job})
+    assert run_cli(config, "backup") == 1
+    failure = events_named(tmp_path, "backup.failed")[-1]
+    assert "jobs.main.ssl_ca: cannot load" in failure["error"]
     assert data_files(tmp_path / "storage") == []
 
 
@@ -726,3 +731,78 @@ def test_a_definer_that_no_longer_exists_is_warned_about(
     assert manifest.details["definers"] == ["gone_for_good@%"]
     assert any("gone_for_good@%" in warning and "do not exist" in warning for warning in manifest.warnings)
     assert any("gone_for_good" in event["message"] for event in events_named(tmp_path, "backup.warning"))
+
+
+def test_an_account_with_only_the_documented_privileges_can_back_up_everything(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+) -> None:
+    create_shop(mariadb_server, mariadb_database)
+    user, password = f"least_{secrets.token_hex(3)}", "least-privilege"
+    execute(mariadb_server, None, f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
+            f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON *.* TO `{user}`@`%`", root=True)
+    try:
+        secret = tmp_path / "least.password"
+        secret.write_text(password)
+        secret.chmod(0o600)
+        jobs = {
+            name: mysql_job(mariadb_server, tmp_path, [mariadb_database], user=user, password_file=str(secret),
+                            include_grants=True, lock_for_consistency=name == "locked")
+            for name in ("plain", "locked")
+        }
+        config = write_config(tmp_path, jobs)
+        assert run_cli(config, "backup") == 0, events_named(tmp_path, "backup.failed")
+    finally:
+        execute(mariadb_server, None, f"DROP USER `{user}`@`%`", root=True)
+    for job in ("plain", "locked"):
+        dumps = {path.parent.name: path for path in data_files(tmp_path / "storage" / job)}
+        assert set(dumps) == {"_grants", mariadb_database}
+        sql = decompressed(dumps[mariadb_database])
+        for needle in (b"TRIGGER order_audit", b"PROCEDURE `count_customers`", b"EVENT `nightly_cleanup`",
+                       b"VIEW `big_customers`", b"INSERT INTO `customer`"):
+            assert needle in sql, needle
+        assert f"`{user}`@`%`".encode() in decompressed(dumps["_grants"])
+        warnings = read_manifest(manifest_path(dumps[mariadb_database])).warnings
+        assert not [warning for warning in warnings if "lacks" in warning]
+
+
+def test_an_account_that_cannot_see_triggers_and_routines_gets_a_warning_not_a_silent_gap(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+) -> None:
+    create_shop(mariadb_server, mariadb_database)
+    user, password = f"narrow_{secrets.token_hex(3)}", "narrow-privileges"
+    execute(mariadb_server, None, f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
+            f"GRANT SELECT, SHOW VIEW, EVENT ON `{mariadb_database}`.* TO `{user}`@`%`", root=True)
+    try:
+        secret = tmp_path / "narrow.password"
+        secret.write_text(password)
+        secret.chmod(0o600)
+        job = mysql_job(mariadb_server, tmp_path, [mariadb_database], user=user, password_file=str(secret))
+        config = write_config(tmp_path, {"main": job})
+        assert run_cli(config, "backup") == 0
+    finally:
+        execute(mariadb_server, None, f"DROP USER `{user}`@`%`", root=True)
+    dump = only_dump(tmp_path, mariadb_database)
+    sql = decompressed(dump)
+    assert b"TRIGGER order_audit" not in sql and b"count_customers" not in sql  # what the tool silently skips
+    warning = next(warning for warning in read_manifest(manifest_path(dump)).warnings if "lacks" in warning)
+    assert "TRIGGER" in warning and "routines" in warning
+    assert any("lacks" in event["message"] for event in events_named(tmp_path, "backup.warning"))
+
+
+def test_the_documented_sed_filter_drops_definers_for_a_manual_restore(
+    mariadb_server: MariaDBServer, mariadb_database: str, restored_name: str, tmp_path: Path
+) -> None:
+    create_shop(mariadb_server, mariadb_database)
+    config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
+    assert run_cli(config, "backup") == 0
+    docs = (Path(__file__).parents[2] / "docs" / "mysql.md").read_text()
+    sed_command = next(line.split("| ", 1)[1].split(" |", 1)[0] for line in docs.splitlines()
+                       if line.startswith("zstd -dc") and "sed -E" in line)
+    filtered = subprocess.run(["sh", "-c", sed_command], input=decompressed(only_dump(tmp_path, mariadb_database)),
+                              capture_output=True, check=True).stdout
+    assert b"DEFINER=`" not in filtered
+    assert b"SQL SECURITY DEFINER" in filtered  # the view keeps its security mode
+    execute(mariadb_server, None, f"CREATE DATABASE `{restored_name}`")
+    restore = mariadb_client(mariadb_server, tmp_path, restored_name, filtered)
+    assert restore.returncode == 0, restore.stderr.decode()
+    assert schema_objects(mariadb_server, restored_name) == schema_objects(mariadb_server, mariadb_database)

@@ -15,10 +15,12 @@ from agent.engines.mysql import (
     Version,
     _AlterDatabaseRewriter,
     compatibility_problem,
+    held_privileges,
     keep_own_password,
     option_file_text,
     parse_server_version,
     parse_tool_version,
+    privilege_gaps,
     strip_definers,
     supports_system_users,
 )
@@ -155,3 +157,26 @@ def test_the_check_wants_the_completion_line_among_the_last_lines() -> None:
         truncated.finish()
     with pytest.raises(VerificationError, match="unknown"):
         MysqlEngine.new_check("postgresql-custom")
+
+
+def _gaps(lines: list[str], database: str = "shop_1") -> list[str]:
+    return privilege_gaps(held_privileges(lines), database)
+
+
+def test_an_account_that_sees_every_trigger_and_routine_has_no_privilege_gaps() -> None:
+    assert _gaps(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]) == []
+    assert _gaps(["GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON *.* TO `backup`@`%`"]) == []
+    assert _gaps([
+        "GRANT USAGE ON *.* TO `b`@`%`",
+        "GRANT SELECT ON `mysql`.`proc` TO `b`@`%`",
+        "GRANT SELECT, TRIGGER ON `shop\\_%`.* TO `b`@`%`",  # a LIKE pattern with an escaped underscore
+    ]) == []
+    assert _gaps(["GRANT SELECT, SHOW_ROUTINE ON *.* TO `b`@`%`", "GRANT TRIGGER ON `shop_1`.* TO `b`@`%`"]) == []
+
+
+def test_missing_trigger_or_routine_privileges_are_named() -> None:
+    only_database = ["GRANT SELECT, SHOW VIEW, EVENT ON `shop_1`.* TO `b`@`%`"]
+    assert [gap.split()[1] for gap in _gaps(only_database)] == ["TRIGGER", "SELECT,"]
+    assert len(_gaps(["GRANT SELECT, TRIGGER ON `shop\\_%`.* TO `b`@`%`"], "shopx1")) == 2  # `\_` is literal
+    assert len(_gaps(["GRANT SELECT, TRIGGER ON `other`.* TO `b`@`%`"])) == 2
+    assert _gaps(["GRANT `reader` TO `b`@`%`"]) != []  # a role's privileges come from its own lines
