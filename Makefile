@@ -32,5 +32,10 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py
 
+# as root: user, folders, /opt/backup-agent, the systemd unit (enabled, not started); see docs/operations.md.
+# DESTDIR=DIR installs into DIR only; INSTALL_FLAGS="--dry-run" shows every step and changes nothing.
+install:
+	DESTDIR="$(DESTDIR)" bash scripts/install.sh $(INSTALL_FLAGS)
+
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

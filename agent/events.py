@@ -22,7 +22,8 @@ from typing import Any
 
 from agent import hooks, notify
 from agent.config import Config, JobConfig
-from agent.log import get_logger
+from agent.errors import AgentError
+from agent.log import get_logger, register_secret
 from agent.manifest import ManifestError, manifest_path, read_manifest
 from agent.runner import FAILED, OK, REFUSED, SKIPPED, JobRun, RunOutcome, TargetOutcome
 from agent.storage import StorageLayout
@@ -186,6 +187,10 @@ class ObservedRun(JobRun):
         self.tail = notify.LogTail(self.run_id)
         self.requested: str | None = None
         self.started_notified = False
+        with contextlib.suppress(AgentError):  # an unreadable password is the run's to report
+            secret = job.password.read()
+            if secret is not None:
+                register_secret(secret.reveal())  # before any hook can echo it into a log line
 
     def execute(self, database: str | None) -> RunOutcome:
         self.requested = database

@@ -6,6 +6,7 @@ last line of defence against a secret reaching a log: every registered secret is
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import re
@@ -19,7 +20,8 @@ import structlog
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")  # what any line splitter could split on
+_JSON_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def register_secret(value: str) -> None:
@@ -47,12 +49,31 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def _escape_controls(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """For the text renderer: a newline in a database name must not start a fake record."""
+    """For the text renderer: a newline in a database name must not start a fake record.
+
+    A traceback is kept on the same line too (as `traceback=`), escaped like any other value.
+    """
     def escape(value: Any) -> Any:
         if isinstance(value, str) and _CONTROL.search(value):
-            return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", value)
+            return _CONTROL.sub(_escaped_character, value)
         return value
-    return {key: escape(value) for key, value in event.items()}
+    escaped = {key: escape(value) for key, value in event.items()}
+    if "exception" in escaped:
+        escaped["traceback"] = escaped.pop("exception")
+    return escaped
+
+
+def _escaped_character(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _one_line_json(value: Any, **options: Any) -> str:
+    """json.dumps that also escapes the line breaks JSON allows raw (U+0085, U+2028, U+2029)."""
+    text = json.dumps(value, **options)
+    for raw, escaped in _JSON_LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
 
 
 _SHARED: list[Any] = [
@@ -67,9 +88,10 @@ def _json_formatter() -> logging.Formatter:
         foreign_pre_chain=_SHARED,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks,
+            # tracebacks as data, without frame locals (they could hold anything, secrets included)
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             redact,
-            structlog.processors.JSONRenderer(sort_keys=False, ensure_ascii=False),
+            structlog.processors.JSONRenderer(_one_line_json, sort_keys=False, ensure_ascii=False),
         ],
     )
 
