@@ -34,6 +34,7 @@ from agent.engines.base import (
     StreamCheck,
     TrailerCheck,
 )
+from agent.engines.pg_archive import CustomArchiveCheck
 from agent.errors import ConnectionFailed, ToolError, VerificationError
 from agent.manifest import Manifest
 from agent.secrets import Secret
@@ -97,6 +98,7 @@ class PgRestoreCheck:
     """Reads the whole custom-format archive with `pg_restore -f /dev/null` as it streams by.
 
     `pg_restore --list` passes a truncated archive; restoring every block to /dev/null does not.
+    Only CustomArchiveCheck's fallback now, for archive versions newer than that reader knows.
     """
 
     def __init__(self, tool: str) -> None:
@@ -220,7 +222,9 @@ class PostgresEngine(Engine):
         if format_name == GLOBALS_FORMAT:
             return TrailerCheck(b"PostgreSQL database cluster dump complete", "the globals dump")
         if format_name == CUSTOM_FORMAT:
-            return PgRestoreCheck(_sibling(tool, "pg_restore"))
+            # in-process (docs/performance.md); pg_restore only for a format version it does not know
+            restore_tool = _sibling(tool, "pg_restore")
+            return CustomArchiveCheck(fallback=lambda: PgRestoreCheck(restore_tool))
         raise VerificationError(f"unknown PostgreSQL format {format_name!r}")
 
     def check_tool(self) -> str:
