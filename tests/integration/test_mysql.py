@@ -186,6 +186,7 @@ def test_a_database_round_trips_into_a_new_name_with_its_routines_triggers_event
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
 
     assert run_cli(config, "backup") == 0
+    assert run_cli(config, "verify") == 0
 
     dump = only_dump(tmp_path, mariadb_database)
     assert dump.name.endswith(".sql.zst")
@@ -575,15 +576,19 @@ def test_a_myisam_table_is_warned_about_in_the_log_before_the_dump(
 
 
 def test_every_database_but_the_system_ones_is_discovered_and_exclude_applies(
-    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = f"{mariadb_database}_skip"
     execute(mariadb_server, None, f"CREATE DATABASE `{other}`")
     try:
-        config = load_config(write_config(tmp_path, {
+        path = write_config(tmp_path, {
             "plain": mysql_job(mariadb_server, tmp_path, "*", exclude=["*_skip"]),
             "system": mysql_job(mariadb_server, tmp_path, "*", include_system=True, include_grants=True),
-        }))
+        })
+        assert run_cli(path, "check-config") == 0
+        plan = capsys.readouterr().out
+        assert mariadb_database in plan and mariadb_server.password not in plan
+        config = load_config(path)
         plain = [target.database for target in engine_for(config, "plain").targets()]
         assert mariadb_database in plain and other not in plain
         assert not {"information_schema", "performance_schema", "sys", "mysql"} & set(plain)
