@@ -11,6 +11,7 @@ dumps per node (a semaphore).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -31,6 +32,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from agent import __version__, catalog, log
 from agent.config import Config, JobConfig, load_config
+from agent.drill import run_drills
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
 from agent.runner import CONNECTION_FAILED, FAILED, SKIPPED, RunOutcome, run_job
 from agent.schedule import (
@@ -48,6 +50,7 @@ from agent.storage import StorageLayout, exclusive_lock
 CONNECT_RETRIES = 3  # after a failed connection: retries at 1x, 2x, 4x the job's connect_timeout
 POLL_SECONDS = 0.2  # how often the main thread looks at the signal flags
 SLOT_POLL_SECONDS = 0.5
+DRILL_PREFIX = "drill:"  # APScheduler id of a job's restore drill
 MAX_WORKERS = 64  # threads are started lazily; a job waiting for a dump slot holds one
 
 
@@ -253,7 +256,8 @@ class Daemon:
         config = self.config
         now = datetime.now(UTC)
         for job in self.scheduler.get_jobs():
-            if self.plan(job.id) is None:
+            is_drill = job.id.startswith(DRILL_PREFIX)
+            if (self.drill_plan(job.id.removeprefix(DRILL_PREFIX)) if is_drill else self.plan(job.id)) is None:
                 job.remove()
         for name in config.jobs:
             plan = self.plan(name)
@@ -268,7 +272,42 @@ class Daemon:
                     self.scheduler.remove_job(name)
                 continue
             self._add(config, name, plan, now, check_catch_up=name in catch_up_for)
+        self._schedule_drills(config)
         record_next_runs(config.storage.path, {name: self._next_run(name) for name in config.jobs})
+
+    def drill_plan(self, name: str) -> Plan | None:
+        """A job's restore-drill schedule (`[jobs.NAME.drill]`), planned like any job's."""
+        job = self.config.jobs.get(name)
+        if job is None or job.drill is None:
+            return None
+        as_job = dataclasses.replace(job, schedule=job.drill.schedule, timezone=job.drill.timezone)
+        return plan_for(as_job, None, self.host)
+
+    def _schedule_drills(self, config: Config) -> None:
+        for name in config.jobs:
+            plan = self.drill_plan(name)
+            if plan is None:
+                continue
+            scheduled = self.scheduler.add_job(
+                self._run_drill, PlanTrigger(functools.partial(self.drill_plan, name)), args=(name,),
+                id=f"{DRILL_PREFIX}{name}", name=f"drill of {name}", replace_existing=True, **job_defaults(config),
+            )
+            self.log.info("schedule.planned", job=name, drill=True, next_run=_iso(scheduled.next_run_time),
+                          **plan.describe())
+
+    def _run_drill(self, name: str) -> None:
+        """A scheduled drill takes a dump slot too: it restores a whole database on the same server."""
+        config = self.config
+        if name not in config.jobs or self.stopping:
+            return
+        logger = log.get_logger(job=name)
+        with self._slots:
+            if self.stopping:
+                return
+            try:
+                run_drills(config, name)
+            except AgentError as error:
+                logger.error("drill.failed", error=str(error))
 
     def _add(self, config: Config, name: str, plan: Plan, now: datetime, *, check_catch_up: bool) -> None:
         last_good = last_good_backup(config.storage.path, name) if check_catch_up else None
