@@ -224,11 +224,9 @@ def command_restore(args: argparse.Namespace) -> int:
     if (args.into is None) == (args.to_file is None):
         raise UsageError("restore needs exactly one of --into NAME or --to-file OUT")
     at = _parse_time(args.at) if args.at else None
-    if args.with_globals and args.to_file is None:
-        chosen_globals = restore.choose_backup(config, args.job, "", at=at, kind="globals")
-        if not args.dry_run:
-            restore.restore_database(config, args.job, chosen_globals, "postgres", force=True)
-            print(f"restored globals from {chosen_globals.record.path}")
+    if args.with_globals and args.to_file is None and not args.dry_run:
+        applied = restore.restore_server_wide(config, args.job, at=at)
+        print(f"applied {applied.manifest.kind} from {applied.record.path}")
     chosen = restore.choose_backup(config, args.job, args.database, at=at)
     if args.to_file is not None:
         if args.dry_run:
@@ -348,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--into", help="the database to create and load")
     restore.add_argument("--to-file", help="write the plain decompressed dump here instead")
     restore.add_argument("--table", action="append", default=[], help="only this table (PostgreSQL; repeatable)")
-    restore.add_argument("--with-globals", action="store_true", help="PostgreSQL: first apply the job's globals")
+    restore.add_argument(
+        "--with-globals", action="store_true", help="first apply the job's roles (PostgreSQL globals, MySQL grants)"
+    )
     restore.add_argument("--force", action="store_true", help="restore even into a database that holds data")
     restore.add_argument("--dry-run", action="store_true", help="say exactly what would happen, change nothing")
     restore.set_defaults(handler=command_restore)

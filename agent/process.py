@@ -222,15 +222,18 @@ def run(argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | 
     """Run a short command (a version check, a restore client) to completion."""
     if shutil.which(argv[0]) is None:
         raise ToolError(f"{argv[0]} not found on PATH")
-    completed = subprocess.run(
-        list(argv),
-        input=input_bytes,
-        capture_output=True,
-        timeout=timeout,
-        env=_child_environment(env or {}),
-        pass_fds=pass_fds,
-        check=False,
-    )
+    try:
+        completed = subprocess.run(
+            list(argv),
+            input=input_bytes,
+            capture_output=True,
+            timeout=timeout,
+            env=_child_environment(env or {}),
+            pass_fds=pass_fds,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"{argv[0]} did not finish within {timeout:.0f}s") from None
     return Result(
         completed.returncode,
         completed.stdout.decode("utf-8", "replace"),

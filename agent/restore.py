@@ -111,6 +111,24 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
     return lines
 
 
+SERVER_WIDE_KINDS = {"postgresql": ("globals", "postgres"), "mysql": ("grants", "")}
+
+
+def restore_server_wide(config: Config, job: str, *, at: datetime | None = None) -> Chosen:
+    """Apply the job's roles/grants file (PostgreSQL globals, MySQL grants) before its databases."""
+    engine = engine_for(config, job)
+    if engine.name not in SERVER_WIDE_KINDS:
+        raise UsageError(f"engine {engine.name} has no globals or grants to restore")
+    kind, database = SERVER_WIDE_KINDS[engine.name]
+    chosen = choose_backup(config, job, "", at=at, kind=kind)
+    reverify(chosen)
+    log = get_logger(job=job, kind=kind)
+    log.info("restore.started", path=str(chosen.record.path))
+    engine.restore(decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, database)
+    log.info("restore.finished", path=str(chosen.record.path))
+    return chosen
+
+
 def restore_database(
     config: Config, job: str, chosen: Chosen, into: str, *, force: bool = False, tables: tuple[str, ...] = ()
 ) -> None:

@@ -241,6 +241,23 @@ def keep_own_password(lines: Iterable[bytes], user: str) -> Iterator[bytes]:
         yield own.sub(rb"\1", line) if line.startswith(b"GRANT ") else line
 
 
+_BUILTIN_ON_RESTORE = {*_INTERNAL_ACCOUNTS, ("root", "localhost")}
+
+
+def skip_builtin_accounts(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Grants lines without those for accounts every server already has (root@localhost, mariadb.sys).
+
+    Re-granting them needs privileges such as PROXY that the agent's account rarely holds, and a
+    new server has them already.
+    """
+    names = []
+    for user, host in _BUILTIN_ON_RESTORE:
+        names += [f"`{user}`@`{host}`".encode(), f"'{user}'@'{host}'".encode()]
+    for line in lines:
+        if not any(name in line for name in names):
+            yield line
+
+
 def strip_definers(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Dump lines without DEFINER clauses (data lines untouched): objects then belong to the restorer."""
     for line in lines:
@@ -765,7 +782,7 @@ class MysqlEngine(Engine):
         if tables:
             raise UsageError("a MySQL/MariaDB dump is restored whole; use restore --to-file to pick tables")
         if manifest.kind == "grants":
-            self._load(keep_own_password(_lines(chunks), self.job.user or ""), None)
+            self._load(keep_own_password(skip_builtin_accounts(_lines(chunks)), self.job.user or ""), None)
             return
         details = manifest.details
         collation = (details.get("character_set"), details.get("collation"))

@@ -811,3 +811,25 @@ def test_the_documented_sed_filter_drops_definers_for_a_manual_restore(
     restore = mariadb_client(mariadb_server, tmp_path, restored_name, filtered)
     assert restore.returncode == 0, restore.stderr.decode()
     assert schema_objects(mariadb_server, restored_name) == schema_objects(mariadb_server, mariadb_database)
+
+
+def test_restore_with_globals_applies_the_grants_file_before_the_database(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+) -> None:
+    """`--with-globals` on a MySQL job applies its `_grants` file (accounts come back), then the data."""
+    mariadb_server.mysql(mariadb_database, "CREATE TABLE t (x INT); INSERT INTO t VALUES (1), (2);")
+    mariadb_server.mysql(None, "CREATE USER 'reader_wg'@'%' IDENTIFIED BY 'pw-reader'; "
+                               f"GRANT SELECT ON `{mariadb_database}`.* TO 'reader_wg'@'%';")
+    target = f"{mariadb_database}_wg"
+    try:
+        job = mysql_job(mariadb_server, tmp_path, [mariadb_database], include_grants=True)
+        config = write_config(tmp_path, {"main": job})
+        assert run_cli(config, "backup") == 0
+        mariadb_server.mysql(None, "DROP USER 'reader_wg'@'%'")
+        assert run_cli(config, "restore", "--job", "main", "--database", mariadb_database, "--into", target,
+                       "--with-globals") == 0
+        users = mariadb_server.mysql(None, "SELECT user FROM mysql.user WHERE user = 'reader_wg'")
+        assert "reader_wg" in users
+        assert mariadb_server.mysql(target, "SELECT count(*) FROM t").strip() == "2"
+    finally:
+        mariadb_server.mysql(None, f"DROP USER IF EXISTS 'reader_wg'@'%'; DROP DATABASE IF EXISTS `{target}`;")
