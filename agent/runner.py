@@ -207,9 +207,9 @@ class JobRun:
                 active_writer.write(data)
 
             details = engine.dump(target, space.watch(sink))
-            check.finish()
             if writer.raw_bytes == 0:
                 raise DumpError("the dump is empty", "empty")
+            check.finish()
             published = writer.commit()
         except (AgentError, OSError) as error:
             if check is not None:
