@@ -32,7 +32,7 @@ from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
 from agent.process import StreamLimits
 from agent.prune import DumpSpace, apply_after_dump, prepare_dump
 from agent.storage import StorageLayout, exclusive_lock
-from agent.writer import DumpWriter
+from agent.writer import DumpWriter, PublishedFile
 
 OK = "ok"
 FAILED = "failed"
@@ -90,6 +90,14 @@ def _reason_for(error: BaseException) -> str:
     if isinstance(error, OSError):
         return "io_error"
     return type(error).__name__.removesuffix("Error").lower() or "error"
+
+
+def _failed(target: DumpTarget, error: AgentError | OSError, log: BoundLogger) -> TargetOutcome:
+    """Log one target's failure (reason, message, the tool's stderr tail) and return its outcome."""
+    reason = _reason_for(error)
+    tail = error.stderr_tail if isinstance(error, DumpError) else ""
+    log.error("backup.failed", reason=reason, error=str(error), stderr_tail=tail[-2000:])
+    return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -216,10 +224,7 @@ class JobRun:
                 check.abort()
             if writer is not None:
                 writer.abort()
-            reason = _reason_for(error)
-            tail = error.stderr_tail if isinstance(error, DumpError) else ""
-            log.error("backup.failed", reason=reason, error=str(error), stderr_tail=tail[-2000:])
-            return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
+            return _failed(target, error, log)
         except BaseException:
             if check is not None:
                 check.abort()
@@ -257,13 +262,14 @@ class JobRun:
             warnings=details.warnings,
             details=details.details,
         )
-        manifest_file = write_manifest(published.path, manifest)
+        try:
+            manifest_file = write_manifest(published.path, manifest)
+        except (AgentError, OSError) as error:  # a full disk, a failed fsync, a name taken by someone
+            writer.retract(published)
+            return _failed(target, error, log)
         if self.config.storage.immutable:
             _make_immutable((published.path, manifest_file), log)
-        journal.append(
-            self.layout.root, "created", path=str(published.path.relative_to(self.layout.root)),
-            sha256=published.sha256, bytes=published.stored_bytes, run_id=self.run_id,
-        )
+        self._journal_created(published, log)
         for warning in details.warnings:
             log.warning("backup.warning", message=warning)
         log.info(
@@ -272,6 +278,17 @@ class JobRun:
             duration=manifest.duration_seconds,
         )
         return TargetOutcome(target.database, target.kind, OK, path=published.path)
+
+    def _journal_created(self, published: PublishedFile, log: BoundLogger) -> None:
+        """The journal's `created` line; the backup is whole without it (its manifest says so),
+        so a journal that cannot be written is logged, not fatal to the run's other databases."""
+        try:
+            journal.append(
+                self.layout.root, "created", path=str(published.path.relative_to(self.layout.root)),
+                sha256=published.sha256, bytes=published.stored_bytes, run_id=self.run_id,
+            )
+        except OSError as error:
+            log.error("journal.write_failed", error=str(error), path=str(published.path))
 
     def _preflight(
         self, engine: Engine, target: DumpTarget, folder: str, log: BoundLogger

@@ -133,6 +133,13 @@ class DumpWriter:
         fsync_directory(self.directory)
         return PublishedFile(final, self._hash.hexdigest(), self.raw_bytes, self.stored_bytes)
 
+    def retract(self, published: PublishedFile) -> None:
+        """Unpublish the file `commit` made when its manifest could not be written: without one
+        it never counted as a backup, and a data file nobody can vouch for must not linger."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(published.path)
+        fsync_directory(self.directory)
+
     def abort(self) -> None:
         """Close and remove the partial; safe to call more than once."""
         if self._descriptor is not None:
