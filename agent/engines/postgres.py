@@ -213,8 +213,11 @@ class PostgresEngine(Engine):
         return DumpTarget(database, kind="database", extension="pgdump", format=CUSTOM_FORMAT)
 
     def size_estimate(self, database: str) -> int | None:
-        with self.connect() as connection:
-            row = connection.execute("SELECT pg_database_size(%s)", (database,)).fetchone()
+        try:
+            with self.connect() as connection:
+                row = connection.execute("SELECT pg_database_size(%s)", (database,)).fetchone()
+        except psycopg.Error:
+            return None  # e.g. no such database: its dump then fails as that database's own failure
         return int(row[0]) if row else None
 
     @classmethod
