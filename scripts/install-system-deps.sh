@@ -14,6 +14,7 @@ have mariadbd || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 have ionice || missing+=(util-linux)
 have faketime || missing+=(faketime)
 have systemd-analyze || missing+=(systemd)
+have logrotate || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
