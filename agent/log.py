@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import threading
@@ -109,6 +110,37 @@ def _text_formatter(colors: bool) -> logging.Formatter:
     )
 
 
+LOG_FILE_MODE = 0o640  # whatever the umask: nobody else may write (forge) or read the log
+LOG_DIRECTORY_MODE = 0o750
+
+
+def _make_directories(directory: Path) -> None:
+    """Create the log's missing folders 0750 whatever the umask; existing ones are left as they are."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, LOG_DIRECTORY_MODE)
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, LOG_FILE_MODE)
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Every log file it opens (the first and each after a rotation) is created 0640."""
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=_open_private)
+
+
+class _PrivateWatchedFileHandler(logging.handlers.WatchedFileHandler):
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=_open_private)
+
+
 def configure(
     *,
     file: Path | None = None,
@@ -126,12 +158,12 @@ def configure(
         handler.close()
     root.setLevel(level.upper())
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+        _make_directories(file.parent)
         file_handler: logging.Handler
         if rotate:
-            file_handler = logging.handlers.RotatingFileHandler(file, maxBytes=max_bytes, backupCount=keep)
+            file_handler = _PrivateRotatingFileHandler(file, maxBytes=max_bytes, backupCount=keep)
         else:
-            file_handler = logging.handlers.WatchedFileHandler(file)  # reopens after logrotate moves it
+            file_handler = _PrivateWatchedFileHandler(file)  # reopens after logrotate moves it
         file_handler.setFormatter(_json_formatter() if file_format == "json" else _text_formatter(False))
         root.addHandler(file_handler)
     show_console = sys.stderr.isatty() if console is None else console
