@@ -66,6 +66,7 @@ _SNAPSHOT_TOO_OLD = 239
 _SNAPSHOT_WIRE_VERSION = 13  # MongoDB 5.0: snapshot reads outside transactions
 _BATCH_BYTES = 4 << 20  # aim for cursor batches of this size; the server caps each at 16 MiB
 _MAX_BATCH_DOCUMENTS = 100_000
+_CLEANUP_SECONDS = 2.0
 _VERSION = re.compile(r"version:?\s*r?(\d+)\.(\d+)(?:\.(\d+))?")
 _RAW = CodecOptions(document_class=RawBSONDocument)
 
@@ -99,8 +100,12 @@ class _Collection:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, without PyMongo's timeout settings and topology description."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    for noise in (" (configured timeouts", ", Timeout: ", ", full error: "):
+        line = line.split(noise, 1)[0]
+    return line
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -218,7 +223,8 @@ class MongoEngine(Engine):
         except ConnectionFailure as error:
             raise self._unreachable(error) from None
         finally:
-            client.close()
+            with contextlib.suppress(PyMongoError), pymongo.timeout(_CLEANUP_SECONDS):
+                client.close()  # ends sessions and kills cursors: bounded when the server is gone
 
     def _unreachable(self, error: PyMongoError) -> ConnectionFailed:
         return ConnectionFailed(f"cannot connect to MongoDB at {self._server_label()}: {_first_line(error)}")
@@ -550,7 +556,8 @@ class _BuiltinDump:
                 self._check_limits()
                 documents += self.writer.write(self.database, data_name, batch)
         finally:
-            cursor.close()
+            with contextlib.suppress(PyMongoError), pymongo.timeout(_CLEANUP_SECONDS):
+                cursor.close()
         self.writer.end(self.database, data_name)
         self.details.counts[item.name] = documents
 
