@@ -30,7 +30,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from agent import __version__, catalog, log
+from agent import __version__, catalog, log, process
 from agent.config import Config, JobConfig, load_config
 from agent.drill import run_drills
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
@@ -229,7 +229,8 @@ class Daemon:
         left = self._running_jobs()
         uptime = round(time.monotonic() - started, 1)
         if left:
-            self.log.error("daemon.shutdown_timeout", jobs=left, shutdown_timeout=timeout)
+            killed = process.kill_running_children()  # no dump tool may outlive the daemon
+            self.log.error("daemon.shutdown_timeout", jobs=left, shutdown_timeout=timeout, killed_pids=killed)
             self.log.info("daemon.stopped", signal=signal_name, clean=False, uptime=uptime)
             logging.shutdown()
             # a pool thread is stuck; a normal exit would wait for it forever (the next run sweeps

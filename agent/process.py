@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -30,6 +31,7 @@ CHUNK_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _STDERR_TAIL_BYTES = 8192
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a child must stop
 # variables that carry passwords for database clients; never inherited by a child
 _SECRET_VARIABLES = ("PGPASSWORD", "MYSQL_PWD", "MONGODB_PASSWORD")
 
@@ -114,6 +116,8 @@ class Child:
             process_group=0,
             close_fds=True,
         )
+        with _children_lock:
+            _children.add(self)
         assert self.popen.stderr is not None
         self.stderr = StderrTail(self.popen.stderr)
         if self.popen.stdout is not None:
@@ -125,7 +129,7 @@ class Child:
     def pid(self) -> int:
         return self.popen.pid
 
-    def terminate_group(self, grace: float = 5.0) -> None:
+    def terminate_group(self, grace: float = KILL_GRACE) -> None:
         """SIGTERM the child's whole process group, then SIGKILL whatever is left after `grace`."""
         if self.popen.poll() is not None:
             return
@@ -163,6 +167,26 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
+_children: weakref.WeakSet[Child] = weakref.WeakSet()
+_children_lock = threading.Lock()
+
+
+def kill_running_children() -> list[int]:
+    """SIGKILL the process group of every child still running; the pids signalled.
+
+    The daemon's last act when a run cannot stop within its shutdown timeout: a dump tool must
+    not outlive the agent (one that ignores SIGTERM and writes nothing would never get SIGPIPE).
+    """
+    with _children_lock:
+        children = list(_children)
+    killed: list[int] = []
+    for child in children:
+        if child.popen.returncode is None:
+            _signal_group(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+    return killed
+
+
 @dataclass(slots=True)
 class StreamLimits:
     """Watchdogs for one stream: a hard deadline and a stall limit (monotonic seconds)."""
@@ -170,6 +194,7 @@ class StreamLimits:
     timeout: float | None = None
     stall_timeout: float | None = None
     should_stop: Callable[[], bool] = lambda: False
+    kill_grace: float = KILL_GRACE  # SIGTERM -> SIGKILL; shorter than the daemon's shutdown timeout
 
 
 def stream_stdout(
@@ -202,7 +227,7 @@ def stream_stdout(
                     f"{what} wrote nothing for {limits.stall_timeout:.0f}s (stall_timeout)", "stalled"
                 )
     except BaseException:
-        child.terminate_group()
+        child.terminate_group(limits.kill_grace)
         child.popen.stdout.close()
         raise
     child.popen.stdout.close()

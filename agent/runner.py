@@ -29,7 +29,7 @@ from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
-from agent.process import StreamLimits
+from agent.process import KILL_GRACE, StreamLimits
 from agent.prune import DumpSpace, apply_after_dump, prepare_dump
 from agent.storage import StorageLayout, exclusive_lock
 from agent.writer import DumpWriter, PublishedFile
@@ -137,6 +137,8 @@ class JobRun:
             timeout=job.timeout.total_seconds(),
             stall_timeout=job.stall_timeout.total_seconds(),
             should_stop=should_stop,
+            # a tool ignoring SIGTERM is SIGKILLed well within the shutdown timeout
+            kill_grace=min(KILL_GRACE, config.daemon.shutdown_timeout.total_seconds() / 2),
         )
         self.host = socket.gethostname()
 
