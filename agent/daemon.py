@@ -50,6 +50,7 @@ from agent.storage import StorageLayout, exclusive_lock
 CONNECT_RETRIES = 3  # after a failed connection: retries at 1x, 2x, 4x the job's connect_timeout
 POLL_SECONDS = 0.2  # how often the main thread looks at the signal flags
 SLOT_POLL_SECONDS = 0.5
+CLOCK_JUMP_SECONDS = 10.0  # the wall clock moving this much more or less than the monotonic one
 DRILL_PREFIX = "drill:"  # APScheduler id of a job's restore drill
 MAX_WORKERS = 64  # threads are started lazily; a job waiting for a dump slot holds one
 
@@ -61,6 +62,13 @@ def job_defaults(config: Config) -> dict[str, Any]:
         "max_instances": 1,
         "misfire_grace_time": max(1, round(config.daemon.misfire_grace_time.total_seconds())),
     }
+
+
+def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> float | None:
+    """Seconds the wall clock moved beyond the monotonic clock between two (wall, monotonic)
+    readings, when that is a jump worth acting on (a pause moves both clocks alike)."""
+    drift = (current[0] - previous[0]) - (current[1] - previous[1])
+    return drift if abs(drift) >= CLOCK_JUMP_SECONDS else None
 
 
 def retry_delay(job: JobConfig, attempt: int) -> timedelta:
@@ -193,11 +201,16 @@ class Daemon:
             )
             self._schedule(catch_up_for=set(self.config.jobs))
             self.scheduler.resume()
+            clocks = (time.time(), time.monotonic())
             while self._stop_signal is None:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
                 time.sleep(POLL_SECONDS)
+                previous, clocks = clocks, (time.time(), time.monotonic())
+                jump = clock_jump(previous, clocks)
+                if jump is not None:
+                    self._clock_jumped(jump)
             return self._shutdown(started)
         finally:
             for signum, handler in previous_handlers.items():
@@ -238,6 +251,15 @@ class Daemon:
             os._exit(EXIT_FAILED)
         self.log.info("daemon.stopped", signal=signal_name, clean=True, uptime=uptime)
         return EXIT_OK
+
+    def _clock_jumped(self, seconds: float) -> None:
+        """The wall clock was set (or the machine resumed): plan every job afresh, as at a start,
+        so a jump forward costs at most one catch-up run and a jump back does not stall the jobs."""
+        self.log.warning(
+            "daemon.clock_jumped", seconds=round(seconds, 1), direction="forward" if seconds > 0 else "backward",
+            now=datetime.now(UTC).isoformat(),
+        )
+        self._schedule(catch_up_for=set(self.config.jobs))
 
     # --- planning ------------------------------------------------------------------------------
 
