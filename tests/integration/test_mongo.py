@@ -17,6 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pymongo
 import pytest
@@ -46,7 +47,8 @@ def mongo_job(server: MongoServer, tmp_path: Path, databases: object, **extra: o
     if server.auth:
         job["user"] = server.user
         job["password_file"] = str(password_file(tmp_path, server.password or ""))
-        job["auth_source"] = "admin"
+        options = dict(parse_qsl(urlsplit(server.uri()).query))
+        job["auth_source"] = options.get("authSource", "admin")
     job.update(extra)
     return job
 
@@ -345,7 +347,8 @@ def test_mongodump_gets_the_password_only_through_a_private_config_file(
 ) -> None:
     needs_auth(mongo_server)
     script, record = stand_in_mongodump(tmp_path / "bin")
-    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [mongo_database], tool=str(script))})
+    job = mongo_job(mongo_server, tmp_path, [mongo_database], tool=str(script))
+    config = write_config(tmp_path, {"docs": job})
 
     assert run_cli(config, "backup") == 0
 
@@ -353,7 +356,7 @@ def test_mongodump_gets_the_password_only_through_a_private_config_file(
     argv = seen["argv"]
     assert argv[1] == "--archive" and f"--db={mongo_database}" in argv
     assert "--gzip" not in argv and "--oplog" not in argv
-    assert f"--username={mongo_server.user}" in argv and "--authenticationDatabase=admin" in argv
+    assert f"--username={mongo_server.user}" in argv and f"--authenticationDatabase={job['auth_source']}" in argv
     assert all(mongo_server.password not in argument for argument in argv)
     assert seen["config_text"] == f"password: {json.dumps(mongo_server.password)}\n"
     assert (seen["config_mode"], seen["folder_mode"]) == (0o600, 0o700)
@@ -518,7 +521,9 @@ def test_a_server_stopped_mid_dump_fails_the_backup_and_leaves_no_file(
     if mongo_server._external_uri is not None:
         pytest.skip("the server from MONGODB_TEST_URI cannot be stopped")
     big, _ = big_databases[BIG_DOCUMENTS]
-    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [big], tool="builtin")})
+    # uncompressed, so the partial file grows as soon as the first batch is written
+    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [big], tool="builtin")},
+                          storage={"compression": "none"})
     folder = tmp_path / "storage" / "docs" / big
     child = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(config), "backup"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
