@@ -446,8 +446,11 @@ class _Table:
         self.problems.add(self.key(key), message)
 
     def missing(self, key: str, message: str) -> None:
-        """A required key is absent; no line is shown because it is written nowhere."""
-        self.problems.add(self.key(key), f"missing; {message}", exact=True)
+        """A required key is absent: named with the line of the table it belongs in."""
+        line = self.problems.lines.get(self.path)
+        where = f" (line {line})" if line is not None else ""
+        table = f" from [{render_key_path(self.path)}]" if self.path else ""
+        self.problems.messages.append(f"{render_key_path(self.key(key))}{where}: missing{table}; {message}")
 
     def has(self, key: str) -> bool:
         return key in self.data

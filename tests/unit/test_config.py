@@ -434,9 +434,10 @@ def test_a_wrong_engine_key_says_which_engine_it_belongs_to() -> None:
     ]
 
 
-def test_a_missing_key_is_named_without_a_line() -> None:
+def test_a_missing_key_is_named_with_the_line_of_its_table() -> None:
     problems = problems_of(STORAGE + '[jobs.x]\nengine = "mysql"\n')
-    assert problems == ['jobs.x.databases: missing; say "*" or list the databases']
+    line = (STORAGE + "[jobs.x]").count("\n") + 1
+    assert problems == [f'jobs.x.databases (line {line}): missing from [jobs.x]; say "*" or list the databases']
 
 
 def test_a_quoted_job_name_gets_its_lines_too() -> None:
