@@ -282,7 +282,7 @@ def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: boo
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(_syntax_problem(source, str(error))) from None
+        raise ConfigError(_syntax_problem(source, str(error), text)) from None
     problems = _Problems(find_key_lines(text))
     config = _ConfigReader(document, source, file_mode, problems).read()
     if check_storage and config is not None:
@@ -292,17 +292,38 @@ def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: boo
     return config
 
 
-def _syntax_problem(source: Path, message: str) -> str:
+def _syntax_problem(source: Path, message: str, text: str) -> str:
     position = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
     if position:
         return (
             f"{source} line {position.group(1)}: {message[: position.start()]} (column {position.group(2)})"
         )
+    end = re.search(r"\s*\(at end of document\)$", message)
+    if end:
+        return f"{source} line {_unclosed_from(text)}: {message[: end.start()]}: it is never closed"
     return f"{source}: {message}"
 
 
+def _unclosed_from(text: str) -> int:
+    """The line where an array or string that is never closed begins: the one after the longest
+    run of leading lines that still parses (every longer run fails, for it holds the opening)."""
+    lines = text.splitlines(keepends=True)
+    parsed = 0
+    for count in range(1, len(lines)):
+        try:
+            tomllib.loads("".join(lines[:count]))
+        except tomllib.TOMLDecodeError:
+            continue
+        parsed = count
+    return min(parsed + 1, max(len(lines), 1))
+
+
 def _check_storage_path(path: Path, problems: _Problems) -> None:
-    """Refuse a storage path others could redirect or tamper with; never creates anything."""
+    """Refuse a storage path others could redirect or tamper with; never creates anything.
+
+    Every existing folder on the way counts, not only the nearest: whoever may write a parent
+    may rename the storage folder away and put their own in its place.
+    """
     key = ("storage", "path")
     try:
         if path.is_symlink():
