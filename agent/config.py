@@ -332,14 +332,17 @@ def _check_storage_path(path: Path, problems: _Problems) -> None:
         existing = path
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        status = existing.stat()
+        folders = [existing, *existing.parents]
+        statuses = [(folder, folder.stat()) for folder in folders]
     except OSError as error:
         problems.add(key, f"cannot inspect {path}: {error.strerror}")
         return
-    world_writable = bool(status.st_mode & stat.S_IWOTH)
-    root_sticky = bool(status.st_mode & stat.S_ISVTX) and status.st_uid == 0
-    if world_writable and not root_sticky:
-        problems.add(key, f"{existing} is writable by others; chmod o-w {existing}")
+    for folder, status in statuses:
+        world_writable = bool(status.st_mode & stat.S_IWOTH)
+        root_sticky = bool(status.st_mode & stat.S_ISVTX) and status.st_uid == 0
+        if world_writable and not root_sticky:
+            problems.add(key, f"{folder} is writable by others; chmod o-w {folder}")
+            return
 
 
 # --------------------------------------------------------------------------------------------------
