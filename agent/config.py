@@ -962,6 +962,7 @@ class _JobReader:
             table.add("databases", f'expected "*" or a non-empty list of names, got {_show(value)}')
             return None
         names: list[str] = []
+        by_file_name: dict[str, str] = {}
         for item in value:
             if not item.strip():
                 table.add("databases", "database names must not be empty")
@@ -969,8 +970,16 @@ class _JobReader:
                 table.add("databases", f"{_show(item)} is listed twice")
             elif engine == "sqlite" and not item.startswith("/"):
                 table.add("databases", f"a sqlite database must be an absolute file path, got {_show(item)}")
+            elif engine == "sqlite" and os.path.basename(item) in by_file_name:
+                # a sqlite backup's folder is named after the file: both would be one series to retention
+                table.add(
+                    "databases",
+                    f"{_show(item)} and {_show(by_file_name[os.path.basename(item)])} have the same file name, "
+                    "so their backups would share one folder; put them in separate jobs",
+                )
             else:
                 names.append(item)
+                by_file_name[os.path.basename(item)] = item
         return tuple(names)
 
     def read_exclude(self, databases: tuple[str, ...] | None) -> tuple[str, ...]:
