@@ -46,16 +46,7 @@ def _load(args: argparse.Namespace, *, configure_logging: bool = True) -> Any:
     if configure_logging:
         from agent import log
 
-        settings = config.log
-        log.configure(
-            file=settings.file,
-            level=settings.level,
-            file_format=settings.format,
-            rotate=settings.rotate,
-            max_bytes=settings.max_size.resolve(0),
-            keep=settings.keep,
-            console=None,
-        )
+        log.configure_from(config.log)
     return config
 
 

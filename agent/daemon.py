@@ -78,16 +78,7 @@ def retry_delay(job: JobConfig, attempt: int) -> timedelta:
 
 def configure_logging(config: Config) -> None:
     """(Re)open the log as the config says; called at start and on every reload."""
-    settings = config.log
-    log.configure(
-        file=settings.file,
-        level=settings.level,
-        file_format=settings.format,
-        rotate=settings.rotate,
-        max_bytes=settings.max_size.resolve(0),
-        keep=settings.keep,
-        console=None,
-    )
+    log.configure_from(config.log)
 
 
 def last_good_backup(storage: Path, job: str) -> datetime | None:

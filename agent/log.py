@@ -15,9 +15,12 @@ import sys
 import threading
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from agent.config import LogConfig
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -178,6 +181,19 @@ def configure(
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
+    )
+
+
+def configure_from(settings: LogConfig) -> None:
+    """(Re)open the log as the config's [log] says: at start, and on every reload."""
+    configure(
+        file=settings.file,
+        level=settings.level,
+        file_format=settings.format,
+        rotate=settings.rotate,
+        max_bytes=settings.max_size.resolve(0),
+        keep=settings.keep,
+        console=None,
     )
 
 
