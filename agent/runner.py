@@ -32,7 +32,7 @@ from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
 from agent.process import KILL_GRACE, StreamLimits
 from agent.prune import DumpSpace, apply_after_dump, prepare_dump
 from agent.storage import StorageLayout, exclusive_lock
-from agent.writer import DumpWriter, PublishedFile
+from agent.writer import DumpWriter, PublishedFile, ensure_directory
 
 OK = "ok"
 FAILED = "failed"
@@ -106,7 +106,7 @@ def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
     removed: list[Path] = []
     job_directory = layout.job_directory(job)
     candidates: list[Path] = []
-    if job_directory.is_dir():
+    if job_directory.is_dir() and not job_directory.is_symlink():  # never sweep through a planted link
         for folder in job_directory.iterdir():
             if folder.is_dir() and not folder.is_symlink():
                 candidates.extend(path for path in folder.iterdir() if path.name.endswith(PARTIAL_SUFFIX))
@@ -201,8 +201,9 @@ class JobRun:
         writer: DumpWriter | None = None
         check = None
         try:
+            job_directory = ensure_directory(self.layout.job_directory(self.job.name))  # never a symlink
             writer = DumpWriter(
-                self.layout.job_directory(self.job.name) / folder,
+                job_directory / folder,
                 name_for,
                 compression,
                 max_write_rate=self.config.storage.max_write_rate,
