@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.compression import CompressionSettings, new_compressor
 from agent.errors import DumpError
-from agent.naming import PARTIAL_SUFFIX
+from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX
 
 FILE_MODE = 0o440
 DIRECTORY_MODE = 0o750
@@ -150,9 +150,14 @@ class DumpWriter:
 
 
 def link_without_replacing(source: Path, directory: Path, name_for: Callable[[int], str]) -> Path:
-    """Give `source` the first free name of `name_for(0)`, `name_for(1)`, ...; never overwrite."""
+    """Give `source` the first free name of `name_for(0)`, `name_for(1)`, ...; never overwrite.
+
+    A name counts as free only when its manifest's name is free too (anything may sit there).
+    """
     for sequence in range(_MAX_SEQUENCE + 1):
         candidate = directory / name_for(sequence)
+        if os.path.lexists(candidate.with_name(candidate.name + MANIFEST_SUFFIX)):
+            continue
         try:
             os.link(source, candidate, follow_symlinks=False)
         except FileExistsError:
