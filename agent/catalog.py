@@ -75,9 +75,10 @@ def scan(storage: Path, job: str | None = None) -> list[BackupRecord]:
 
 
 def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
-    names = sorted(os.listdir(folder))
-    present = set(names)
-    for name in names:
+    # the agent never makes a symlink: one here was planted, and is neither a backup nor a manifest
+    with os.scandir(folder) as entries:
+        present = {entry.name for entry in entries if not entry.is_symlink()}
+    for name in sorted(present):
         path = folder / name
         if name.endswith(PARTIAL_SUFFIX):
             parsed = parse_backup_filename(name.removesuffix(PARTIAL_SUFFIX))
