@@ -39,6 +39,7 @@ FAILED = "failed"
 SKIPPED = "skipped"
 REFUSED = "refused"  # the dump would not fit the disk budget (see agent/prune.py)
 CONNECTION_FAILED = "connection_failed"  # the server could not be reached; the daemon retries
+INTERNAL_ERROR = "internal_error"  # a bug or an unexpected library error; the traceback is in the log
 
 
 @dataclass(slots=True)
@@ -81,6 +82,8 @@ def compression_of(config: Config) -> CompressionSettings:
 
 
 def _reason_for(error: BaseException) -> str:
+    if not isinstance(error, AgentError | OSError):
+        return INTERNAL_ERROR
     if isinstance(error, DumpError):
         return error.reason
     if isinstance(error, ConnectionFailed):
@@ -92,12 +95,15 @@ def _reason_for(error: BaseException) -> str:
     return type(error).__name__.removesuffix("Error").lower() or "error"
 
 
-def _failed(target: DumpTarget, error: AgentError | OSError, log: BoundLogger) -> TargetOutcome:
-    """Log one target's failure (reason, message, the tool's stderr tail) and return its outcome."""
+def _failed(target: DumpTarget, error: Exception, log: BoundLogger) -> TargetOutcome:
+    """Log one target's failure (reason, message, the tool's stderr tail; the traceback of an
+    unexpected error) and return its outcome."""
     reason = _reason_for(error)
+    message = str(error) if reason != INTERNAL_ERROR else f"{type(error).__name__}: {error}"
     tail = error.stderr_tail if isinstance(error, DumpError) else ""
-    log.error("backup.failed", reason=reason, error=str(error), stderr_tail=tail[-2000:])
-    return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
+    traceback = error if reason == INTERNAL_ERROR else None
+    log.error("backup.failed", reason=reason, error=message, stderr_tail=tail[-2000:], exc_info=traceback)
+    return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=message)
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -152,6 +158,10 @@ class JobRun:
         except LockedError as error:
             outcome.status, outcome.reason, outcome.message = SKIPPED, "locked", str(error)
             self.log.warning("backup.skipped", reason="locked", error=str(error))
+        except Exception as error:  # a bug outside any one dump: a failed run (alerted), never a crash
+            outcome.status, outcome.reason = FAILED, INTERNAL_ERROR
+            outcome.message = f"{type(error).__name__}: {error}"
+            self.log.error("backup.failed", reason=INTERNAL_ERROR, error=outcome.message, exc_info=error)
         outcome.duration_seconds = round(time.monotonic() - started, 3)
         return outcome
 
@@ -222,7 +232,7 @@ class JobRun:
                 raise DumpError("the dump is empty", "empty")
             check.finish()
             published = writer.commit()
-        except (AgentError, OSError) as error:
+        except Exception as error:  # one database's failure, even a bug's, never stops the others
             if check is not None:
                 check.abort()
             if writer is not None:
