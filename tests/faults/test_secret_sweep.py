@@ -150,7 +150,8 @@ def test_the_password_never_leaks_through_success_failure_timeout_crash_or_diagn
     assert [event["reason"] for event in events_named(tmp_path, "backup.failed")] == ["internal_error"]
     assert events_named(tmp_path, "backup.failed")[-1]["exception"], "the traceback is in the log"
     finished = [event["database"] for event in events_named(tmp_path, "backup.finished")]
-    assert (finished.count(account.databases[0]), finished.count(account.databases[1])) == (1, 2), "the other database still dumps"
+    first, second = (finished.count(database) for database in account.databases)
+    assert (first, second) == (1, 2), "the other database still dumps"
     # a timeout: the tool dribbles bytes past `timeout`
     dribble = fake_pg_dump(tmp_path, pg_server, "printf PGDMP; while :; do printf x; sleep 0.2; done", name="dribble")
     timed = write_config(tmp_path, {"main": {**job, "tool": str(dribble), "timeout": "2s",

@@ -130,7 +130,7 @@ def test_clock_jumps_of_years_are_logged_and_cost_at_most_one_run_and_no_cpu_or_
         clock.argv(config, "run"), cwd=PROJECT, env=clock.env(), stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "daemon.stderr").open("wb"),
     )
-    processes.append(daemon)  # type: ignore[arg-type]
+    processes.append(daemon)
     wait_until(lambda: events_named(tmp_path, "job.finished"), what="the first (catch-up) run")
     time.sleep(1)
     cpu_before, rss_before = _cpu_seconds(daemon.pid), _rss_kib(daemon.pid)
@@ -240,3 +240,32 @@ def test_sigterm_escalates_to_sigkill_for_a_tool_ignoring_sigterm_within_the_shu
     use_real_tool(tmp_path)
     assert run_agent(config, "backup").returncode == 0
     assert len(data_files(tmp_path / "storage")) == 1
+
+
+def test_a_run_stuck_past_the_shutdown_timeout_still_takes_its_tool_down_with_the_daemon(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path, processes: list[Any]
+) -> None:
+    """The run is stuck in a throttled disk write (not in the loop that watches the stop flag)
+    while its tool, ignoring SIGTERM and writing nothing more, would never get SIGPIPE."""
+    body = f"trap '' TERM; head -c 300000 /dev/urandom > {tmp_path}/burst; cat {tmp_path}/burst; exec sleep 300"
+    tool = fake_pg_dump(tmp_path, pg_server, body)
+    job = pg_job(tmp_path, pg_server, [pg_database], tool=str(tool), every="1h", stall_timeout="60s")
+    config = write_config(
+        tmp_path, {"main": job}, storage={"compression": "none", "max_write_rate": "2KiB/s"},
+        sections={"daemon": {"shutdown_timeout": "1s"}},
+    )
+    daemon = start_agent(config, "run")
+    processes.append(daemon)
+    tool_pid = read_pid(tmp_path / "tool.pid")
+    wait_until(lambda: partial_files(tmp_path / "storage"), what="the throttled partial file")
+
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    code = daemon.wait(30)
+    took = time.monotonic() - started
+
+    assert code == 1 and took < 2.5
+    (timeout,) = events_named(tmp_path, "daemon.shutdown_timeout")
+    assert timeout["killed_pids"] == [tool_pid]
+    wait_until(lambda: process_gone(tool_pid), timeout=2, what="the tool's death")
+    assert events_named(tmp_path, "daemon.stopped")[-1]["clean"] is False
