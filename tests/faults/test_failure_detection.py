@@ -277,3 +277,20 @@ def test_a_failed_fsync_fails_the_run_removes_the_file_and_is_never_retried(
     assert [record.status for record in catalog.scan(storage)] == []
     assert run_cli(config, "backup") == 0
     assert len(data_files(storage)) == 2
+
+
+def test_a_journal_that_cannot_be_written_is_logged_and_the_whole_backups_still_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = sqlite_database(tmp_path / "first.db"), sqlite_database(tmp_path / "second.db")
+    config = write_config(tmp_path, {"app": sqlite_job(first, second)})
+    fsync, _calls = _failing_fsync("journal.jsonl")
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    code = run_cli(config, "backup")
+
+    monkeypatch.undo()
+    assert code == 0, "both backups are whole: their manifests say so"
+    assert len(events_named(tmp_path, "journal.write_failed")) == 2
+    assert [record.status for record in catalog.scan(tmp_path / "storage")] == [catalog.GOOD, catalog.GOOD]
+    assert all(finding.status == OK for finding in verify_storage(tmp_path / "storage"))
