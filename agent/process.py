@@ -30,6 +30,12 @@ DEVNULL = subprocess.DEVNULL
 CHUNK_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
+# A tool that writes in small pieces (mariadb-dump, pg_dump: 4-8 KiB stdio writes) would wake the
+# loop for every piece: 15,000 wake-ups for 200 MB. After a short read the loop waits this long so
+# the 1 MiB pipe fills a little: a few hundred wake-ups, same throughput (docs/performance.md).
+TRICKLE_BYTES = 256 << 10
+TRICKLE_PAUSE = 0.001
 _STDERR_TAIL_BYTES = 8192
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a child must stop
 # variables that carry passwords for database clients; never inherited by a child
@@ -120,10 +126,13 @@ class Child:
             _children.add(self)
         assert self.popen.stderr is not None
         self.stderr = StderrTail(self.popen.stderr)
+        self.pipe_size = 0
         if self.popen.stdout is not None:
             # larger pipes only help without compression; the default size still works
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.popen.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            with contextlib.suppress(OSError):
+                self.pipe_size = fcntl.fcntl(self.popen.stdout.fileno(), _F_GETPIPE_SZ)
 
     @property
     def pid(self) -> int:
@@ -207,6 +216,8 @@ def stream_stdout(
     assert child.popen.stdout is not None
     fd = child.popen.stdout.fileno()
     started = last_data = time.monotonic()
+    # only with room to spare: a 64 KiB pipe would fill during the pause and stall the tool
+    pause = TRICKLE_PAUSE if child.pipe_size >= _PIPE_SIZE else 0.0
     try:
         while True:
             if limits.should_stop():
@@ -221,6 +232,8 @@ def stream_stdout(
                     break
                 consume(data)
                 last_data = now
+                if pause and len(data) < TRICKLE_BYTES:
+                    time.sleep(pause)
                 continue
             if limits.stall_timeout is not None and now - last_data > limits.stall_timeout:
                 raise DumpError(
