@@ -82,3 +82,16 @@ def decompressed(path: Path) -> bytes:
     while chunk := reader.read(1 << 20):
         out += chunk
     return bytes(out)
+
+
+def descends_from(pid: str, ancestor: str) -> bool:
+    """Whether process `pid` is a child (or grandchild...) of `ancestor`: other programs' tools don't count."""
+    while pid not in ("0", "1"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = stat.rsplit(")", 1)[1].split()[1]
+        if pid == ancestor:
+            return True
+    return False

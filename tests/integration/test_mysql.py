@@ -18,6 +18,7 @@ import pytest
 from agent_helpers import (
     data_files,
     decompressed,
+    descends_from,
     events_named,
     password_file,
     run_cli,
@@ -400,19 +401,6 @@ def test_a_tool_older_than_the_server_or_from_another_vendor_is_refused(
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def _descends_from(pid: str, ancestor: str) -> bool:
-    """Whether process `pid` is a child (or grandchild...) of `ancestor`: other tests' tools don't count."""
-    while pid not in ("0", "1"):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = stat.rsplit(")", 1)[1].split()[1]
-        if pid == ancestor:
-            return True
-    return False
-
-
 def test_the_password_is_in_no_child_argv_environment_or_log(
     mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
 ) -> None:
@@ -436,7 +424,7 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
                     environ = (entry / "environ").read_bytes()
                 except OSError:
                     continue
-                if b"mariadb-dump" in cmdline and _descends_from(entry.name, own):
+                if b"mariadb-dump" in cmdline and descends_from(entry.name, own):
                     tool_argvs.append(cmdline.split(b"\0"))
                 if secret in cmdline or secret in environ:
                     leaks.append(cmdline.decode(errors="replace"))

@@ -14,6 +14,7 @@ import pytest
 from agent_helpers import (
     data_files,
     decompressed,
+    descends_from,
     events_named,
     log_events,
     password_file,
@@ -303,7 +304,7 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
                     environ = (entry / "environ").read_bytes()
                 except OSError:
                     continue
-                if b"pg_dump" in cmdline:
+                if b"pg_dump" in cmdline and descends_from(entry.name, own):
                     seen.append(entry.name)
                 if secret in cmdline or secret in environ:
                     leaks.append(cmdline.decode(errors="replace"))
