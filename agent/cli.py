@@ -127,7 +127,7 @@ def command_list(args: argparse.Namespace) -> int:
         created = (row["created_at"] or "?")[:19]
         database = json.dumps(row["database"], ensure_ascii=True)[1:-1]  # never print raw control bytes
         size = format_size(row["stored_bytes"])
-        print(f"{row['status']:10} {created} {size:>10}  {row['job']}/{database}  {row['path']}")
+        print(f"{row['status']:10} {created} {size:>10}  {row['job']}: {database}  {row['path']}")
     return EXIT_OK
 
 
