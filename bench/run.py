@@ -18,6 +18,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gzip-repeat", type=int, default=3, help="rounds that include the gzip references")
     parser.add_argument("--double-repeat", type=int, default=3, help="rounds at twice the data (RSS growth)")
     parser.add_argument("--idle-seconds", type=float, default=150, help="how long to watch the idle daemon")
-    parser.add_argument("--mongo-documents", type=int, default=30_000)
+    parser.add_argument("--mongo-documents", type=int, default=100_000)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new one in /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -148,25 +149,29 @@ class Bench:
             target.unlink()
         return sample
 
-    def agent_config(self, storage: Path, *, level: int = ZSTD_LEVEL, threads: int = -1) -> Path:
+    def agent_config(self, storage: Path, *, level: int = ZSTD_LEVEL, threads: int = -1,
+                     copies: tuple[str, ...] = ("",)) -> Path:
+        """A config for every running server; `copies` repeats each job under name + suffix."""
         lines = ["[storage]", f'path = "{storage}"', 'compression = "zstd"', f"level = {level}",
                  f"threads = {threads}", 'max_usage = "95%"', 'reserve = "1GiB"', "",
                  "[log]", f'file = "{storage.parent / (storage.name + ".log")}"', 'level = "info"', "",
                  "[retention]", "keep_last = 30", "keep_min = 1"]
-        if "postgresql" in self.servers:
-            server = self.servers["postgresql"]
-            lines += ["", "[jobs.pg]", 'engine = "postgresql"', f'host = "{server.host}"', f"port = {server.port}",
-                      f'user = "{server.user}"', f'password = "{server.password}"', 'databases = ["bench"]',
-                      "include_globals = false", "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"']
-        if "mysql" in self.servers:
-            server = self.servers["mysql"]
-            lines += ["", "[jobs.mariadb]", 'engine = "mysql"', f'host = "{server.host}"', f"port = {server.port}",
-                      f'user = "{server.user}"', f'password = "{server.password}"', 'databases = ["bench"]',
-                      "include_grants = false", "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"']
-        if "mongodb" in self.servers:
-            server = self.servers["mongodb"]
-            lines += ["", "[jobs.mongo]", 'engine = "mongodb"', f'uri = "{server.uri()}"', 'tool = "builtin"',
-                      'databases = ["bench"]', "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"']
+        common = ['databases = ["bench"]', "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"', 'jitter = "0s"']
+        for suffix in copies:
+            if "postgresql" in self.servers:
+                server = self.servers["postgresql"]
+                lines += ["", f"[jobs.pg{suffix}]", 'engine = "postgresql"', f'host = "{server.host}"',
+                          f"port = {server.port}", f'user = "{server.user}"', f'password = "{server.password}"',
+                          "include_globals = false", *common]
+            if "mysql" in self.servers:
+                server = self.servers["mysql"]
+                lines += ["", f"[jobs.mariadb{suffix}]", 'engine = "mysql"', f'host = "{server.host}"',
+                          f"port = {server.port}", f'user = "{server.user}"', f'password = "{server.password}"',
+                          "include_grants = false", *common]
+            if "mongodb" in self.servers:
+                server = self.servers["mongodb"]
+                lines += ["", f"[jobs.mongo{suffix}]", 'engine = "mongodb"', f'uri = "{server.uri()}"',
+                          'tool = "builtin"', *common]
         path = storage.parent / (storage.name + ".toml")
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
@@ -197,7 +202,6 @@ class Bench:
         return sample
 
     def remove(self, storage: Path) -> None:
-        subprocess.run(["chattr", "-R", "-i", str(storage)], capture_output=True, check=False)
         shutil.rmtree(storage, ignore_errors=True)
         for suffix in (".toml", ".log", ".probe.json"):
             (storage.parent / (storage.name + suffix)).unlink(missing_ok=True)
@@ -445,22 +449,47 @@ def retention_section(bench: Bench) -> dict[str, Any] | None:
 
 
 class IdleDaemon:
-    """`backup-agent run` with nothing due; samples /proc/PID/stat and status until stopped."""
+    """`backup-agent run` at rest, in two phases, sampling /proc/PID (RSS; CPU of every thread).
 
-    def __init__(self, bench: Bench, storage: Path) -> None:
+    Phase one is the issue's method: a job that runs rarely and has a good backup on disk, so the
+    daemon starts and has nothing to do. Phase two is its state after work: a SIGHUP adds a copy
+    of each job, never backed up, which the daemon catches up at once (real backups of the bench
+    databases, in its own process); then it rests again.
+    """
+
+    def __init__(self, bench: Bench, storage: Path, jobs: list[str]) -> None:
         self.bench = bench
+        self.storage = storage
+        self.jobs = jobs
         self.config = bench.agent_config(storage)
-        self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu seconds, rss bytes)
+        self.samples: dict[str, list[tuple[float, float, int]]] = {"start": [], "after_backups": []}
         self.process: subprocess.Popen[bytes] | None = None
+        self.catch_up_seconds = 0.0
+        self.anonymous: dict[str, int] = {}  # heap and stacks, at the last sample (the rest is mapped files)
 
     def __enter__(self) -> IdleDaemon:
+        for job in self.jobs:  # a good backup on disk: nothing is due when the daemon starts
+            subprocess.run([PYTHON, "-m", "agent", "-c", str(self.config), "backup", "--job", job],
+                           check=True, capture_output=True)
         self.process = subprocess.Popen([PYTHON, "-m", "agent", "-c", str(self.config), "run"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(10)  # start-up: imports, config, catalog scan, scheduler
-        self.sample()
         return self
 
-    def sample(self) -> None:
+    def run_backups(self) -> None:
+        """Add a never-backed-up copy of each job and SIGHUP: the daemon catches them up at once."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.bench.agent_config(self.storage, copies=("", "_again"))
+        self.process.send_signal(signal.SIGHUP)
+        while not all(list((self.storage / f"{job}_again").glob("*/*.json")) for job in self.jobs):
+            if self.process.poll() is not None or time.monotonic() - started > 600:
+                raise RuntimeError(f"the daemon did not catch up the new jobs; see {self.storage}.log")
+            time.sleep(0.5)
+        self.catch_up_seconds = time.monotonic() - started
+        time.sleep(5)  # retention and state after the last backup
+
+    def sample(self, phase: str) -> None:
         """CPU from schedstat (nanoseconds, every thread) rather than stat's 10 ms ticks."""
         assert self.process is not None
         cpu = 0.0
@@ -471,13 +500,21 @@ class IdleDaemon:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
-        self.samples.append((time.monotonic(), cpu, rss))
+        self.samples[phase].append((time.monotonic(), cpu, rss))
+        rollup = Path(f"/proc/{self.process.pid}/smaps_rollup").read_text()
+        anonymous = re.search(r"^Anonymous:\s+(\d+) kB", rollup, re.MULTILINE)
+        self.anonymous[phase] = int(anonymous[1]) * 1024 if anonymous else 0
 
-    def watch(self, seconds: float, stop: threading.Event) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not stop.is_set():
-            time.sleep(5)
-            self.sample()
+    def watch(self, seconds: float) -> None:
+        """Phase one for half of `seconds`, the backups, phase two for the other half."""
+        for phase in ("start", "after_backups"):
+            if phase == "after_backups":
+                self.run_backups()
+            deadline = time.monotonic() + seconds / 2
+            self.sample(phase)
+            while time.monotonic() < deadline:
+                time.sleep(5)
+                self.sample(phase)
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
@@ -488,12 +525,17 @@ class IdleDaemon:
             self.process.kill()
 
     def result(self) -> dict[str, Any]:
-        (start, cpu_start, _), (end, cpu_end, _) = self.samples[0], self.samples[-1]
-        window = end - start
-        return {"seconds": round(window, 1), "cpu_seconds": round(cpu_end - cpu_start, 3),
+        phases: dict[str, Any] = {"jobs": self.jobs, "catch_up_seconds": round(self.catch_up_seconds, 1)}
+        for phase, samples in self.samples.items():
+            (start, cpu_start, _), (end, cpu_end, _) = samples[0], samples[-1]
+            window = end - start
+            phases[phase] = {
+                "seconds": round(window, 1), "cpu_seconds": round(cpu_end - cpu_start, 4),
                 "cpu_per_hour": (cpu_end - cpu_start) / window * 3600 if window else float("nan"),
-                "rss_max": max(sample[2] for sample in self.samples),
-                "rss_last": self.samples[-1][2], "samples": len(self.samples)}
+                "rss_max": max(sample[2] for sample in samples), "samples": len(samples),
+                "rss_last": samples[-1][2], "anonymous_last": self.anonymous.get(phase, 0),
+            }
+        return phases
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,6 +572,11 @@ def servers(bench: Bench) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    missing = [tool for tool in ("zstd", "gzip", "bash") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: the reference pipelines need {', '.join(missing)}: install them (apt-get install zstd)",
+              file=sys.stderr)
+        return 1
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="backup-agent-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o700)
@@ -585,22 +632,17 @@ def double_and_idle(bench: Bench, engines: list[str]) -> None:
     """The idle daemon is watched while the second part of the data loads (its own CPU only),
     then the agent runs at twice the data to show its memory does not grow with the database."""
     args, results = bench.args, bench.results
-    watch_daemon = "daemon" not in args.skip
+    watch_daemon = "daemon" not in args.skip and engines
     load_double = "double" not in args.skip and engines
     idle: IdleDaemon | None = None
-    stop = threading.Event()
     with contextlib.ExitStack() as stack:
         watcher = None
         if watch_daemon:
-            storage = bench.scratch("daemon")
-            config = bench.agent_config(storage)
-            for engine in engines:  # a good backup on disk, so nothing is due at start (no catch-up)
-                job = "pg" if engine == "postgresql" else "mariadb"
-                subprocess.run([PYTHON, "-m", "agent", "-c", str(config), "backup", "--job", job],
-                               check=True, capture_output=True)
-            idle = stack.enter_context(IdleDaemon(bench, storage))
-            bench.say(f"daemon started (pid {idle.process.pid if idle.process else '?'}); watching it at rest")
-            watcher = threading.Thread(target=idle.watch, args=(args.idle_seconds, stop))
+            jobs = ["pg" if engine == "postgresql" else "mariadb" for engine in engines]
+            idle = stack.enter_context(IdleDaemon(bench, bench.scratch("daemon"), jobs))
+            bench.say(f"daemon started (pid {idle.process.pid if idle.process else '?'}); watching it at rest, "
+                      "then after it has run its backups")
+            watcher = threading.Thread(target=idle.watch, args=(args.idle_seconds,))
             watcher.start()
         if load_double:
             results["generated_double"] = load_data(bench, 1)

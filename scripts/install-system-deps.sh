@@ -12,6 +12,7 @@ pg_server_bin || missing+=(postgresql)
 have mariadb-dump || have mysqldump || missing+=(mariadb-client)
 have mariadbd || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 have ionice || missing+=(util-linux)
+have zstd || missing+=(zstd)  # make bench: the reference pipeline `dump | zstd -3 -T0`
 have faketime || missing+=(faketime)
 have systemd-analyze || missing+=(systemd)
 have logrotate || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
