@@ -62,7 +62,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mongo-documents", type=int, default=100_000)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new one in /var/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (results.json: every figure)")
     parser.add_argument("--only", choices=("postgresql", "mysql"), help="one engine's comparison only")
     parser.add_argument("--skip", action="append", default=[],
                         choices=("double", "mongo", "retention", "daemon", "check-cost", "profile"),
@@ -621,10 +621,12 @@ def run(args: argparse.Namespace) -> int:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(report.render(results))
-            bench.say(f"wrote {args.output} ({results['total_seconds']:.0f} s in all); raw figures in "
-                      f"{work / 'results.json'}")
-        if not args.keep:
+            bench.say(f"wrote {args.output} ({results['total_seconds']:.0f} s in all)")
+        if args.keep or args.work_dir:
             shutil.rmtree(work / "data", ignore_errors=True)
+            bench.say(f"raw figures in {work / 'results.json'}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
