@@ -48,7 +48,8 @@ from agent.state import recent_durations, record_next_runs, record_run
 from agent.storage import StorageLayout, exclusive_lock
 
 CONNECT_RETRIES = 3  # after a failed connection: retries at 1x, 2x, 4x the job's connect_timeout
-POLL_SECONDS = 0.2  # how often the main thread looks at the signal flags
+POLL_SECONDS = 0.2  # how often a retrying job looks at the stop flag
+IDLE_SECONDS = 1.0  # the main thread's nap between clock-jump checks; a signal wakes it at once
 SLOT_POLL_SECONDS = 0.5
 CLOCK_JUMP_SECONDS = 10.0  # the wall clock moving this much more or less than the monotonic one
 DRILL_PREFIX = "drill:"  # APScheduler id of a job's restore drill
@@ -147,6 +148,7 @@ class Daemon:
         self.log = log.get_logger()
         self._stop_signal: int | None = None
         self._reload_requested = False
+        self._wake = threading.Event()  # set by the signal handlers so the idle main thread reacts at once
         self._slots = threading.BoundedSemaphore(config.daemon.max_concurrent_dumps)
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()
@@ -197,7 +199,8 @@ class Daemon:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                time.sleep(POLL_SECONDS)
+                self._wake.wait(IDLE_SECONDS)  # signal handlers set it: no polling while idle
+                self._wake.clear()
                 previous, clocks = clocks, (time.time(), time.monotonic())
                 jump = clock_jump(previous, clocks)
                 if jump is not None:
@@ -211,9 +214,11 @@ class Daemon:
         def stop(signum: int, _frame: FrameType | None) -> None:
             if self._stop_signal is None:
                 self._stop_signal = signum
+            self._wake.set()
 
         def reload(_signum: int, _frame: FrameType | None) -> None:
             self._reload_requested = True
+            self._wake.set()
 
         handlers: dict[int, Any] = {}
         for signum, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
