@@ -11,10 +11,8 @@ files on disk; like state.json they are informational, the backups on disk stay 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from agent.errors import AgentError
 from agent.log import get_logger, register_secret
 from agent.manifest import ManifestError, manifest_path, read_manifest
 from agent.runner import FAILED, OK, REFUSED, SKIPPED, JobRun, RunOutcome, TargetOutcome
-from agent.storage import StorageLayout
+from agent.storage import StorageLayout, waiting_lock
 from agent.writer import replace_file_atomically
 
 HOOK_FAILED = "hook_failed"
@@ -96,16 +94,9 @@ def read_history(storage: Path) -> dict[str, JobHistory]:
         return {}
 
 
-@contextlib.contextmanager
-def _locked(layout: StorageLayout) -> Iterator[None]:
-    descriptor = os.open(
-        layout.lock_file("databases"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
+def _locked(layout: StorageLayout) -> contextlib.AbstractContextManager[None]:
+    """Held only for one read-modify-write of the file."""
+    return waiting_lock(layout.lock_file("databases"))
 
 
 def update_history(storage: Path, job: str, change: Callable[[JobHistory], None]) -> None:

@@ -7,7 +7,6 @@ under the deletion lock, so a pin and a deletion of the same file can never cros
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from agent.errors import UsageError
 from agent.manifest import manifest_path
 from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX, parse_backup_filename
+from agent.storage import waiting_lock
 from agent.writer import PRIVATE_DIRECTORY_MODE, ensure_directory, replace_file_atomically
 
 PINS_FORMAT_VERSION = 1
@@ -30,12 +30,8 @@ def pins_path(storage: Path) -> Path:
 def deletion_lock(storage: Path) -> Iterator[None]:
     """A blocking, storage-wide lock held while backups are deleted or pins change."""
     directory = ensure_directory(storage / ".agent" / "locks", PRIVATE_DIRECTORY_MODE)
-    descriptor = os.open(directory / "retention.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    with waiting_lock(directory / "retention.lock"):
         yield
-    finally:
-        os.close(descriptor)
 
 
 def load(storage: Path) -> dict[str, str]:

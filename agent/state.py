@@ -9,10 +9,8 @@ is informational (status, metrics, the before-snapshots estimate): backups on di
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.log import get_logger
 from agent.schedule import RECENT_DURATIONS_KEPT
-from agent.storage import StorageLayout
+from agent.storage import StorageLayout, waiting_lock
 from agent.writer import replace_file_atomically
 
 if TYPE_CHECKING:
@@ -80,17 +78,9 @@ def recent_durations(storage: Path, job: str) -> list[float]:
     return list(state.recent_durations) if state else []
 
 
-@contextlib.contextmanager
-def _locked(layout: StorageLayout) -> Iterator[None]:
-    """A blocking `flock` held only for one read-modify-write of the state file."""
-    descriptor = os.open(
-        layout.lock_file("state"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
+def _locked(layout: StorageLayout) -> contextlib.AbstractContextManager[None]:
+    """Held only for one read-modify-write of the file."""
+    return waiting_lock(layout.lock_file("state"))
 
 
 def _write(layout: StorageLayout, jobs: Mapping[str, JobState]) -> None:
