@@ -6,6 +6,7 @@ exactly what it would do. `--to-file` writes the plain decompressed dump for man
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +48,22 @@ def choose_backup(
         and (kind != "database" or record.database == database)
         and record.created_at is not None and (at is None or record.created_at <= at)
     ]
+    if not records and kind == "database":
+        # a whole-server archive (MongoDB `point_in_time` with mongodump --oplog) holds every database
+        records = [
+            record for record in catalog.scan(config.storage.path, job)
+            if record.status == catalog.GOOD and record.manifest is not None and record.kind == "server"
+            and record.created_at is not None and (at is None or record.created_at <= at)
+        ]
     if not records:
         when = f" at or before {at.isoformat()}" if at else ""
         label = database if kind == "database" else kind
         raise UsageError(f"no good backup of {label!r} in job {job!r}{when}; see `backup-agent list --job {job}`")
     newest = max(records, key=lambda record: record.order)
     assert newest.manifest is not None
+    if newest.manifest.kind == "server":
+        # restore that one database out of the server archive
+        return Chosen(newest, dataclasses.replace(newest.manifest, database=database))
     return Chosen(newest, newest.manifest)
 
 

@@ -415,6 +415,15 @@ def test_a_point_in_time_whole_server_job_runs_one_mongodump_with_oplog(
     assert manifest.counts == {"alpha.things": 3, "beta.things": 3}
     assert manifest.details["oplog_entries"] == 2
 
+    target = f"{mongo_database}_alpha"
+    try:
+        assert run_cli(config, "restore", "--job", "docs", "--database", "alpha", "--into", target) == 0
+        with mongo_server.client() as client:
+            assert client[target]["things"].count_documents({}) == 3
+    finally:
+        with mongo_server.client() as client:
+            client.drop_database(target)
+
 
 @pytest.mark.parametrize(("mode", "message"), [("truncated", "truncated"), ("bad-crc", "CRC mismatch")])
 def test_a_damaged_archive_from_mongodump_is_caught_and_nothing_is_published(
