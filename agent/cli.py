@@ -216,7 +216,7 @@ def command_restore(args: argparse.Namespace) -> int:
         raise UsageError("restore needs exactly one of --into NAME or --to-file OUT")
     at = _parse_time(args.at) if args.at else None
     if args.with_globals and args.to_file is None and not args.dry_run:
-        applied = restore.restore_server_wide(config, args.job, at=at)
+        applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url)
         print(f"applied {applied.manifest.kind} from {applied.record.path}")
     chosen = restore.choose_backup(config, args.job, args.database, at=at)
     if args.to_file is not None:
@@ -226,11 +226,13 @@ def command_restore(args: argparse.Namespace) -> int:
         written = restore.restore_to_file(chosen, Path(args.to_file))
         print(f"wrote {written}")
         return EXIT_OK
-    engine = restore.engine_for(config, args.job)
+    engine = restore.engine_for(config, args.job, args.target_url)
     if args.dry_run:
         print("\n".join(restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table))))
         return EXIT_OK
-    restore.restore_database(config, args.job, chosen, args.into, force=args.force, tables=tuple(args.table))
+    restore.restore_database(
+        config, args.job, chosen, args.into, force=args.force, tables=tuple(args.table), target_url=args.target_url
+    )
     print(f"restored {chosen.record.path} into {args.into!r}")
     return EXIT_OK
 
@@ -299,6 +301,25 @@ def command_unpin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_restore_verb(verbs: Any) -> None:
+    restore = verbs.add_parser("restore", help="restore the newest good backup (at or before --at) into a database")
+    restore.add_argument("--job", required=True)
+    restore.add_argument("--database", required=True, help="the original database name (as in `list`)")
+    restore.add_argument("--at", help="newest backup at or before this time (ISO 8601; UTC unless an offset is given)")
+    restore.add_argument("--into", help="the database to create and load")
+    restore.add_argument("--to-file", help="write the plain decompressed dump here instead")
+    restore.add_argument(
+        "--target-url", help="restore onto this server instead of the job's (postgresql://user@host:port, no password)"
+    )
+    restore.add_argument("--table", action="append", default=[], help="only this table (PostgreSQL; repeatable)")
+    restore.add_argument(
+        "--with-globals", action="store_true", help="first apply the job's roles (PostgreSQL globals, MySQL grants)"
+    )
+    restore.add_argument("--force", action="store_true", help="restore even into a database that holds data")
+    restore.add_argument("--dry-run", action="store_true", help="say exactly what would happen, change nothing")
+    restore.set_defaults(handler=command_restore)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-agent",
@@ -330,19 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=command_verify)
 
-    restore = verbs.add_parser("restore", help="restore the newest good backup (at or before --at) into a database")
-    restore.add_argument("--job", required=True)
-    restore.add_argument("--database", required=True, help="the original database name (as in `list`)")
-    restore.add_argument("--at", help="newest backup at or before this time (ISO 8601; UTC unless an offset is given)")
-    restore.add_argument("--into", help="the database to create and load")
-    restore.add_argument("--to-file", help="write the plain decompressed dump here instead")
-    restore.add_argument("--table", action="append", default=[], help="only this table (PostgreSQL; repeatable)")
-    restore.add_argument(
-        "--with-globals", action="store_true", help="first apply the job's roles (PostgreSQL globals, MySQL grants)"
-    )
-    restore.add_argument("--force", action="store_true", help="restore even into a database that holds data")
-    restore.add_argument("--dry-run", action="store_true", help="say exactly what would happen, change nothing")
-    restore.set_defaults(handler=command_restore)
+    _add_restore_verb(verbs)
 
     drill = verbs.add_parser("drill", help="restore each database's newest backup into a scratch database and compare")
     drill.add_argument("--job")

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent import catalog
 from agent.compression import open_decompressed
-from agent.config import Config
+from agent.config import Config, JobConfig
 from agent.engines import engine_class
 from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
 from agent.errors import AgentError, UsageError
@@ -74,11 +75,31 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
-def engine_for(config: Config, job: str) -> Engine:
+_URL_ENGINES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql",
+                "mongodb": "mongodb"}
+
+
+def retarget(job: JobConfig, url: str) -> JobConfig:
+    """The job pointed at another server (`--target-url`); the password still comes from the job's source."""
+    parts = urlsplit(url)
+    engine = _URL_ENGINES.get(parts.scheme)
+    if engine is None or engine != job.engine:
+        raise UsageError(f"--target-url: expected a {job.engine} URL such as "
+                         f"{'mongodb' if job.engine == 'mongodb' else job.engine}://user@host:port, got scheme "
+                         f"{parts.scheme!r}")
+    if parts.password is not None:
+        raise UsageError("--target-url must not contain a password: it is read from the job's password source")
+    user = parts.username or job.user
+    if engine == "mongodb":
+        return dataclasses.replace(job, uri=url, host=None, port=None, socket=None, user=user)
+    return dataclasses.replace(job, host=parts.hostname, port=parts.port, socket=None, user=user)
+
+
+def engine_for(config: Config, job: str, target_url: str | None = None) -> Engine:
     if job not in config.jobs:
         raise UsageError(f"no job named {job!r} in the config")
     layout = StorageLayout(config.storage.path)
-    job_config = config.jobs[job]
+    job_config = config.jobs[job] if target_url is None else retarget(config.jobs[job], target_url)
     return engine_class(job_config.engine)(job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits()))
 
 
@@ -125,9 +146,11 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
 SERVER_WIDE_KINDS = {"postgresql": ("globals", "postgres"), "mysql": ("grants", "")}
 
 
-def restore_server_wide(config: Config, job: str, *, at: datetime | None = None) -> Chosen:
+def restore_server_wide(
+    config: Config, job: str, *, at: datetime | None = None, target_url: str | None = None
+) -> Chosen:
     """Apply the job's roles/grants file (PostgreSQL globals, MySQL grants) before its databases."""
-    engine = engine_for(config, job)
+    engine = engine_for(config, job, target_url)
     if engine.name not in SERVER_WIDE_KINDS:
         raise UsageError(f"engine {engine.name} has no globals or grants to restore")
     kind, database = SERVER_WIDE_KINDS[engine.name]
@@ -141,9 +164,10 @@ def restore_server_wide(config: Config, job: str, *, at: datetime | None = None)
 
 
 def restore_database(
-    config: Config, job: str, chosen: Chosen, into: str, *, force: bool = False, tables: tuple[str, ...] = ()
+    config: Config, job: str, chosen: Chosen, into: str, *, force: bool = False, tables: tuple[str, ...] = (),
+    target_url: str | None = None,
 ) -> None:
-    engine = engine_for(config, job)
+    engine = engine_for(config, job, target_url)
     log = get_logger(job=job, database=chosen.manifest.database, into=into)
     state = engine.database_state(into)
     if state == NOT_EMPTY and not force:

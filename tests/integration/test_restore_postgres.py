@@ -178,3 +178,27 @@ def test_a_scratch_database_left_by_a_crashed_drill_is_dropped_at_the_next_drill
     assert run_cli(backed_up, "drill", "--job", "main") == 0
     assert not _database_exists(pg_server, leftover)
     assert _database_exists(pg_server, pg_database)
+
+
+def test_target_url_restores_onto_another_server_with_the_jobs_password(
+    pg_server: PostgresServer, pg_database: str, backed_up: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_postgres() as other:
+        with other.connect_superuser() as connection:
+            connection.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(other.user), sql.Literal(pg_server.password)))
+        url = f"postgresql://{other.user}@{other.host}:{other.port}"
+        assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "copy",
+                       "--target-url", url) == 0
+        with other.connect_superuser() as connection:
+            connection.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(other.user), sql.Literal(other.password)))
+        assert table_fingerprints(other, "copy") == table_fingerprints(pg_server, pg_database)
+    assert not _database_exists(pg_server, "copy")
+    capsys.readouterr()
+    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "x",
+                   "--target-url", f"postgresql://u:hunter2@{pg_server.host}") == 2
+    err = capsys.readouterr().err
+    assert "must not contain a password" in err and "hunter2" not in err
+    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "x",
+                   "--target-url", "mysql://u@127.0.0.1") == 2
