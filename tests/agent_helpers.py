@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +100,44 @@ def descends_from(pid: str, ancestor: str) -> bool:
         if pid == ancestor:
             return True
     return False
+
+
+@dataclass
+class ProcessWatch:
+    """What a watch of /proc saw: the argv of this process's children running `tool`, and any
+    process whose argv or environment held the secret."""
+
+    tool_argvs: list[list[bytes]] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def watching_processes(tool: bytes, secret: bytes, interval: float = 0.02) -> Iterator[ProcessWatch]:
+    """Poll every process's cmdline and environ while the block runs."""
+    seen = ProcessWatch()
+    stop = threading.Event()
+    own = str(os.getpid())
+
+    def watch() -> None:
+        while not stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or entry.name == own:
+                    continue
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                    environ = (entry / "environ").read_bytes()
+                except OSError:
+                    continue
+                if tool in cmdline and descends_from(entry.name, own):
+                    seen.tool_argvs.append(cmdline.split(b"\0"))
+                if secret in cmdline or secret in environ:
+                    seen.leaks.append(cmdline.decode(errors="replace"))
+            time.sleep(interval)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_helpers import password_file
+from servers.common import skip_or_fail
 from servers.postgres import PostgresServer
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -223,9 +222,7 @@ FROZEN = "2031-05-05 05:05:05"  # libfaketime: an absolute time without "@" stan
 def require_faketime() -> Path:
     if not FAKETIME_LIBRARY.exists():
         message = "libfaketime is not installed (Debian package faketime; scripts/install-system-deps.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     return FAKETIME_LIBRARY
 
 
@@ -241,27 +238,3 @@ def frozen_clock(moment: str = FROZEN) -> dict[str, str]:
 # A small real filesystem
 
 
-@contextmanager
-def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of `size` at `mount_point`; needs root. Fails under CI=true without it, else skips."""
-    mount_point.mkdir(parents=True, exist_ok=True)
-    problem = None
-    if os.geteuid() != 0:
-        problem = "mounting a tmpfs needs root"
-    elif shutil.which("mount") is None:
-        problem = "no mount command"
-    else:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(mount_point)],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            problem = f"cannot mount a tmpfs: {result.stderr.strip()}"
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{problem} (CI runs this tier as root)")
-        pytest.skip(problem)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)

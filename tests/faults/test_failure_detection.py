@@ -29,9 +29,9 @@ from fault_helpers import (
     sqlite_database,
     sqlite_job,
     storage_at,
-    tmpfs,
     use_real_tool,
 )
+from servers.common import tmpfs
 from servers.postgres import PostgresServer
 
 from agent import catalog

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import events_named, run_cli, write_config
+from servers.common import skip_or_fail
 
 from agent import journal
 from agent.budget import space_status
@@ -166,7 +167,7 @@ def test_an_immutable_backup_has_the_flag_cleared_just_before_it_is_deleted(conf
         for path in (paths[0], manifest_path(paths[0])):
             set_immutable(path)
     except ImmutableUnsupported as error:
-        pytest.skip(f"this filesystem or process cannot set the immutable attribute: {error.strerror}")
+        skip_or_fail(f"this filesystem or process cannot set the immutable attribute: {error.strerror}")
     assert is_immutable(paths[0])
     assert run_cli(config, "prune") == 0
     assert not paths[0].exists() and not manifest_path(paths[0]).exists()

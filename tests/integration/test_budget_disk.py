@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from servers.common import tmpfs
 
 from agent.naming import parse_backup_filename
 
@@ -34,23 +35,8 @@ def _free(path: Path) -> int:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs, unmounted afterwards; needs root (CI runs as root)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs these tests as root)")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK // MIB}m,mode=0750", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
-    )
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs: {result.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
+    with tmpfs(tmp_path / "disk", f"{DISK // MIB}m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import password_file, run_cli, write_config
 from psycopg import sql
+from servers.common import skip_or_fail
 from servers.postgres import PostgresServer
 
 from agent.doctor import mysql_missing, mysql_privileges
@@ -182,7 +183,7 @@ def test_storage_the_agent_cannot_write_is_named(world_readable_directory: Path)
     command = [sys.executable, "-m", "agent", "-c", str(config), "doctor"]
     if os.geteuid() == 0:  # root writes anywhere: ask as an unprivileged user instead
         if shutil.which("setpriv") is None:
-            pytest.skip("setpriv (util-linux) is needed to run doctor as another user")
+            skip_or_fail("setpriv (util-linux) is needed to run doctor as another user")
         command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
     else:
         storage.chmod(0o555)

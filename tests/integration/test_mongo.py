@@ -527,7 +527,7 @@ def test_a_server_stopped_mid_dump_fails_the_backup_and_leaves_no_file(
     import subprocess
     import time
 
-    if mongo_server._external_uri is not None:
+    if mongo_server.is_external:
         pytest.skip("the server from MONGODB_TEST_URI cannot be stopped")
     big, _ = big_databases[BIG_DOCUMENTS]
     # uncompressed, so the partial file grows as soon as the first batch is written

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +15,11 @@ import pytest
 from agent_helpers import (
     data_files,
     decompressed,
-    descends_from,
     events_named,
     password_file,
     run_cli,
     stored_files,
+    watching_processes,
     write_config,
 )
 from servers.fixtures_data import SAKILA_RENTALS, load_sakila
@@ -408,35 +405,9 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
     tool = fake_tool(tmp_path, f'sleep 1; exec "{REAL_TOOL}" "$@"')
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database], tool=tool,
                                                        include_grants=True)})
-    secret = mariadb_server.password.encode()
-    tool_argvs: list[list[bytes]] = []
-    leaks: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        own = str(os.getpid())
-        while not stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or entry.name == own:
-                    continue
-                try:
-                    cmdline = (entry / "cmdline").read_bytes()
-                    environ = (entry / "environ").read_bytes()
-                except OSError:
-                    continue
-                if b"mariadb-dump" in cmdline and descends_from(entry.name, own):
-                    tool_argvs.append(cmdline.split(b"\0"))
-                if secret in cmdline or secret in environ:
-                    leaks.append(cmdline.decode(errors="replace"))
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watching_processes(b"mariadb-dump", mariadb_server.password.encode()) as seen:
         assert run_cli(config, "backup") == 0
-    finally:
-        stop.set()
-        watcher.join()
+    tool_argvs, leaks = seen.tool_argvs, seen.leaks
     assert tool_argvs, "the watcher never saw mariadb-dump running"
     # the wrapper sleeps a second, then execs the real tool with exactly its own argv and environment,
     # so its argv is what the real tool gets (the real tool itself may finish between two polls)

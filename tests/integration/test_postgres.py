@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from agent_helpers import (
     data_files,
     decompressed,
-    descends_from,
     events_named,
     log_events,
     password_file,
     run_cli,
     stored_files,
+    watching_processes,
     write_config,
 )
 from psycopg import sql
@@ -288,37 +285,10 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
     real = Path(pg_server.bin_dir) / "pg_dump"
     tool = _fake_pg_dump(tmp_path, f'sleep 1; exec "{real}" "$@"')
     config = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database], tool=tool)})
-    secret = pg_server.password.encode()
-    seen: list[str] = []
-    leaks: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        own = str(os.getpid())
-        while not stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or entry.name == own:
-                    continue
-                try:
-                    cmdline = (entry / "cmdline").read_bytes()
-                    environ = (entry / "environ").read_bytes()
-                except OSError:
-                    continue
-                if b"pg_dump" in cmdline and descends_from(entry.name, own):
-                    seen.append(entry.name)
-                if secret in cmdline or secret in environ:
-                    leaks.append(cmdline.decode(errors="replace"))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watching_processes(b"pg_dump", pg_server.password.encode(), interval=0.05) as seen:
         assert run_cli(config, "backup") == 0
-    finally:
-        stop.set()
-        watcher.join()
-    assert seen, "the watcher never saw pg_dump running"
-    assert leaks == []
+    assert seen.tool_argvs, "the watcher never saw pg_dump running"
+    assert seen.leaks == []
     assert pg_server.password not in (tmp_path / "agent.log").read_text()
     for path in stored_files(tmp_path / "storage"):
         if path.name.endswith(".json"):

@@ -140,7 +140,7 @@ def test_mongo_refuses_a_wrong_password(mongo_server: MongoServer) -> None:
 
 
 def test_mongo_refuses_commands_without_credentials(mongo_server: MongoServer) -> None:
-    if not mongo_server.auth or mongo_server._external_uri is not None:
+    if not mongo_server.auth or mongo_server.is_external:
         pytest.skip("only the SecantusDB started here is known to run with auth")
     with (
         pymongo.MongoClient(mongo_server.host, mongo_server.port, directConnection=True) as client,

@@ -20,9 +20,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import pytest
 
@@ -121,6 +121,14 @@ def _running_in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"true", "1"}
 
 
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip a test whose prerequisite is missing; under CI (``CI`` "true"/"1") fail instead, since CI
+    installs every prerequisite and a skip there would pass silently."""
+    if _running_in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def require_binaries(names: Iterable[str], *, hint: str = "") -> dict[str, str]:
     """Resolve executables (names on PATH or absolute paths) or skip the test, naming what is missing.
 
@@ -138,9 +146,7 @@ def require_binaries(names: Iterable[str], *, hint: str = "") -> dict[str, str]:
         message = f"required executable(s) not found: {', '.join(missing)}"
         if hint:
             message += f" ({hint})"
-        if _running_in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(message)
     return found
 
 
@@ -334,3 +340,27 @@ def wait_until(
     if process is not None:
         details.append(f"log {process.log_path}:\n{process.log_tail()}")
     raise ServerStartError("\n".join(details))
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of `size` at `mount_point`; needs root. Fails under CI=true without it, else skips."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    problem = None
+    if os.geteuid() != 0:
+        problem = "mounting a tmpfs needs root"
+    elif shutil.which("mount") is None:
+        problem = "no mount command"
+    else:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(mount_point)],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            problem = f"cannot mount a tmpfs: {result.stderr.strip()}"
+    if problem is not None:
+        skip_or_fail(f"{problem} (CI runs the tests as root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

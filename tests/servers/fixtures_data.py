@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from servers.common import skip_or_fail
 
 from .mariadb import MariaDBServer
 from .postgres import PostgresServer
@@ -37,9 +37,7 @@ def shared_fixtures_dir() -> Path:
     fixtures = shared / "fixtures"
     if not fixtures.is_dir():
         message = f"sample databases not found at {fixtures} (set {SHARED_VARIABLE} to the shared directory)"
-        if os.environ.get("CI", "").strip().lower() in {"true", "1"}:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(message)
     return fixtures
 
 

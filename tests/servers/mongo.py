@@ -57,6 +57,11 @@ class MongoServer:
     _process: ServerProcess | None = field(default=None, repr=False, compare=False)
     _external_uri: str | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def is_external(self) -> bool:
+        """True for the server named by MONGODB_TEST_URI, which the tests cannot stop or start."""
+        return self._external_uri is not None
+
     def client(self, **kw: Any) -> pymongo.MongoClient[dict[str, Any]]:
         """A client logged in as ``user`` (when ``auth``); keyword arguments override the defaults."""
         if self._external_uri is not None:

@@ -17,6 +17,7 @@ import pytest
 from bson.son import SON
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers.common import skip_or_fail
 
 from agent.mongo_archive import (
     CRC_IMPLEMENTATION,
@@ -161,7 +162,7 @@ def test_crc64_continues_across_any_split(data: bytes, cut: int) -> None:
 def test_crc64_is_fast() -> None:
     """200k documents must not take minutes: the CRC must be far faster than a pure-Python loop."""
     if CRC_IMPLEMENTATION != "fastcrc":
-        pytest.skip("fastcrc is not installed; the pure-Python fallback runs at about 20 MB/s")
+        skip_or_fail("fastcrc (a dependency) is not installed; the pure-Python fallback runs at about 20 MB/s")
     data = os.urandom(64 << 20)
     started = time.perf_counter()
     crc64(data)

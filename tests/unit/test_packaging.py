@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from servers.common import skip_or_fail
 
 from agent.config import DaemonConfig
 
@@ -25,9 +25,7 @@ def tool_or_skip(name: str, why: str) -> str:
     """The tool's path; a missing tool fails under CI (it is in the project's dependencies), else skips."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing but CI must run this check ({why})")
-        pytest.skip(f"{name} is not installed ({why}); `make system-deps` installs it")
+        skip_or_fail(f"{name} is not installed ({why}); `make system-deps` installs it")
     return found
 
 
