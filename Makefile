@@ -20,6 +20,7 @@ system-deps:
 
 lint: setup
 	$(VENV)/bin/ruff check agent tests scripts $(wildcard bench)
+	$(VENV)/bin/ruff format --check agent tests scripts $(wildcard bench)
 	$(VENV)/bin/mypy
 
 test: setup

@@ -192,13 +192,15 @@ def space_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
     for (job, folder), sizes in sorted(history.items()):
         sizes.sort()
         prediction = predict([size for _moment, size in sizes], None, config.storage.compression)
-        series.append({
-            "job": job,
-            "folder": folder,
-            "backups": len(sizes),
-            "last_stored_bytes": sizes[-1][1],
-            "predicted_bytes": prediction.stored_bytes,
-        })
+        series.append(
+            {
+                "job": job,
+                "folder": folder,
+                "backups": len(sizes),
+                "last_stored_bytes": sizes[-1][1],
+                "predicted_bytes": prediction.stored_bytes,
+            }
+        )
     return {
         "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "storage": str(config.storage.path),

@@ -99,7 +99,12 @@ def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
             continue
         if manifest.file != name:
             yield BackupRecord(
-                job, folder.name, path, parsed.created_at, INCOMPLETE, manifest,
+                job,
+                folder.name,
+                path,
+                parsed.created_at,
+                INCOMPLETE,
+                manifest,
                 problem="manifest names another file",
             )
             continue
@@ -108,7 +113,8 @@ def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
 
 def latest_good(records: list[BackupRecord], job: str, database: str, kind: str = "database") -> BackupRecord | None:
     candidates = [
-        record for record in records
+        record
+        for record in records
         if record.status == GOOD and record.job == job and record.kind == kind and record.database == database
     ]
     return max(candidates, key=lambda record: record.order, default=None)

@@ -143,11 +143,16 @@ def command_verify(args: argparse.Namespace) -> int:
     checked = sum(1 for finding in findings if finding.status in (verify.OK, verify.CORRUPT, verify.TAMPERED))
     summary = f"VERIFY {'OK' if not bad else 'CRITICAL'} - {checked} checked, {len(bad)} problem(s)"
     if args.json:
-        print(json.dumps({
-            "ok": not bad,
-            "summary": summary,
-            "findings": [{"path": str(f.path), "status": f.status, "message": f.message} for f in findings],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": not bad,
+                    "summary": summary,
+                    "findings": [{"path": str(f.path), "status": f.status, "message": f.message} for f in findings],
+                },
+                indent=2,
+            )
+        )
     else:
         for finding in bad:
             print(f"{finding.status.upper():10} {finding.path}: {finding.message}")

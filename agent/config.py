@@ -295,9 +295,7 @@ def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: boo
 def _syntax_problem(source: Path, message: str, text: str) -> str:
     position = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
     if position:
-        return (
-            f"{source} line {position.group(1)}: {message[: position.start()]} (column {position.group(2)})"
-        )
+        return f"{source} line {position.group(1)}: {message[: position.start()]} (column {position.group(2)})"
     end = re.search(r"\s*\(at end of document\)$", message)
     if end:
         return f"{source} line {_unclosed_from(text)}: {message[: end.start()]}: it is never closed"
@@ -596,9 +594,7 @@ class _Table:
             return None
         return _Table(value, self.key(key), self.problems)
 
-    def reject_unknown(
-        self, known: tuple[str, ...] | set[str], hints: Mapping[str, str] | None = None
-    ) -> None:
+    def reject_unknown(self, known: tuple[str, ...] | set[str], hints: Mapping[str, str] | None = None) -> None:
         """Report keys the schema does not know, suggesting the nearest known one."""
         for key in self.data:
             if key in known:
@@ -643,9 +639,7 @@ _PASSWORD_KEYS = {"password": "inline", "password_file": "file", "password_env":
 class _ConfigReader:
     """Reads the whole document; each section reader records its problems and returns a value."""
 
-    def __init__(
-        self, document: dict[str, Any], source: Path, file_mode: int | None, problems: _Problems
-    ) -> None:
+    def __init__(self, document: dict[str, Any], source: Path, file_mode: int | None, problems: _Problems) -> None:
         self.root = _Table(document, (), problems)
         self.source = source
         self.file_mode = file_mode
@@ -792,9 +786,7 @@ class _ConfigReader:
         webhooks = table.strings("webhooks") or ()
         for index, url in enumerate(webhooks):
             if not _is_http_url(url):
-                self.problems.add(
-                    (*table.path, "webhooks", str(index)), "expected an http:// or https:// URL"
-                )
+                self.problems.add((*table.path, "webhooks", str(index)), "expected an http:// or https:// URL")
         return NotifyConfig(
             healthchecks_url=healthchecks_url,
             webhooks=webhooks,
@@ -1147,9 +1139,7 @@ _POSTGRES_FORBIDDEN = {
     "-d": "the agent chooses the databases itself (use databases = [...])",
     "-W": "the agent passes the password itself; use password_file or password_env",
 }
-_VISIBLE_ARGV_REASON = (
-    "a password on the command line is visible to every user; use password_file or password_env"
-)
+_VISIBLE_ARGV_REASON = "a password on the command line is visible to every user; use password_file or password_env"
 
 
 def _forbidden_argument(engine: str | None, argument: str) -> str | None:

@@ -131,7 +131,7 @@ class PlanTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no 
 class _DuplicateFilter(logging.Filter):
     """Drops APScheduler's own lines for outcomes the daemon logs itself as structured events."""
 
-    _PREFIXES = ("Run time of job", "Execution of job", "Job \"%s\" raised")
+    _PREFIXES = ("Run time of job", "Execution of job", 'Job "%s" raised')
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self._PREFIXES)
@@ -188,8 +188,12 @@ class Daemon:
             )
             self.scheduler.start(paused=True)
             self.log.info(
-                "daemon.started", pid=os.getpid(), version=__version__, config=str(self.config_path),
-                storage=str(self.layout.root), jobs=sorted(self.config.jobs),
+                "daemon.started",
+                pid=os.getpid(),
+                version=__version__,
+                config=str(self.config_path),
+                storage=str(self.layout.root),
+                jobs=sorted(self.config.jobs),
                 max_concurrent_dumps=self.config.daemon.max_concurrent_dumps,
             )
             self._schedule(catch_up_for=set(self.config.jobs))
@@ -252,7 +256,9 @@ class Daemon:
         """The wall clock was set (or the machine resumed): plan every job afresh, as at a start,
         so a jump forward costs at most one catch-up run and a jump back does not stall the jobs."""
         self.log.warning(
-            "daemon.clock_jumped", seconds=round(seconds, 1), direction="forward" if seconds > 0 else "backward",
+            "daemon.clock_jumped",
+            seconds=round(seconds, 1),
+            direction="forward" if seconds > 0 else "backward",
             now=datetime.now(UTC).isoformat(),
         )
         self._schedule(catch_up_for=set(self.config.jobs))
@@ -308,11 +314,17 @@ class Daemon:
             if plan is None:
                 continue
             scheduled = self.scheduler.add_job(
-                self._run_drill, PlanTrigger(functools.partial(self.drill_plan, name)), args=(name,),
-                id=f"{DRILL_PREFIX}{name}", name=f"drill of {name}", replace_existing=True, **job_defaults(config),
+                self._run_drill,
+                PlanTrigger(functools.partial(self.drill_plan, name)),
+                args=(name,),
+                id=f"{DRILL_PREFIX}{name}",
+                name=f"drill of {name}",
+                replace_existing=True,
+                **job_defaults(config),
             )
-            self.log.info("schedule.planned", job=name, drill=True, next_run=_iso(scheduled.next_run_time),
-                          **plan.describe())
+            self.log.info(
+                "schedule.planned", job=name, drill=True, next_run=_iso(scheduled.next_run_time), **plan.describe()
+            )
 
     def _run_drill(self, name: str) -> None:
         """A scheduled drill takes a dump slot too: it restores a whole database on the same server."""
@@ -333,13 +345,21 @@ class Daemon:
         owed = catch_up(plan, now, last_good) if check_catch_up else None
         trigger = PlanTrigger(functools.partial(self.plan, name), owed.run_at if owed else None)
         scheduled = self.scheduler.add_job(
-            self._run_scheduled, trigger, args=(name,), id=name, name=name, replace_existing=True,
+            self._run_scheduled,
+            trigger,
+            args=(name,),
+            id=name,
+            name=name,
+            replace_existing=True,
             **job_defaults(config),
         )
         self.log.info("schedule.planned", job=name, next_run=_iso(scheduled.next_run_time), **plan.describe())
         if owed is not None:
             self.log.info(
-                "schedule.catch_up", job=name, run_at=_iso(owed.run_at), missed=_iso(owed.missed),
+                "schedule.catch_up",
+                job=name,
+                run_at=_iso(owed.run_at),
+                missed=_iso(owed.missed),
                 last_good=_iso(last_good),
             )
 
@@ -361,7 +381,8 @@ class Daemon:
             return
         if config.storage.path != self.config.storage.path:
             self.log.error(
-                "config.reload_failed", config=str(self.config_path),
+                "config.reload_failed",
+                config=str(self.config_path),
                 errors=[f"storage.path changed to {config.storage.path}; restart the daemon to move storage"],
             )
             return
@@ -406,12 +427,18 @@ class Daemon:
                 next_run = self._next_run(name)
                 if next_run is not None and datetime.now(UTC) + delay >= next_run:
                     logger.error(
-                        "job.gave_up", attempts=attempt + 1, reason=outcome.reason, error=outcome.message,
+                        "job.gave_up",
+                        attempts=attempt + 1,
+                        reason=outcome.reason,
+                        error=outcome.message,
                         next_run=_iso(next_run),
                     )
                     return
                 logger.warning(
-                    "job.retry", attempt=attempt + 1, delay=delay.total_seconds(), reason=outcome.reason,
+                    "job.retry",
+                    attempt=attempt + 1,
+                    delay=delay.total_seconds(),
+                    reason=outcome.reason,
                     error=outcome.message,
                 )
                 if not self._sleep(delay.total_seconds()):
@@ -441,7 +468,9 @@ class Daemon:
         next_run = self._next_run(name)
         record_run(config.storage.path, outcome, next_run)
         fields: dict[str, Any] = {
-            "run_id": outcome.run_id, "status": _status_of(outcome), "duration": outcome.duration_seconds,
+            "run_id": outcome.run_id,
+            "status": _status_of(outcome),
+            "duration": outcome.duration_seconds,
             "databases_ok": sum(1 for target in outcome.targets if target.status == "ok"),
             "databases_failed": sum(1 for target in outcome.targets if target.status != "ok"),
             "next_run": _iso(next_run),
@@ -470,14 +499,24 @@ class Daemon:
     def _on_scheduler_event(self, event: Any) -> None:
         logger = log.get_logger(job=event.job_id)
         if event.code == EVENT_JOB_ERROR:
-            logger.error("job.error", scheduled=_iso(event.scheduled_run_time), error=repr(event.exception),
-                         traceback=event.traceback)
+            logger.error(
+                "job.error",
+                scheduled=_iso(event.scheduled_run_time),
+                error=repr(event.exception),
+                traceback=event.traceback,
+            )
         elif event.code == EVENT_JOB_MISSED:
-            logger.warning("job.missed", scheduled=_iso(event.scheduled_run_time),
-                           misfire_grace_time=self.config.daemon.misfire_grace_time.total_seconds())
+            logger.warning(
+                "job.missed",
+                scheduled=_iso(event.scheduled_run_time),
+                misfire_grace_time=self.config.daemon.misfire_grace_time.total_seconds(),
+            )
         elif event.code == EVENT_JOB_MAX_INSTANCES:
-            logger.warning("job.overlap_skipped", scheduled=[_iso(moment) for moment in event.scheduled_run_times],
-                           reason="the previous run of this job is still going")
+            logger.warning(
+                "job.overlap_skipped",
+                scheduled=[_iso(moment) for moment in event.scheduled_run_times],
+                reason="the previous run of this job is still going",
+            )
 
 
 def _status_of(outcome: RunOutcome) -> str:

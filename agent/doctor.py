@@ -72,7 +72,7 @@ def diagnose(config_path: Path, *, connect: bool = True) -> Diagnosis:
 
 
 def _writable_by_others(status: os.stat_result) -> str | None:
-    """"group" or "others" when someone besides the owner may write, else None (root's sticky /tmp is fine)."""
+    """ "group" or "others" when someone besides the owner may write, else None (root's sticky /tmp is fine)."""
     if status.st_mode & stat.S_ISVTX and status.st_uid == 0:
         return None
     if status.st_mode & stat.S_IWOTH:
@@ -90,11 +90,14 @@ def check_config_file(path: Path) -> list[Finding]:
             who = _writable_by_others(target.stat())
             if who is not None:
                 letter = "g" if who == "group" else "o"
-                findings.append(Finding(
-                    False, "config",
-                    f"{target} is writable by {who}, who could then run commands as the agent; "
-                    f"chmod {letter}-w {target}",
-                ))
+                findings.append(
+                    Finding(
+                        False,
+                        "config",
+                        f"{target} is writable by {who}, who could then run commands as the agent; "
+                        f"chmod {letter}-w {target}",
+                    )
+                )
     return findings
 
 
@@ -118,43 +121,54 @@ def check_storage(config: Config) -> list[Finding]:
     if not path.exists():
         existing = _nearest_existing(path)
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            findings.append(Finding(
-                False, "storage",
-                f"{path} does not exist and cannot be created: {existing} is not writable for uid {uid}; "
-                f"create it: install -d -m 0750 -o $(id -un) {path}",
-            ))
+            findings.append(
+                Finding(
+                    False,
+                    "storage",
+                    f"{path} does not exist and cannot be created: {existing} is not writable for uid {uid}; "
+                    f"create it: install -d -m 0750 -o $(id -un) {path}",
+                )
+            )
         else:
             findings.append(Finding(True, "storage", f"{path} does not exist yet; the first run creates it"))
         parent_status = existing.stat()
     else:
         status = path.stat()
         if status.st_uid != uid:
-            findings.append(Finding(
-                False, "storage",
-                f"{path} is owned by uid {status.st_uid}, not by the agent's user (uid {uid}); "
-                f"chown {uid} {path}",
-            ))
+            findings.append(
+                Finding(
+                    False,
+                    "storage",
+                    f"{path} is owned by uid {status.st_uid}, not by the agent's user (uid {uid}); chown {uid} {path}",
+                )
+            )
         who = _writable_by_others(status)
         if who is not None:
-            findings.append(Finding(
-                False, "storage", f"{path} is writable by {who}; chmod go-w {path} (the agent uses 0750)"
-            ))
+            findings.append(
+                Finding(False, "storage", f"{path} is writable by {who}; chmod go-w {path} (the agent uses 0750)")
+            )
         findings.append(_probe_write(path))
         parent_status = path.parent.stat()
     parent = path.parent if path.exists() else _nearest_existing(path)
     who = _writable_by_others(parent_status)
     if who is not None:
-        findings.append(Finding(
-            False, "storage",
-            f"{parent} (the folder holding the storage) is writable by {who}, who could swap the storage "
-            f"folder; chmod go-w {parent}",
-        ))
+        findings.append(
+            Finding(
+                False,
+                "storage",
+                f"{parent} (the folder holding the storage) is writable by {who}, who could swap the storage "
+                f"folder; chmod go-w {parent}",
+            )
+        )
     elif parent_status.st_uid not in (0, uid):
-        findings.append(Finding(
-            False, "storage",
-            f"{parent} (the folder holding the storage) belongs to uid {parent_status.st_uid}, who could swap "
-            f"the storage folder; use a folder owned by root or the agent's user",
-        ))
+        findings.append(
+            Finding(
+                False,
+                "storage",
+                f"{parent} (the folder holding the storage) belongs to uid {parent_status.st_uid}, who could swap "
+                f"the storage folder; use a folder owned by root or the agent's user",
+            )
+        )
     findings.append(_budget_finding(config, filesystem_of(path)))
     return findings
 
@@ -167,7 +181,8 @@ def _probe_write(path: Path) -> Finding:
         probe.unlink()
     except OSError as error:
         return Finding(
-            False, "storage",
+            False,
+            "storage",
             f"cannot write in {path}: {error.strerror}; make it writable for the agent's user (uid {os.geteuid()})",
         )
     return Finding(True, "storage", f"{path} is writable")
@@ -198,11 +213,14 @@ def check_log(config: Config) -> list[Finding]:
         return [Finding(True, "log", f"{file} is writable" + (" (rotated by the agent)" if config.log.rotate else ""))]
     existing = _nearest_existing(file.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return [Finding(
-            False, "log",
-            f"{file} cannot be created: {existing} is not writable for uid {os.geteuid()}; "
-            f"create it: install -d -m 0750 -o $(id -un) {file.parent}",
-        )]
+        return [
+            Finding(
+                False,
+                "log",
+                f"{file} cannot be created: {existing} is not writable for uid {os.geteuid()}; "
+                f"create it: install -d -m 0750 -o $(id -un) {file.parent}",
+            )
+        ]
     return [Finding(True, "log", f"{file} will be created")]
 
 
@@ -222,10 +240,13 @@ def check_time_zones(config: Config) -> list[Finding]:
         try:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError):
-            findings.append(Finding(
-                False, "timezone", f"{where}: unknown time zone {zone!r}; use an IANA name such as Europe/Berlin "
-                "(and install tzdata)",
-            ))
+            findings.append(
+                Finding(
+                    False,
+                    "timezone",
+                    f"{where}: unknown time zone {zone!r}; use an IANA name such as Europe/Berlin (and install tzdata)",
+                )
+            )
     if not findings:
         findings.append(Finding(True, "timezone", "time zones known: " + ", ".join(sorted(zones))))
     return findings
@@ -259,9 +280,9 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
     except AgentError as error:
         return [Finding(False, topic, str(error))]
     else:
-        findings.append(Finding(
-            True, topic, f"{_first_line(info.tool_version)} for {info.server_version} at {info.server}"
-        ))
+        findings.append(
+            Finding(True, topic, f"{_first_line(info.tool_version)} for {info.server_version} at {info.server}")
+        )
     try:
         findings += _check_privileges(engine, job, topic)
     except ConnectionFailed as error:
@@ -304,9 +325,7 @@ _PG_UNREADABLE = r"""
 
 def _postgres_privileges(engine: Any, job: JobConfig, topic: str) -> list[Finding]:
     with engine.connect() as connection:
-        row = connection.execute(
-            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
+        row = connection.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         user, superuser = (str(row[0]), bool(row[1])) if row else ("?", False)
         exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_read_all_data'").fetchone()
         read_all = False
@@ -325,11 +344,14 @@ def _postgres_privileges(engine: Any, job: JobConfig, topic: str) -> list[Findin
         if rows:
             shown = ", ".join(str(item[0]) for item in rows[:_SHOWN_OBJECTS])
             more = f" and {len(rows) - _SHOWN_OBJECTS} more" if len(rows) > _SHOWN_OBJECTS else ""
-            findings.append(Finding(
-                False, topic,
-                f"database {name!r}: role {user} cannot read {len(rows)} table(s)/sequence(s): {shown}{more}; "
-                f"GRANT pg_read_all_data TO {user} (PostgreSQL 14+) or grant SELECT (and schema USAGE)",
-            ))
+            findings.append(
+                Finding(
+                    False,
+                    topic,
+                    f"database {name!r}: role {user} cannot read {len(rows)} table(s)/sequence(s): {shown}{more}; "
+                    f"GRANT pg_read_all_data TO {user} (PostgreSQL 14+) or grant SELECT (and schema USAGE)",
+                )
+            )
     if not findings:
         how = "superuser" if superuser else "pg_read_all_data" if read_all else "SELECT on every table"
         findings.append(Finding(True, topic, f"role {user} can read all {len(names)} database(s) ({how})"))
@@ -358,10 +380,9 @@ def mysql_missing(scopes: dict[str, set[str]], database: str) -> list[str]:
     else:
         missing = [privilege for privilege in MYSQL_NEEDED if privilege not in have]
     global_privileges = scopes.get("*.*", set())
-    routine_ok = (
-        {"ALL", "SELECT", "SHOW_ROUTINE"} & global_privileges
-        or "SELECT" in scopes.get("mysql.*", set()) | scopes.get("mysql.proc", set())
-    )
+    routine_ok = {"ALL", "SELECT", "SHOW_ROUTINE"} & global_privileges or "SELECT" in scopes.get(
+        "mysql.*", set()
+    ) | scopes.get("mysql.proc", set())
     if not routine_ok:
         missing.append("routines (global SELECT, SHOW_ROUTINE, or SELECT on mysql.proc)")
     return missing
@@ -379,11 +400,14 @@ def _mysql_privileges(engine: Any, job: JobConfig, topic: str) -> list[Finding]:
     for name in names:
         missing = mysql_missing(scopes, name)
         if missing:
-            findings.append(Finding(
-                False, topic,
-                f"database {name!r}: {user} lacks {', '.join(missing)}; e.g. "
-                f"GRANT {', '.join(MYSQL_NEEDED)} ON *.* TO {user} (a global SELECT also covers routines)",
-            ))
+            findings.append(
+                Finding(
+                    False,
+                    topic,
+                    f"database {name!r}: {user} lacks {', '.join(missing)}; e.g. "
+                    f"GRANT {', '.join(MYSQL_NEEDED)} ON *.* TO {user} (a global SELECT also covers routines)",
+                )
+            )
     if not findings:
         findings.append(Finding(True, topic, f"{user} has the privileges to dump all {len(names)} database(s)"))
     return findings
@@ -401,7 +425,9 @@ def _check_sqlite(job: JobConfig, topic: str) -> list[Finding]:
         if header and header != _SQLITE_MAGIC:
             findings.append(Finding(False, topic, f"{name} is not an SQLite database file"))
     if not findings:
-        findings.append(Finding(
-            True, topic, f"{len(job.databases or ())} SQLite file(s) readable (SQLite {sqlite3.sqlite_version})"
-        ))
+        findings.append(
+            Finding(
+                True, topic, f"{len(job.databases or ())} SQLite file(s) readable (SQLite {sqlite3.sqlite_version})"
+            )
+        )
     return findings

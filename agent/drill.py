@@ -38,12 +38,11 @@ class DrillResult:
 def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> tuple[list[str], list[str]]:
     """(table differences, row-count differences) between the manifest and the restored database."""
     tables = [f"table {name} is missing after restore" for name in sorted(set(expected) - set(actual))]
-    tables += [
-        f"table {name} appeared that the backup did not record" for name in sorted(set(actual) - set(expected))
-    ]
+    tables += [f"table {name} appeared that the backup did not record" for name in sorted(set(actual) - set(expected))]
     rows = [
         f"table {name}: {expected[name]} rows recorded, {actual[name]} restored"
-        for name in sorted(set(expected) & set(actual)) if expected[name] != actual[name]
+        for name in sorted(set(expected) & set(actual))
+        if expected[name] != actual[name]
     ]
     return tables, rows
 
@@ -87,8 +86,12 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> Drill
         reverify(chosen)
         engine.create_database(scratch)
         try:
-            engine.restore(decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest,
-                           scratch, drill=True)
+            engine.restore(
+                decompressed_chunks(chosen.record.path, chosen.manifest.compression),
+                chosen.manifest,
+                scratch,
+                drill=True,
+            )
             tables, rows = compare_counts(chosen.manifest.counts, engine.count_rows(scratch))
             # counts taken outside the dump's snapshot (MySQL, MongoDB without one) may drift on a busy
             # server: there only the table list must match, and row drift is reported, not failed
@@ -103,6 +106,14 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> Drill
         log.info("drill.passed", path=relative, tables=len(chosen.manifest.counts), row_drift=result.notes)
     else:
         log.error("drill.failed", path=relative, differences=result.differences, error=result.reason)
-    journal.append(config.storage.path, "drill", path=relative, database=database, job=job, result=result.status,
-                   differences=result.differences, error=result.reason)
+    journal.append(
+        config.storage.path,
+        "drill",
+        path=relative,
+        database=database,
+        job=job,
+        result=result.status,
+        differences=result.differences,
+        error=result.reason,
+    )
     return result

@@ -136,9 +136,7 @@ def apply_outcome(history: JobHistory, job: JobConfig, outcome: RunOutcome, requ
             _apply_target(history.record("database", name), failed, finished)
     elif requested is None and outcome.targets:
         history.last_full_run = finished
-        history.last_full_run_databases = [
-            target.database for target in outcome.targets if target.kind == "database"
-        ]
+        history.last_full_run_databases = [target.database for target in outcome.targets if target.kind == "database"]
 
 
 def _apply_target(record: DatabaseRecord, target: TargetOutcome, finished: str) -> None:
@@ -197,7 +195,9 @@ class ObservedRun(JobRun):
         if argv is None:
             return True
         result = hooks.run_hook(
-            hooks.BEFORE, argv, timeout=self.job.hooks.timeout,
+            hooks.BEFORE,
+            argv,
+            timeout=self.job.hooks.timeout,
             environment=self._environment(hooks.BEFORE, "starting", database or "", "database"),
             log=self.log,
         )
@@ -211,7 +211,8 @@ class ObservedRun(JobRun):
     def _after(self, outcome: RunOutcome) -> None:
         self._run_result_hooks(outcome)
         update_history(
-            self.config.storage.path, self.job.name,
+            self.config.storage.path,
+            self.job.name,
             lambda history: apply_outcome(history, self.job, outcome, self.requested),
         )
         self._write_metrics()
@@ -227,20 +228,37 @@ class ObservedRun(JobRun):
             if argv is None:
                 continue
             environment = self._environment(
-                name, target.status, target.database, target.kind, path=target.path, reason=target.reason,
+                name,
+                target.status,
+                target.database,
+                target.kind,
+                path=target.path,
+                reason=target.reason,
                 message=target.message,
             )
             hooks.run_hook(name, argv, timeout=settings.timeout, environment=environment, log=self.log)
         if not outcome.targets and outcome.status == FAILED and settings.on_failure is not None:
             environment = self._environment(
-                hooks.ON_FAILURE, FAILED, self.requested or "", "database", reason=outcome.reason,
+                hooks.ON_FAILURE,
+                FAILED,
+                self.requested or "",
+                "database",
+                reason=outcome.reason,
                 message=outcome.message,
             )
-            hooks.run_hook(hooks.ON_FAILURE, settings.on_failure, timeout=settings.timeout,
-                           environment=environment, log=self.log)
+            hooks.run_hook(
+                hooks.ON_FAILURE, settings.on_failure, timeout=settings.timeout, environment=environment, log=self.log
+            )
 
     def _environment(
-        self, hook: str, status: str, database: str, kind: str, *, path: Path | None = None, reason: str = "",
+        self,
+        hook: str,
+        status: str,
+        database: str,
+        kind: str,
+        *,
+        path: Path | None = None,
+        reason: str = "",
         message: str = "",
     ) -> dict[str, str]:
         manifest = None
@@ -248,10 +266,20 @@ class ObservedRun(JobRun):
             with contextlib.suppress(ManifestError):
                 manifest = read_manifest(manifest_path(path))
         return hooks.hook_environment(
-            hook=hook, job=self.job.name, engine=self.job.engine, database=database, kind=kind, status=status,
-            reason=reason, message=notify.masked(message), run_id=self.run_id,
-            storage=self.config.storage.path, path=path, manifest=manifest_path(path) if path else None,
-            sha256=manifest.sha256 if manifest else None, size=manifest.stored_bytes if manifest else None,
+            hook=hook,
+            job=self.job.name,
+            engine=self.job.engine,
+            database=database,
+            kind=kind,
+            status=status,
+            reason=reason,
+            message=notify.masked(message),
+            run_id=self.run_id,
+            storage=self.config.storage.path,
+            path=path,
+            manifest=manifest_path(path) if path else None,
+            sha256=manifest.sha256 if manifest else None,
+            size=manifest.stored_bytes if manifest else None,
             raw_size=manifest.raw_bytes if manifest else None,
             created_at=manifest.started_at if manifest else None,
         )
@@ -272,15 +300,21 @@ class ObservedRun(JobRun):
             event = notify.FAILED
         databases = [
             {
-                "database": target.database, "kind": target.kind, "status": target.status,
-                "path": str(target.path) if target.path else None, "reason": target.reason,
+                "database": target.database,
+                "kind": target.kind,
+                "status": target.status,
+                "path": str(target.path) if target.path else None,
+                "reason": target.reason,
                 "message": target.message,
             }
             for target in outcome.targets
         ]
         fields: dict[str, Any] = {
-            "at": _now(), "status": {notify.SUCCEEDED: OK, notify.REFUSED: REFUSED}.get(event, FAILED),
-            "reason": outcome.reason, "message": outcome.message, "duration": outcome.duration_seconds,
+            "at": _now(),
+            "status": {notify.SUCCEEDED: OK, notify.REFUSED: REFUSED}.get(event, FAILED),
+            "reason": outcome.reason,
+            "message": outcome.message,
+            "duration": outcome.duration_seconds,
             "databases": databases,
         }
         if event == notify.SUCCEEDED:

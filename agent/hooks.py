@@ -81,8 +81,13 @@ def run_hook(
         reason = getattr(error, "reason", "io_error")
         stderr_tail = child.stderr.text() if child is not None else ""
         log.error(
-            "hook.failed", hook=hook, argv=list(argv), reason=reason, error=str(error),
-            duration=round(time.monotonic() - started, 3), stdout_tail=output.text()[-2000:],
+            "hook.failed",
+            hook=hook,
+            argv=list(argv),
+            reason=reason,
+            error=str(error),
+            duration=round(time.monotonic() - started, 3),
+            stdout_tail=output.text()[-2000:],
             stderr_tail=stderr_tail[-2000:],
         )
         return HookResult(False, str(error))

@@ -57,10 +57,12 @@ def _escape_controls(_logger: Any, _method: str, event: MutableMapping[str, Any]
 
     A traceback is kept on the same line too (as `traceback=`), escaped like any other value.
     """
+
     def escape(value: Any) -> Any:
         if isinstance(value, str) and _CONTROL.search(value):
             return _CONTROL.sub(_escaped_character, value)
         return value
+
     escaped = {key: escape(value) for key, value in event.items()}
     if "exception" in escaped:
         escaped["traceback"] = escaped.pop("exception")

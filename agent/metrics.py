@@ -93,9 +93,12 @@ def render(status: dict[str, Any]) -> str:
     """The exposition text for a status picture (see agent/status.py: collect)."""
     lines: list[str] = []
     rows = [
-        ((("job", job["job"]), ("database", database["database"]), ("kind", database["kind"])),
-         _database_values(database))
-        for job in status["jobs"] for database in job["databases"]
+        (
+            (("job", job["job"]), ("database", database["database"]), ("kind", database["kind"])),
+            _database_values(database),
+        )
+        for job in status["jobs"]
+        for database in job["databases"]
     ]
     for name, kind, help_text in _DATABASE_METRICS:
         samples = [(labels, value) for labels, values in rows if (value := values[name]) is not None]

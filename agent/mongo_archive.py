@@ -70,8 +70,14 @@ def _crc64_python(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     for word in view[:whole].cast("Q"):  # little-endian hosts only; checked at import below
         value ^= word
         value = (
-            t7[value & 0xFF] ^ t6[(value >> 8) & 0xFF] ^ t5[(value >> 16) & 0xFF] ^ t4[(value >> 24) & 0xFF]
-            ^ t3[(value >> 32) & 0xFF] ^ t2[(value >> 40) & 0xFF] ^ t1[(value >> 48) & 0xFF] ^ t0[value >> 56]
+            t7[value & 0xFF]
+            ^ t6[(value >> 8) & 0xFF]
+            ^ t5[(value >> 16) & 0xFF]
+            ^ t4[(value >> 24) & 0xFF]
+            ^ t3[(value >> 32) & 0xFF]
+            ^ t2[(value >> 40) & 0xFF]
+            ^ t1[(value >> 48) & 0xFF]
+            ^ t0[value >> 56]
         )
     for byte in view[whole:]:
         value = t0[(value ^ byte) & 0xFF] ^ (value >> 8)
@@ -261,20 +267,28 @@ class ArchiveWriter:
 
     def begin(self, header: ArchiveHeader, entries: Sequence[PreludeEntry]) -> None:
         self._emit(MAGIC)
-        self._emit(_document([
-            ("concurrent_collections", int(header.concurrent_collections)),
-            ("version", header.version),
-            ("server_version", header.server_version),
-            ("tool_version", header.tool_version),
-        ]))
+        self._emit(
+            _document(
+                [
+                    ("concurrent_collections", int(header.concurrent_collections)),
+                    ("version", header.version),
+                    ("server_version", header.server_version),
+                    ("tool_version", header.tool_version),
+                ]
+            )
+        )
         for entry in entries:
-            self._emit(_document([
-                ("db", entry.database),
-                ("collection", entry.collection),
-                ("metadata", entry.metadata),
-                ("size", int(entry.size)),
-                ("type", entry.type),
-            ]))
+            self._emit(
+                _document(
+                    [
+                        ("db", entry.database),
+                        ("collection", entry.collection),
+                        ("metadata", entry.metadata),
+                        ("size", int(entry.size)),
+                        ("type", entry.type),
+                    ]
+                )
+            )
             self._expected[(entry.database, entry.collection)] = entry
         self._emit(TERMINATOR)
 
@@ -439,9 +453,7 @@ class ArchiveParser:
         ]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ArchiveError(
-                f"the archive finished before all collections were seen: no end block for {shown}"
-            )
+            raise ArchiveError(f"the archive finished before all collections were seen: no end block for {shown}")
         return self.summary
 
     # -- parsing -----------------------------------------------------------------------------

@@ -146,10 +146,9 @@ class _Restorer(ArchiveVisitor):
                 self.targets[(source, name)] = target
 
     def _source_database(self) -> str:
-        names = sorted({
-            entry.database for entry in self.entries
-            if entry.database and not entry.collection.startswith("$admin.")
-        })
+        names = sorted(
+            {entry.database for entry in self.entries if entry.database and not entry.collection.startswith("$admin.")}
+        )
         if self.source is not None:
             if self.source not in names:
                 raise MongoRestoreError(

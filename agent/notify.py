@@ -102,7 +102,9 @@ class Notifier:
         error = ""
         for attempt in range(1, attempts + 1):
             request = urllib.request.Request(  # noqa: S310 - config accepts only http(s) URLs
-                url, data=data, method="POST",
+                url,
+                data=data,
+                method="POST",
                 headers={"Content-Type": content_type, "User-Agent": f"backup-agent/{__version__}"},
             )
             try:

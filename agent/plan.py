@@ -26,11 +26,13 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
             entry["error"] = f"cannot list databases: {error}"
         for target in targets:
             folder = folder_for(target, job.engine)
-            entry["targets"].append({
-                "database": target.database,
-                "kind": target.kind,
-                "folder": str(layout.job_directory(name) / folder),
-            })
+            entry["targets"].append(
+                {
+                    "database": target.database,
+                    "kind": target.kind,
+                    "folder": str(layout.job_directory(name) / folder),
+                }
+            )
         plan["jobs"][name] = entry
     return plan
 

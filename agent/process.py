@@ -206,9 +206,7 @@ class StreamLimits:
     kill_grace: float = KILL_GRACE  # SIGTERM -> SIGKILL; shorter than the daemon's shutdown timeout
 
 
-def stream_stdout(
-    child: Child, consume: Callable[[bytes], None], limits: StreamLimits, what: str
-) -> None:
+def stream_stdout(child: Child, consume: Callable[[bytes], None], limits: StreamLimits, what: str) -> None:
     """Feed the child's stdout to `consume` until EOF, then require exit status 0.
 
     Watchdogs use the monotonic clock so wall-clock jumps never fire or defer them.
@@ -236,9 +234,7 @@ def stream_stdout(
                     time.sleep(pause)
                 continue
             if limits.stall_timeout is not None and now - last_data > limits.stall_timeout:
-                raise DumpError(
-                    f"{what} wrote nothing for {limits.stall_timeout:.0f}s (stall_timeout)", "stalled"
-                )
+                raise DumpError(f"{what} wrote nothing for {limits.stall_timeout:.0f}s (stall_timeout)", "stalled")
     except BaseException:
         child.terminate_group(limits.kill_grace)
         child.popen.stdout.close()
@@ -255,8 +251,14 @@ class Result:
     stderr: str
 
 
-def run(argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None,
-        input_bytes: bytes | None = None, pass_fds: tuple[int, ...] = ()) -> Result:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    input_bytes: bytes | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> Result:
     """Run a short command (a version check, a restore client) to completion."""
     if shutil.which(argv[0]) is None:
         raise ToolError(f"{argv[0]} not found on PATH")
@@ -279,9 +281,7 @@ def run(argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | 
     )
 
 
-def start(
-    command: Command, *, stdin: int | IO[bytes] | None = DEVNULL, stdout: int | IO[bytes] | None = PIPE
-) -> Child:
+def start(command: Command, *, stdin: int | IO[bytes] | None = DEVNULL, stdout: int | IO[bytes] | None = PIPE) -> Child:
     return Child(command, stdin=stdin, stdout=stdout)
 
 

@@ -87,14 +87,16 @@ def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Invento
         key = record.path.relative_to(storage).as_posix()
         parsed = parse_backup_filename(record.path.name)
         size = allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path))
-        grouped.setdefault((record.job, record.folder), []).append(retention.Backup(
-            key=key,
-            created_at=record.created_at,
-            size_bytes=size,
-            good=record.status == catalog.GOOD,
-            pinned=key in pinned,
-            sequence=parsed.sequence if parsed else 0,
-        ))
+        grouped.setdefault((record.job, record.folder), []).append(
+            retention.Backup(
+                key=key,
+                created_at=record.created_at,
+                size_bytes=size,
+                good=record.status == catalog.GOOD,
+                pinned=key in pinned,
+                sequence=parsed.sequence if parsed else 0,
+            )
+        )
         records[key] = record
     series = tuple(
         Series(f"{job}/{folder}", tuple(backups), config.jobs[job].retention, config.jobs[job].timezone)
@@ -123,8 +125,14 @@ def _delete(
             victim.unlink()
     fsync_directory(path.parent)
     log.info(
-        "retention.deleted", path=str(path), rule=decision.rule, bytes=freed, sha256=sha256,
-        series=decision.series, created_at=decision.backup.created_at.isoformat(), moment=moment,
+        "retention.deleted",
+        path=str(path),
+        rule=decision.rule,
+        bytes=freed,
+        sha256=sha256,
+        series=decision.series,
+        created_at=decision.backup.created_at.isoformat(),
+        moment=moment,
     )
     return freed
 
@@ -136,7 +144,8 @@ def _floor_or_pin(storage: Path, decision: Decision, keep_min: int) -> str | Non
     job, folder = decision.series.split("/", 1)
     good = sorted(
         (
-            record for record in catalog.scan(storage, job)
+            record
+            for record in catalog.scan(storage, job)
             if record.folder == folder and record.status == catalog.GOOD and record.created_at is not None
         ),
         key=lambda record: (record.created_at, _sequence(record.path.name)),
@@ -268,7 +277,12 @@ def prepare_dump(
         prediction = Prediction(prediction.stored_bytes, prediction.basis, estimate or 0)
     need = prediction.stored_bytes + prediction.scratch_bytes + 2 * check_interval(figures.total_bytes, budget)
     plan = retention.plan(
-        inventory.series, figures, budget, now=datetime.now(UTC), need_bytes=need, policy_scope=(),
+        inventory.series,
+        figures,
+        budget,
+        now=datetime.now(UTC),
+        need_bytes=need,
+        policy_scope=(),
     )
     if not plan.fits:
         available = max(0, need - plan.shortfall_bytes + plan.freeable_bytes)
@@ -291,10 +305,16 @@ def prepare_dump(
             },
         )
     log.info(
-        "retention.preflight", predicted_bytes=prediction.stored_bytes, basis=prediction.basis,
-        scratch_bytes=prediction.scratch_bytes, need_bytes=need, free_bytes=figures.free_bytes,
-        reserve_bytes=budget.reserve_bytes, usage_bytes=figures.usage_bytes,
-        max_usage_bytes=budget.max_usage_bytes, planned_deletions=plan.expected_deletions,
+        "retention.preflight",
+        predicted_bytes=prediction.stored_bytes,
+        basis=prediction.basis,
+        scratch_bytes=prediction.scratch_bytes,
+        need_bytes=need,
+        free_bytes=figures.free_bytes,
+        reserve_bytes=budget.reserve_bytes,
+        usage_bytes=figures.usage_bytes,
+        max_usage_bytes=budget.max_usage_bytes,
+        planned_deletions=plan.expected_deletions,
     )
     return DumpSpace(
         config, plan=plan, figures=figures, budget=budget, prediction=prediction, inventory=inventory, log=log
@@ -339,8 +359,13 @@ class PruneResult:
 
 
 def _apply(
-    config: Config, jobs: Collection[str] | None, scope: Collection[str] | None, *, dry_run: bool,
-    log: BoundLogger, moment: str,
+    config: Config,
+    jobs: Collection[str] | None,
+    scope: Collection[str] | None,
+    *,
+    dry_run: bool,
+    log: BoundLogger,
+    moment: str,
 ) -> PruneResult:
     inventory = take_inventory(config, jobs)
     figures = measure(config.storage)
@@ -352,14 +377,20 @@ def _apply(
             _delete(config.storage.path, decision, inventory.records.get(decision.backup.key), log, moment)
             deleted.append(decision)
         log.info(
-            "retention.applied", moment=moment, deleted=len(deleted), deleted_bytes=plan.deleted_bytes,
+            "retention.applied",
+            moment=moment,
+            deleted=len(deleted),
+            deleted_bytes=plan.deleted_bytes,
             kept=len(plan.decisions) - len(deleted),
         )
         if not plan.fits:
             log.warning(
-                "retention.over_budget", shortfall_bytes=plan.shortfall_bytes - plan.deleted_bytes,
-                free_bytes=figures.free_bytes, reserve_bytes=budget.reserve_bytes,
-                usage_bytes=figures.usage_bytes, max_usage_bytes=budget.max_usage_bytes,
+                "retention.over_budget",
+                shortfall_bytes=plan.shortfall_bytes - plan.deleted_bytes,
+                free_bytes=figures.free_bytes,
+                reserve_bytes=budget.reserve_bytes,
+                usage_bytes=figures.usage_bytes,
+                max_usage_bytes=budget.max_usage_bytes,
             )
     return PruneResult(plan, figures, budget, tuple(deleted))
 

@@ -44,17 +44,25 @@ def choose_backup(
 ) -> Chosen:
     """The newest good backup of `database` created at or before `at` (UTC-aware)."""
     records = [
-        record for record in catalog.scan(config.storage.path, job)
-        if record.status == catalog.GOOD and record.manifest is not None and record.kind == kind
+        record
+        for record in catalog.scan(config.storage.path, job)
+        if record.status == catalog.GOOD
+        and record.manifest is not None
+        and record.kind == kind
         and (kind != "database" or record.database == database)
-        and record.created_at is not None and (at is None or record.created_at <= at)
+        and record.created_at is not None
+        and (at is None or record.created_at <= at)
     ]
     if not records and kind == "database":
         # a whole-server archive (MongoDB `point_in_time` with mongodump --oplog) holds every database
         records = [
-            record for record in catalog.scan(config.storage.path, job)
-            if record.status == catalog.GOOD and record.manifest is not None and record.kind == "server"
-            and record.created_at is not None and (at is None or record.created_at <= at)
+            record
+            for record in catalog.scan(config.storage.path, job)
+            if record.status == catalog.GOOD
+            and record.manifest is not None
+            and record.kind == "server"
+            and record.created_at is not None
+            and (at is None or record.created_at <= at)
         ]
     if not records:
         when = f" at or before {at.isoformat()}" if at else ""
@@ -75,8 +83,13 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
-_URL_ENGINES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql",
-                "mongodb": "mongodb"}
+_URL_ENGINES = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "mongodb": "mongodb",
+}
 
 
 def retarget(job: JobConfig, url: str) -> JobConfig:
@@ -84,9 +97,11 @@ def retarget(job: JobConfig, url: str) -> JobConfig:
     parts = urlsplit(url)
     engine = _URL_ENGINES.get(parts.scheme)
     if engine is None or engine != job.engine:
-        raise UsageError(f"--target-url: expected a {job.engine} URL such as "
-                         f"{'mongodb' if job.engine == 'mongodb' else job.engine}://user@host:port, got scheme "
-                         f"{parts.scheme!r}")
+        raise UsageError(
+            f"--target-url: expected a {job.engine} URL such as "
+            f"{'mongodb' if job.engine == 'mongodb' else job.engine}://user@host:port, got scheme "
+            f"{parts.scheme!r}"
+        )
     if parts.password is not None:
         raise UsageError("--target-url must not contain a password: it is read from the job's password source")
     user = parts.username or job.user
@@ -164,7 +179,13 @@ def restore_server_wide(
 
 
 def restore_database(
-    config: Config, job: str, chosen: Chosen, into: str, *, force: bool = False, tables: tuple[str, ...] = (),
+    config: Config,
+    job: str,
+    chosen: Chosen,
+    into: str,
+    *,
+    force: bool = False,
+    tables: tuple[str, ...] = (),
     target_url: str | None = None,
 ) -> None:
     engine = engine_for(config, job, target_url)
@@ -179,8 +200,9 @@ def restore_database(
         engine.create_database(into)
         created = True
     try:
-        engine.restore(decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, into,
-                       tables=tables)
+        engine.restore(
+            decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, into, tables=tables
+        )
     except BaseException as error:
         log.error("restore.failed", error=str(error))
         if created:

@@ -193,9 +193,7 @@ def _plan(
     queued = tuple(Decision(name, backup, True, (rule,)) for _t, _m, _s, _k, name, backup, rule, _keep in queue)
     by_key = {decision.backup.key: decision for decision in queued}
     return Plan(
-        decisions=tuple(
-            by_key[verdict[3]] if verdict[3] in chosen else _as_keep(verdict) for verdict in verdicts
-        ),
+        decisions=tuple(by_key[verdict[3]] if verdict[3] in chosen else _as_keep(verdict) for verdict in verdicts),
         deletions=tuple(decision for decision in queued if decision.backup.key in chosen),
         queue=queued,
         need_bytes=need_bytes,
@@ -257,9 +255,11 @@ def _selected_by_rules(good: list[Backup], policy: RetentionPolicy, timezone: st
         return {}
     zone = _zone(timezone)
     newest_first = good[::-1]
-    local = [backup.created_at.astimezone(zone) for backup in newest_first] if any(
-        period is not None for _name, period in active
-    ) else []
+    local = (
+        [backup.created_at.astimezone(zone) for backup in newest_first]
+        if any(period is not None for _name, period in active)
+        else []
+    )
     chosen: dict[str, list[str]] = {}
     for name, period in active:
         remaining: int = getattr(policy, name)

@@ -286,8 +286,11 @@ class JobRun:
         for warning in details.warnings:
             log.warning("backup.warning", message=warning)
         log.info(
-            "backup.finished", path=str(published.path), bytes=published.raw_bytes,
-            stored_bytes=published.stored_bytes, sha256=published.sha256,
+            "backup.finished",
+            path=str(published.path),
+            bytes=published.raw_bytes,
+            stored_bytes=published.stored_bytes,
+            sha256=published.sha256,
             duration=manifest.duration_seconds,
         )
         return TargetOutcome(target.database, target.kind, OK, path=published.path)
@@ -297,8 +300,12 @@ class JobRun:
         so a journal that cannot be written is logged, not fatal to the run's other databases."""
         try:
             journal.append(
-                self.layout.root, "created", path=str(published.path.relative_to(self.layout.root)),
-                sha256=published.sha256, bytes=published.stored_bytes, run_id=self.run_id,
+                self.layout.root,
+                "created",
+                path=str(published.path.relative_to(self.layout.root)),
+                sha256=published.sha256,
+                bytes=published.stored_bytes,
+                run_id=self.run_id,
             )
         except OSError as error:
             log.error("journal.write_failed", error=str(error), path=str(published.path))

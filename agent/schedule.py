@@ -89,15 +89,27 @@ def plan_for(
         base = Plan(job.name, CRON, timedelta(0), cron=schedule.cron, timezone=job.timezone)
     elif schedule.kind == BEFORE_SNAPSHOTS and snapshots is not None and snapshots.times:
         base = Plan(
-            job.name, BEFORE_SNAPSHOTS, timedelta(0), timezone=snapshots.timezone,
-            snapshot_times=snapshots.times, margin=snapshots.margin, estimate=estimate_duration(durations),
+            job.name,
+            BEFORE_SNAPSHOTS,
+            timedelta(0),
+            timezone=snapshots.timezone,
+            snapshot_times=snapshots.times,
+            margin=snapshots.margin,
+            estimate=estimate_duration(durations),
         )
     else:
         return None
     maximum = job.jitter if job.jitter is not None else default_max_jitter(base)
     return Plan(
-        base.job, base.kind, jitter_for(host, job.name, maximum), base.cron, base.every, base.timezone,
-        base.snapshot_times, base.margin, base.estimate,
+        base.job,
+        base.kind,
+        jitter_for(host, job.name, maximum),
+        base.cron,
+        base.every,
+        base.timezone,
+        base.snapshot_times,
+        base.margin,
+        base.estimate,
     )
 
 

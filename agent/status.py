@@ -168,8 +168,14 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
         state = states.get(name)
         plan = plan_for(job, config.snapshots, host, state.recent_durations if state else ())
         described = _job_status(
-            config=config, job=job, plan=plan, state=state, history=histories.get(name), records=records,
-            drills=drills, now=now,
+            config=config,
+            job=job,
+            plan=plan,
+            state=state,
+            history=histories.get(name),
+            records=records,
+            drills=drills,
+            now=now,
         )
         for database in described["databases"]:
             if database["problem"]:
@@ -236,7 +242,13 @@ def _job_status(
     current_names = _current_names(job, history)
     databases = [
         _database_status(
-            (kind, database), job=job, own=own, history=history, drills=drills, now=now, max_age=max_age,
+            (kind, database),
+            job=job,
+            own=own,
+            history=history,
+            drills=drills,
+            now=now,
+            max_age=max_age,
             current=kind != "database" or current_names is None or database in current_names,
             compression=config.storage.compression,
         )
@@ -307,8 +319,11 @@ def _database_status(
 ) -> dict[str, Any]:
     kind, database = key
     good = sorted(
-        (record for record in own if record.status == catalog.GOOD and record.kind == kind
-         and record.database == database),
+        (
+            record
+            for record in own
+            if record.status == catalog.GOOD and record.kind == kind and record.database == database
+        ),
         key=lambda record: (_created(record) or now, record.path.name),
     )
     newest = good[-1] if good else None
@@ -386,8 +401,11 @@ def _drills_of(
     summary = None
     if last is not None:
         summary = {
-            "at": last.get("at"), "result": last.get("result"), "path": last.get("path"),
-            "differences": last.get("differences") or [], "error": last.get("error") or "",
+            "at": last.get("at"),
+            "result": last.get("result"),
+            "path": last.get("path"),
+            "differences": last.get("differences") or [],
+            "error": last.get("error") or "",
         }
     newest: tuple[datetime, str, str] | None = None
     for entry in own:
@@ -399,7 +417,9 @@ def _drills_of(
     drilled = None
     if newest is not None:
         drilled = {
-            "path": newest[1], "created_at": _iso(newest[0]), "drilled_at": newest[2],
+            "path": newest[1],
+            "created_at": _iso(newest[0]),
+            "drilled_at": newest[2],
             "age_seconds": round((now - newest[0]).total_seconds()),
         }
     return summary, drilled
@@ -435,7 +455,8 @@ def render_text(status: dict[str, Any]) -> str:
         next_run = f"next run {job['next_run']}" if job["next_run"] else "no scheduled runs"
         age = (
             f"max age {format_duration(timedelta(seconds=job['max_backup_age_seconds']))}"
-            if job["checked"] else "not checked"
+            if job["checked"]
+            else "not checked"
         )
         last = job["last_run"]
         last_text = f"; last run {last['status']}" + (f" ({last['reason']})" if last["reason"] else "") if last else ""

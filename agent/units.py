@@ -86,9 +86,7 @@ def parse_size(text: str | int, key_path: str, allow_percent: bool) -> SizeSpec:
             raise ConfigError(f"{key_path}: expected a size in bytes like {example}, not a percentage")
         percent = float(percent_match.group(1))
         if not math.isfinite(percent) or percent <= 0 or percent > 100:
-            raise ConfigError(
-                f"{key_path}: a percentage must be above 0% and at most 100%, got {_quote(text)}"
-            )
+            raise ConfigError(f"{key_path}: a percentage must be above 0% and at most 100%, got {_quote(text)}")
         return SizeSpec(bytes=None, percent=percent)
     size_match = _SIZE_PATTERN.match(cleaned)
     if not size_match or size_match.group(2) not in _SIZE_UNITS:

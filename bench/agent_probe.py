@@ -144,18 +144,22 @@ def main() -> int:
         threads[name] = round(threads.get(name, 0.0) + seconds, 3)
     total = own.ru_utime + own.ru_stime
     threads["zstd workers"] = round(max(0.0, total - sum(threads.values())), 3)
-    result_path.write_text(json.dumps({
-        "exit_code": code,
-        "warm_seconds": round(time.perf_counter() - started, 3),
-        "import_seconds": round(import_seconds, 3),
-        "maxrss_bytes": _peak_rss(),
-        "ru_maxrss_bytes": own.ru_maxrss * 1024,  # not the peak: after exec it keeps the parent's
-        "children_maxrss_bytes": children.ru_maxrss * 1024,
-        "cpu_seconds": round(own.ru_utime + own.ru_stime, 3),
-        "children_cpu_seconds": round(children.ru_utime + children.ru_stime, 3),
-        "threads": threads,
-        "rss_timeline": sampler.rss,
-    }))
+    result_path.write_text(
+        json.dumps(
+            {
+                "exit_code": code,
+                "warm_seconds": round(time.perf_counter() - started, 3),
+                "import_seconds": round(import_seconds, 3),
+                "maxrss_bytes": _peak_rss(),
+                "ru_maxrss_bytes": own.ru_maxrss * 1024,  # not the peak: after exec it keeps the parent's
+                "children_maxrss_bytes": children.ru_maxrss * 1024,
+                "cpu_seconds": round(own.ru_utime + own.ru_stime, 3),
+                "children_cpu_seconds": round(children.ru_utime + children.ru_stime, 3),
+                "threads": threads,
+                "rss_timeline": sampler.rss,
+            }
+        )
+    )
     return code
 
 

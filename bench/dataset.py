@@ -108,7 +108,8 @@ class Part:
             discount = rng.choice((0, 0, 0, 0.05, 0.1, 0.15, 0.25))
             shipped = (
                 (created + timedelta(hours=rng.randrange(2, 240))).strftime("%Y-%m-%d %H:%M:%S")
-                if rng.random() < 0.8 else "\\N"
+                if rng.random() < 0.8
+                else "\\N"
             )
             lines.append(
                 f"{base + number}\t{rng.randrange(1, 250_000)}\t{rng.randrange(1, 8000)}\t{quantity}\t{price:.2f}\t"

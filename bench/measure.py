@@ -52,14 +52,18 @@ class Sample:
 
 
 def run_timed(
-    argv: Sequence[str], *, env: Mapping[str, str] | None = None, server_group: int | None = None,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    server_group: int | None = None,
     stdout: int | None = subprocess.DEVNULL,
 ) -> Sample:
     """Run to completion; wait4 gives the CPU of the whole tree the command waited for."""
     before = group_cpu_seconds(server_group) if server_group else 0.0
     started = time.perf_counter()
-    process = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, stdout=stdout,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        list(argv), env=dict(env) if env is not None else None, stdout=stdout, stderr=subprocess.PIPE
+    )
     assert process.stderr is not None
     error_output = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)

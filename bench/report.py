@@ -62,46 +62,72 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         agent, zstd, gzip = _find(variants, "agent"), _find(variants, "zstd"), _find(variants, "gzip")
         if agent and zstd:
             ratio = agent["wall"] / zstd["wall"]
-            rows.append((
-                f"{name}: `backup-agent backup` <= {TARGET_RATIO:.2f}x `dump \\| zstd -3 -T0 > f && sync`",
-                f"{ratio:.2f}x ({_s(agent['wall'])} vs {_s(zstd['wall'])})",
-                _verdict(ratio <= TARGET_RATIO),
-            ))
+            rows.append(
+                (
+                    f"{name}: `backup-agent backup` <= {TARGET_RATIO:.2f}x `dump \\| zstd -3 -T0 > f && sync`",
+                    f"{ratio:.2f}x ({_s(agent['wall'])} vs {_s(zstd['wall'])})",
+                    _verdict(ratio <= TARGET_RATIO),
+                )
+            )
             warm = agent["warm_seconds"] / zstd["wall"]
-            rows.append((
-                f"{name}: the same backup in a running process (as the daemon runs it)",
-                f"{warm:.2f}x ({_s(agent['warm_seconds'])}); "
-                f"pre-flight to published file {agent['dump_seconds'] / zstd['wall']:.2f}x",
-                _verdict(warm <= TARGET_RATIO),
-            ))
+            rows.append(
+                (
+                    f"{name}: the same backup in a running process (as the daemon runs it)",
+                    f"{warm:.2f}x ({_s(agent['warm_seconds'])}); "
+                    f"pre-flight to published file {agent['dump_seconds'] / zstd['wall']:.2f}x",
+                    _verdict(warm <= TARGET_RATIO),
+                )
+            )
         if agent and gzip:
             speedup = gzip["wall"] / agent["wall"]
             smaller = (agent["stored_bytes"] or 0) < (gzip["stored_bytes"] or 0)
-            rows.append((
-                f"{name}: >= {TARGET_GZIP:.0f}x faster than `dump \\| gzip -6`, smaller",
-                f"{speedup:.1f}x faster, {_mb(agent['stored_bytes'])} vs {_mb(gzip['stored_bytes'])}",
-                _verdict(speedup >= TARGET_GZIP and smaller),
-            ))
+            rows.append(
+                (
+                    f"{name}: >= {TARGET_GZIP:.0f}x faster than `dump \\| gzip -6`, smaller",
+                    f"{speedup:.1f}x faster, {_mb(agent['stored_bytes'])} vs {_mb(gzip['stored_bytes'])}",
+                    _verdict(speedup >= TARGET_GZIP and smaller),
+                )
+            )
         if agent:
             double = _find(results.get("double", {}).get(engine, []), "agent")
             peak = max(agent["maxrss_bytes"], double["maxrss_bytes"] if double else 0)
             measured = f"{_mib(agent['maxrss_bytes'])} at 1x"
             if double:
                 measured += f", {_mib(double['maxrss_bytes'])} at 2x the data"
-            rows.append((f"{name}: agent peak RSS <= 150 MB, flat at 2x the data", measured,
-                         _verdict(peak <= TARGET_RSS and double is not None)))
+            rows.append(
+                (
+                    f"{name}: agent peak RSS <= 150 MB, flat at 2x the data",
+                    measured,
+                    _verdict(peak <= TARGET_RSS and double is not None),
+                )
+            )
     daemon = results.get("daemon")
     if daemon:
         for phase, when in (("start", "started, nothing due"), ("after_backups", "after running its backups")):
             figures = daemon[phase]
-            rows.append((f"daemon idle RSS <= 60 MB ({when})", _mib(figures["rss_max"]),
-                         _verdict(figures["rss_max"] <= TARGET_IDLE_RSS)))
-            rows.append((f"daemon idle CPU < 1 s per hour ({when})", f"{figures['cpu_per_hour']:.2f} s per hour",
-                         _verdict(figures["cpu_per_hour"] < TARGET_IDLE_CPU)))
+            rows.append(
+                (
+                    f"daemon idle RSS <= 60 MB ({when})",
+                    _mib(figures["rss_max"]),
+                    _verdict(figures["rss_max"] <= TARGET_IDLE_RSS),
+                )
+            )
+            rows.append(
+                (
+                    f"daemon idle CPU < 1 s per hour ({when})",
+                    f"{figures['cpu_per_hour']:.2f} s per hour",
+                    _verdict(figures["cpu_per_hour"] < TARGET_IDLE_CPU),
+                )
+            )
     retention = results.get("retention")
     if retention:
-        rows.append(("retention plan for 100,000 backups < 1 s", f"{retention['seconds'] * 1000:.0f} ms",
-                     _verdict(retention["seconds"] < TARGET_RETENTION)))
+        rows.append(
+            (
+                "retention plan for 100,000 backups < 1 s",
+                f"{retention['seconds'] * 1000:.0f} ms",
+                _verdict(retention["seconds"] < TARGET_RETENTION),
+            )
+        )
     return rows
 
 
@@ -114,29 +140,39 @@ def headline(results: dict[str, Any]) -> list[str]:
         agent, zstd, gzip = _find(variants, "agent"), _find(variants, "zstd"), _find(variants, "gzip")
         if not (agent and zstd):
             continue
-        text = (f"{ENGINE_NAMES[engine]}: a {_mb(agent['raw_bytes'])} dump is stored as {_mb(agent['stored_bytes'])} "
-                f"in {_s(agent['wall'])}, checked, checksummed and fsynced with its manifest; the bare pipeline "
-                f"`dump | zstd -3 -T0 > f` takes {_s(zstd['wall'])} ({agent['wall'] / zstd['wall']:.2f}x")
+        text = (
+            f"{ENGINE_NAMES[engine]}: a {_mb(agent['raw_bytes'])} dump is stored as {_mb(agent['stored_bytes'])} "
+            f"in {_s(agent['wall'])}, checked, checksummed and fsynced with its manifest; the bare pipeline "
+            f"`dump | zstd -3 -T0 > f` takes {_s(zstd['wall'])} ({agent['wall'] / zstd['wall']:.2f}x"
+        )
         text += f", or {agent['warm_seconds'] / zstd['wall']:.2f}x for the daemon, whose Python is already loaded)"
         if gzip:
-            text += (f"; `dump | gzip -6` takes {_s(gzip['wall'])} ({gzip['wall'] / agent['wall']:.1f}x slower) "
-                     f"for {_mb(gzip['stored_bytes'])}")
+            text += (
+                f"; `dump | gzip -6` takes {_s(gzip['wall'])} ({gzip['wall'] / agent['wall']:.1f}x slower) "
+                f"for {_mb(gzip['stored_bytes'])}"
+            )
         parts.append(text)
     lines.append(
         f"Measured by `make bench` on {machine['cores']} cores ({machine['cpu']}, {machine['virtualization']}) with "
-        f"{size / 1e6:.0f} MB of generated rows per server, medians of interleaved runs. "
-        + ". ".join(parts) + "."
+        f"{size / 1e6:.0f} MB of generated rows per server, medians of interleaved runs. " + ". ".join(parts) + "."
     )
     facts = []
-    rss = [v["maxrss_bytes"] for section in ("comparison", "double") for variants in results.get(section, {}).values()
-           for v in variants if v["key"] == "agent" and v["runs"]]
+    rss = [
+        v["maxrss_bytes"]
+        for section in ("comparison", "double")
+        for variants in results.get(section, {}).values()
+        for v in variants
+        if v["key"] == "agent" and v["runs"]
+    ]
     if rss:
         facts.append(f"the agent's peak memory during a dump is {_mb0(max(rss))}, the same at twice the data")
     daemon = results.get("daemon")
     if daemon:
         start, after = daemon["start"], daemon["after_backups"]
-        facts.append(f"the idle daemon holds {_mb0(start['rss_max'])} ({_mb0(after['rss_max'])} once it has run its "
-                     f"backups) and uses {start['cpu_per_hour']:.2f} s of CPU per hour")
+        facts.append(
+            f"the idle daemon holds {_mb0(start['rss_max'])} ({_mb0(after['rss_max'])} once it has run its "
+            f"backups) and uses {start['cpu_per_hour']:.2f} s of CPU per hour"
+        )
     retention = results.get("retention")
     if retention:
         facts.append(f"a retention plan over 100,000 backups takes {retention['seconds'] * 1000:.0f} ms")
@@ -144,9 +180,12 @@ def headline(results: dict[str, Any]) -> list[str]:
         text = "; ".join(facts)
         lines += ["", text[0].upper() + text[1:] + "."]
     minutes = results.get("total_seconds", 0) / 60
-    lines += ["", f"Reproduce with `make bench` ({minutes:.0f} minutes here; it starts its own throwaway servers "
-              "and touches nothing else), or `.venv/bin/python bench/run.py --size 2GB` for more data. "
-              "Method, all figures and the profile: [docs/performance.md](docs/performance.md)."]
+    lines += [
+        "",
+        f"Reproduce with `make bench` ({minutes:.0f} minutes here; it starts its own throwaway servers "
+        "and touches nothing else), or `.venv/bin/python bench/run.py --size 2GB` for more data. "
+        "Method, all figures and the profile: [docs/performance.md](docs/performance.md).",
+    ]
     return lines
 
 
@@ -169,8 +208,11 @@ def comparison_table(variants: list[dict[str, Any]]) -> list[str]:
     agent = _find(variants, "agent")
     if agent and reference:
         per_round = [a / r for a, r in zip(agent["walls"], reference["walls"], strict=False)]
-        lines += ["", f"Per-round ratio agent / zstd pipe (runs next to each other in time): median "
-                  f"{_median(per_round):.2f}x; {', '.join(f'{value:.2f}' for value in per_round)}."]
+        lines += [
+            "",
+            f"Per-round ratio agent / zstd pipe (runs next to each other in time): median "
+            f"{_median(per_round):.2f}x; {', '.join(f'{value:.2f}' for value in per_round)}.",
+        ]
     return lines
 
 
@@ -238,7 +280,7 @@ def render(results: dict[str, Any]) -> str:
         "thread, and how long `main` took once the modules were imported (the daemon's case). Its wall time "
         "includes start-up, probe, pre-flight, the row counts, the check, fsync, manifest, journal and "
         "retention. The agent's modules are byte-compiled first, as a wheel install leaves them.",
-        "- Same CPU priority: the bench's jobs set `nice = 0` and `ionice = \"none\"` (by default the agent "
+        '- Same CPU priority: the bench\'s jobs set `nice = 0` and `ionice = "none"` (by default the agent '
         "runs its dump tool under `nice -n 10` and best-effort I/O class 7, which only matters when something "
         "else wants the CPU); the reference pipelines run at normal priority.",
         "- The references write the same format the agent stores: PostgreSQL `pg_dump --format=custom "
@@ -272,46 +314,60 @@ def render(results: dict[str, Any]) -> str:
 
 def changes_section(results: dict[str, Any]) -> list[str]:
     """What the pipeline does, each choice with the figure from this run that justifies it."""
-    lines = ["## The pipeline and why", "",
-             "One thread reads the tool's stdout in reads of up to 1 MiB from a 1 MiB pipe, feeds the "
-             "structural check, and hands the bytes to zstd (level 3, one worker per core, which releases the "
-             "GIL); the compressed bytes go through SHA-256 and `os.write`; at the end one fsync of the file and "
-             "one of its folder. Nothing is written twice and nothing is read back. Each choice below is "
-             "measured in this run:", ""]
+    lines = [
+        "## The pipeline and why",
+        "",
+        "One thread reads the tool's stdout in reads of up to 1 MiB from a 1 MiB pipe, feeds the "
+        "structural check, and hands the bytes to zstd (level 3, one worker per core, which releases the "
+        "GIL); the compressed bytes go through SHA-256 and `os.write`; at the end one fsync of the file and "
+        "one of its folder. Nothing is written twice and nothing is read back. Each choice below is "
+        "measured in this run:",
+        "",
+    ]
     pg = results.get("comparison", {}).get("postgresql", [])
     my = results.get("comparison", {}).get("mysql", [])
     agent_pg, old_check = _find(pg, "agent"), _find(pg, "agent_pg_restore")
     cost = results.get("check_cost")
     if agent_pg and old_check:
-        text = (f"- **PostgreSQL check in process** (agent/engines/pg_archive.py) instead of a `pg_restore "
-                f"--file=/dev/null` child fed every byte: backup {_s(old_check['wall'])} -> {_s(agent_pg['wall'])} "
-                f"({_pct(agent_pg['wall'], old_check['wall'])}), client CPU {_s(old_check['cpu'])} -> "
-                f"{_s(agent_pg['cpu'])}")
+        text = (
+            f"- **PostgreSQL check in process** (agent/engines/pg_archive.py) instead of a `pg_restore "
+            f"--file=/dev/null` child fed every byte: backup {_s(old_check['wall'])} -> {_s(agent_pg['wall'])} "
+            f"({_pct(agent_pg['wall'], old_check['wall'])}), client CPU {_s(old_check['cpu'])} -> "
+            f"{_s(agent_pg['cpu'])}"
+        )
         if cost:
             size = cost["archive_bytes"]
             inproc = cost.get("in-process CustomArchiveCheck", {}).get("cpu")
             child = cost.get("pg_restore --file=/dev/null child", {}).get("cpu")
             if inproc is not None and child is not None:
-                text += (f"; the check alone costs {inproc / size * 1e9:.2f} s of CPU per GB against "
-                         f"{child / size * 1e9:.2f} s for pg_restore and its pipe")
+                text += (
+                    f"; the check alone costs {inproc / size * 1e9:.2f} s of CPU per GB against "
+                    f"{child / size * 1e9:.2f} s for pg_restore and its pipe"
+                )
         lines.append(text + ". It still finds a cut anywhere, also exactly between two data blocks.")
     pauses = []
     for name, variants in (("PostgreSQL", pg), ("MariaDB", my)):
         agent, no_pause = _find(variants, "agent"), _find(variants, "agent_no_pause")
         if agent and no_pause:
-            pauses.append(f"{name} {_s(no_pause['wall'])} -> {_s(agent['wall'])} "
-                          f"({_pct(agent['wall'], no_pause['wall'])}, client CPU {_s(no_pause['cpu'])} -> "
-                          f"{_s(agent['cpu'])})")
+            pauses.append(
+                f"{name} {_s(no_pause['wall'])} -> {_s(agent['wall'])} "
+                f"({_pct(agent['wall'], no_pause['wall'])}, client CPU {_s(no_pause['cpu'])} -> "
+                f"{_s(agent['cpu'])})"
+            )
     if pauses:
-        lines.append("- **A 1 ms pause after a short read** (agent/process.py): the dump tools write 4-8 KiB at a "
-                     "time and the loop used to wake for each piece; now it lets the 1 MiB pipe fill a little "
-                     "(only when the pipe could be enlarged): " + "; ".join(pauses) + ".")
+        lines.append(
+            "- **A 1 ms pause after a short read** (agent/process.py): the dump tools write 4-8 KiB at a "
+            "time and the loop used to wake for each piece; now it lets the 1 MiB pipe fill a little "
+            "(only when the pipe could be enlarged): " + "; ".join(pauses) + "."
+        )
     jobs = _find(pg, "agent_jobs8m")
     if agent_pg and jobs:
-        lines.append(f"- **zstd jobs of one window (2 MiB at level 3)** instead of zstd's default four "
-                     f"(agent/compression.py): peak RSS {_mib(jobs['maxrss_bytes'])} -> "
-                     f"{_mib(agent_pg['maxrss_bytes'])}, stored {_mb(jobs['stored_bytes'])} -> "
-                     f"{_mb(agent_pg['stored_bytes'])}, backup {_s(jobs['wall'])} -> {_s(agent_pg['wall'])}.")
+        lines.append(
+            f"- **zstd jobs of one window (2 MiB at level 3)** instead of zstd's default four "
+            f"(agent/compression.py): peak RSS {_mib(jobs['maxrss_bytes'])} -> "
+            f"{_mib(agent_pg['maxrss_bytes'])}, stored {_mb(jobs['stored_bytes'])} -> "
+            f"{_mb(agent_pg['stored_bytes'])}, backup {_s(jobs['wall'])} -> {_s(agent_pg['wall'])}."
+        )
     lines += [
         "- **zstd with a worker per core** (`threads = -1`): compressing in the reading thread "
         "(`threads = 0`) was 8 % (MariaDB) and 25 % (PostgreSQL) slower in a 200 MB development run; "
@@ -335,11 +391,15 @@ def memory_section(results: dict[str, Any]) -> list[str]:
     double = results.get("double")
     if not double:
         return []
-    lines = ["## Memory at twice the data", "",
-             "The second half of the data (new rows of the same shape) is loaded and the agent and the zstd "
-             "pipeline run again:", "",
-             "| engine | raw dump 1x | peak RSS 1x | raw dump 2x | peak RSS 2x | agent / zstd pipe at 2x |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Memory at twice the data",
+        "",
+        "The second half of the data (new rows of the same shape) is loaded and the agent and the zstd "
+        "pipeline run again:",
+        "",
+        "| engine | raw dump 1x | peak RSS 1x | raw dump 2x | peak RSS 2x | agent / zstd pipe at 2x |",
+        "|---|---|---|---|---|---|",
+    ]
     for engine, variants in double.items():
         agent2, zstd2 = _find(variants, "agent"), _find(variants, "zstd")
         agent1 = _find(results["comparison"][engine], "agent")
@@ -348,8 +408,10 @@ def memory_section(results: dict[str, Any]) -> list[str]:
         ratio = "-"
         if zstd2:
             ratio = f"{agent2['wall'] / zstd2['wall']:.2f}x ({_s(agent2['wall'])} vs {_s(zstd2['wall'])})"
-        lines.append(f"| {ENGINE_NAMES[engine]} | {_mb(agent1['raw_bytes'])} | {_mib(agent1['maxrss_bytes'])} | "
-                     f"{_mb(agent2['raw_bytes'])} | {_mib(agent2['maxrss_bytes'])} | {ratio} |")
+        lines.append(
+            f"| {ENGINE_NAMES[engine]} | {_mb(agent1['raw_bytes'])} | {_mib(agent1['maxrss_bytes'])} | "
+            f"{_mb(agent2['raw_bytes'])} | {_mib(agent2['maxrss_bytes'])} | {ratio} |"
+        )
         timeline = agent2.get("rss_timeline") or []
         if timeline:
             points = ", ".join(f"{seconds:.1f} s: {rss / MiB:.0f}" for seconds, rss in timeline)
@@ -362,19 +424,27 @@ def check_section(results: dict[str, Any]) -> list[str]:
     if not cost:
         return []
     size = cost["archive_bytes"]
-    lines = ["## The PostgreSQL archive check", "",
-             f"One raw custom-format archive ({_mb(size)}, from a pipe as the agent gets it) fed in 1 MiB pieces "
-             "through each check, median of 3:", "",
-             "| check | CPU | CPU per GB | wall |", "|---|---|---|---|"]
+    lines = [
+        "## The PostgreSQL archive check",
+        "",
+        f"One raw custom-format archive ({_mb(size)}, from a pipe as the agent gets it) fed in 1 MiB pieces "
+        "through each check, median of 3:",
+        "",
+        "| check | CPU | CPU per GB | wall |",
+        "|---|---|---|---|",
+    ]
     for name, figures in cost.items():
         if name == "archive_bytes":
             continue
         lines.append(f"| {name} | {_s(figures['cpu'])} | {figures['cpu'] / size * 1e9:.2f} s | {_s(figures['wall'])} |")
-    lines += ["", "The in-process check reads the header and the table of contents, and for every entry with "
-              "data requires its block, complete: table data is skipped at C speed by searching for its end "
-              "marker (a zero-length chunk, five zero bytes, which COPY text can never contain), everything "
-              "else is walked chunk by chunk. tests/unit/test_pg_archive.py cuts real pg_dump output at random "
-              "offsets, at every block boundary and inside long rows and large objects."]
+    lines += [
+        "",
+        "The in-process check reads the header and the table of contents, and for every entry with "
+        "data requires its block, complete: table data is skipped at C speed by searching for its end "
+        "marker (a zero-length chunk, five zero bytes, which COPY text can never contain), everything "
+        "else is walked chunk by chunk. tests/unit/test_pg_archive.py cuts real pg_dump output at random "
+        "offsets, at every block boundary and inside long rows and large objects.",
+    ]
     return [*lines, ""]
 
 
@@ -382,18 +452,29 @@ def profile_section(results: dict[str, Any]) -> list[str]:
     profiles = results.get("profiles")
     if not profiles:
         return []
-    lines = ["## Where the time goes", "",
-             "One extra backup per engine under cProfile (the main thread; zstd's workers, the dump tool and "
-             "the server are native code, shown as CPU seconds):", ""]
+    lines = [
+        "## Where the time goes",
+        "",
+        "One extra backup per engine under cProfile (the main thread; zstd's workers, the dump tool and "
+        "the server are native code, shown as CPU seconds):",
+        "",
+    ]
     for engine, profile in profiles.items():
-        threads = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in profile["threads"].items()
-                            if seconds >= 0.005)
-        lines += [f"**{ENGINE_NAMES[engine]}** ({_s(profile['wall'])} under the profiler): server "
-                  f"{_s(profile['server_cpu'])}, dump tool {_s(profile['children_cpu'])}, "
-                  f"agent threads: {threads}.", "",
-                  "| function (own time) | calls | own | cumulative |", "|---|---|---|---|"]
-        lines += [f"| `{row['function']}` | {row['calls']} | {row['own']:.3f} s | {row['cumulative']:.3f} s |"
-                  for row in profile["top"]]
+        threads = ", ".join(
+            f"{name} {seconds:.2f} s" for name, seconds in profile["threads"].items() if seconds >= 0.005
+        )
+        lines += [
+            f"**{ENGINE_NAMES[engine]}** ({_s(profile['wall'])} under the profiler): server "
+            f"{_s(profile['server_cpu'])}, dump tool {_s(profile['children_cpu'])}, "
+            f"agent threads: {threads}.",
+            "",
+            "| function (own time) | calls | own | cumulative |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{row['function']}` | {row['calls']} | {row['own']:.3f} s | {row['cumulative']:.3f} s |"
+            for row in profile["top"]
+        ]
         lines.append("")
     return lines
 
@@ -404,7 +485,8 @@ def mongo_section(results: dict[str, Any]) -> list[str]:
         return []
     seconds = mongo["dump_seconds"]
     return [
-        "## MongoDB built-in dumper", "",
+        "## MongoDB built-in dumper",
+        "",
         f"Against the SecantusDB test server (a MongoDB wire-protocol server written in Python, so the server, not "
         f"the dumper, sets the pace): {mongo['documents']:,} documents, {_mb(mongo['bson_bytes'])} of BSON "
         f"(`dbStats.dataSize`), archive {_mb(mongo['archive_bytes'])}, stored {_mb(mongo['stored_bytes'])}. "
@@ -420,10 +502,14 @@ def retention_section(results: dict[str, Any]) -> list[str]:
     retention = results.get("retention")
     if not retention:
         return []
-    return ["## Retention planner", "",
-            f"bench/retention_bench.py: a plan for {retention['backups']:,} backups in {retention['series']} series "
-            f"(GFS rules in a DST time zone, a budget that forces deletions, pins) takes "
-            f"**{retention['seconds'] * 1000:.0f} ms** (best of 3).", ""]
+    return [
+        "## Retention planner",
+        "",
+        f"bench/retention_bench.py: a plan for {retention['backups']:,} backups in {retention['series']} series "
+        f"(GFS rules in a DST time zone, a budget that forces deletions, pins) takes "
+        f"**{retention['seconds'] * 1000:.0f} ms** (best of 3).",
+        "",
+    ]
 
 
 def daemon_section(results: dict[str, Any]) -> list[str]:
@@ -432,16 +518,22 @@ def daemon_section(results: dict[str, Any]) -> list[str]:
         return []
     start, after = daemon["start"], daemon["after_backups"]
     jobs = ", ".join(daemon["jobs"])
-    return ["## The daemon at rest", "",
-            f"`backup-agent run` with the bench's jobs ({jobs}) scheduled yearly, sampled every 5 s: VmRSS, and "
-            "the CPU time of every thread from /proc/PID/task/*/schedstat (nanoseconds, not stat's 10 ms ticks). "
-            "The bench loads the second half of the data meanwhile; only the daemon's own CPU counts.", "",
-            "| phase | watched | RSS (max) | CPU | CPU per hour |", "|---|---|---|---|---|",
-            f"| started with a good backup of each job on disk, nothing due | {start['seconds']:.0f} s | "
-            f"{_mib(start['rss_max'])} | {start['cpu_seconds'] * 1000:.1f} ms | {start['cpu_per_hour']:.2f} s |",
-            f"| after a SIGHUP added a never-backed-up copy of each job and the daemon ran those backups in its own "
-            f"process ({daemon['catch_up_seconds']:.0f} s) | {after['seconds']:.0f} s | {_mib(after['rss_max'])} | "
-            f"{after['cpu_seconds'] * 1000:.1f} ms | {after['cpu_per_hour']:.2f} s |", ""]
+    return [
+        "## The daemon at rest",
+        "",
+        f"`backup-agent run` with the bench's jobs ({jobs}) scheduled yearly, sampled every 5 s: VmRSS, and "
+        "the CPU time of every thread from /proc/PID/task/*/schedstat (nanoseconds, not stat's 10 ms ticks). "
+        "The bench loads the second half of the data meanwhile; only the daemon's own CPU counts.",
+        "",
+        "| phase | watched | RSS (max) | CPU | CPU per hour |",
+        "|---|---|---|---|---|",
+        f"| started with a good backup of each job on disk, nothing due | {start['seconds']:.0f} s | "
+        f"{_mib(start['rss_max'])} | {start['cpu_seconds'] * 1000:.1f} ms | {start['cpu_per_hour']:.2f} s |",
+        f"| after a SIGHUP added a never-backed-up copy of each job and the daemon ran those backups in its own "
+        f"process ({daemon['catch_up_seconds']:.0f} s) | {after['seconds']:.0f} s | {_mib(after['rss_max'])} | "
+        f"{after['cpu_seconds'] * 1000:.1f} ms | {after['cpu_per_hour']:.2f} s |",
+        "",
+    ]
 
 
 def _fixed_costs(profile: dict[str, Any] | None) -> str:
@@ -449,8 +541,11 @@ def _fixed_costs(profile: dict[str, Any] | None) -> str:
     if not profile:
         return ""
     waiting = ("select", "sleep", "poll", "posix.read", "fsync", "builtins.exec", "compress", "flush")
-    rows = [row for row in profile["top"] if row["calls"] <= 5 and row["own"] >= 0.010
-            and not any(word in row["function"] for word in waiting)]
+    rows = [
+        row
+        for row in profile["top"]
+        if row["calls"] <= 5 and row["own"] >= 0.010 and not any(word in row["function"] for word in waiting)
+    ]
     return ", ".join(
         f"`{row['function']}` {row['calls']} calls, {row['own'] * 1000:.0f} ms"
         + (f" ({_KNOWN_COSTS[key]})" if (key := next((k for k in _KNOWN_COSTS if k in row["function"]), "")) else "")

@@ -53,8 +53,12 @@ def parse_size(text: str) -> int:
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=parse_size, default=parse_size("500MB"),
-                        help="generated data per server, about the plain dump size (default 500MB)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("500MB"),
+        help="generated data per server, about the plain dump size (default 500MB)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of the fast variants (default 5)")
     parser.add_argument("--gzip-repeat", type=int, default=3, help="rounds that include the gzip references")
     parser.add_argument("--double-repeat", type=int, default=3, help="rounds at twice the data (RSS growth)")
@@ -64,11 +68,16 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new one in /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (results.json: every figure)")
     parser.add_argument("--only", choices=("postgresql", "mysql"), help="one engine's comparison only")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=("double", "mongo", "retention", "daemon", "check-cost", "profile"),
-                        help="leave a section out (repeatable)")
-    parser.add_argument("--variants", action="store_true",
-                        help="also time tuning variants (zstd level 1, threads 0, 256 KiB reads)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("double", "mongo", "retention", "daemon", "check-cost", "profile"),
+        help="leave a section out (repeatable)",
+    )
+    parser.add_argument(
+        "--variants", action="store_true", help="also time tuning variants (zstd level 1, threads 0, 256 KiB reads)"
+    )
     parser.add_argument("--note", default="", help="a sentence about the machine for the report (e.g. shared)")
     return parser.parse_args(argv)
 
@@ -120,8 +129,10 @@ class Bench:
     def pg_dump_command(self) -> str:
         server = self.servers["postgresql"]
         pg_dump = Path(server.bin_dir) / "pg_dump"
-        return (f"{pg_dump} --format=custom --compress=0 --host={server.host} --port={server.port} "
-                f"--username={server.user} --no-password --dbname=bench")
+        return (
+            f"{pg_dump} --format=custom --compress=0 --host={server.host} --port={server.port} "
+            f"--username={server.user} --no-password --dbname=bench"
+        )
 
     def mariadb_dump_command(self) -> str:
         server = self.servers["mysql"]
@@ -130,9 +141,11 @@ class Bench:
             options.touch(mode=0o600)
             options.write_text(f'[client]\nuser="{server.user}"\npassword="{server.password}"\n')
         # the agent's own options (agent/engines/mysql.py), so only the pipeline differs
-        return (f"mariadb-dump --defaults-file={options} --protocol=TCP --host={server.host} --port={server.port} "
-                "--single-transaction --quick --routines --events --triggers --hex-blob "
-                "--default-character-set=utf8mb4 --no-tablespaces --max-allowed-packet=1073741824 -- bench")
+        return (
+            f"mariadb-dump --defaults-file={options} --protocol=TCP --host={server.host} --port={server.port} "
+            "--single-transaction --quick --routines --events --triggers --hex-blob "
+            "--default-character-set=utf8mb4 --no-tablespaces --max-allowed-packet=1073741824 -- bench"
+        )
 
     def server_group(self, engine: str) -> int:
         return int(self.servers[engine]._process.pid)
@@ -142,51 +155,101 @@ class Bench:
         target = self.scratch("reference") if output else None
         command = pipeline.format(out=target)
         env = self.pg_env() if engine == "postgresql" else dict(os.environ)
-        sample = run_timed(["bash", "-c", f"set -o pipefail; {command}"], env=env,
-                           server_group=self.server_group(engine))
+        sample = run_timed(
+            ["bash", "-c", f"set -o pipefail; {command}"], env=env, server_group=self.server_group(engine)
+        )
         if target is not None:
             sample.stored_bytes = target.stat().st_size
             target.unlink()
         return sample
 
-    def agent_config(self, storage: Path, *, level: int = ZSTD_LEVEL, threads: int = -1,
-                     copies: tuple[str, ...] = ("",)) -> Path:
+    def agent_config(
+        self, storage: Path, *, level: int = ZSTD_LEVEL, threads: int = -1, copies: tuple[str, ...] = ("",)
+    ) -> Path:
         """A config for every running server; `copies` repeats each job under name + suffix."""
-        lines = ["[storage]", f'path = "{storage}"', 'compression = "zstd"', f"level = {level}",
-                 f"threads = {threads}", 'max_usage = "95%"', 'reserve = "1GiB"', "",
-                 "[log]", f'file = "{storage.parent / (storage.name + ".log")}"', 'level = "info"', "",
-                 "[retention]", "keep_last = 30", "keep_min = 1"]
+        lines = [
+            "[storage]",
+            f'path = "{storage}"',
+            'compression = "zstd"',
+            f"level = {level}",
+            f"threads = {threads}",
+            'max_usage = "95%"',
+            'reserve = "1GiB"',
+            "",
+            "[log]",
+            f'file = "{storage.parent / (storage.name + ".log")}"',
+            'level = "info"',
+            "",
+            "[retention]",
+            "keep_last = 30",
+            "keep_min = 1",
+        ]
         common = ['databases = ["bench"]', "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"', 'jitter = "0s"']
         for suffix in copies:
             if "postgresql" in self.servers:
                 server = self.servers["postgresql"]
-                lines += ["", f"[jobs.pg{suffix}]", 'engine = "postgresql"', f'host = "{server.host}"',
-                          f"port = {server.port}", f'user = "{server.user}"', f'password = "{server.password}"',
-                          "include_globals = false", *common]
+                lines += [
+                    "",
+                    f"[jobs.pg{suffix}]",
+                    'engine = "postgresql"',
+                    f'host = "{server.host}"',
+                    f"port = {server.port}",
+                    f'user = "{server.user}"',
+                    f'password = "{server.password}"',
+                    "include_globals = false",
+                    *common,
+                ]
             if "mysql" in self.servers:
                 server = self.servers["mysql"]
-                lines += ["", f"[jobs.mariadb{suffix}]", 'engine = "mysql"', f'host = "{server.host}"',
-                          f"port = {server.port}", f'user = "{server.user}"', f'password = "{server.password}"',
-                          "include_grants = false", *common]
+                lines += [
+                    "",
+                    f"[jobs.mariadb{suffix}]",
+                    'engine = "mysql"',
+                    f'host = "{server.host}"',
+                    f"port = {server.port}",
+                    f'user = "{server.user}"',
+                    f'password = "{server.password}"',
+                    "include_grants = false",
+                    *common,
+                ]
             if "mongodb" in self.servers:
                 server = self.servers["mongodb"]
-                lines += ["", f"[jobs.mongo{suffix}]", 'engine = "mongodb"', f'uri = "{server.uri()}"',
-                          'tool = "builtin"', *common]
+                lines += [
+                    "",
+                    f"[jobs.mongo{suffix}]",
+                    'engine = "mongodb"',
+                    f'uri = "{server.uri()}"',
+                    'tool = "builtin"',
+                    *common,
+                ]
         path = storage.parent / (storage.name + ".toml")
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return path
 
-    def agent(self, job: str, engine: str, *, env: dict[str, str] | None = None, level: int = ZSTD_LEVEL,
-              threads: int = -1, keep: bool = False) -> Sample:
+    def agent(
+        self,
+        job: str,
+        engine: str,
+        *,
+        env: dict[str, str] | None = None,
+        level: int = ZSTD_LEVEL,
+        threads: int = -1,
+        keep: bool = False,
+    ) -> Sample:
         storage = self.scratch("storage")
         config = self.agent_config(storage, level=level, threads=threads)
         result = storage.parent / (storage.name + ".probe.json")
-        module = {"postgresql": "agent.engines.postgres", "mysql": "agent.engines.mysql",
-                  "mongodb": "agent.engines.mongo"}[engine]
-        sample = run_timed([*AGENT, str(result), "--", "-c", str(config), "backup", "--job", job],
-                           env={**os.environ, "BENCH_ENGINE_MODULE": module, **(env or {})},
-                           server_group=self.server_group(engine))
+        module = {
+            "postgresql": "agent.engines.postgres",
+            "mysql": "agent.engines.mysql",
+            "mongodb": "agent.engines.mongo",
+        }[engine]
+        sample = run_timed(
+            [*AGENT, str(result), "--", "-c", str(config), "backup", "--job", job],
+            env={**os.environ, "BENCH_ENGINE_MODULE": module, **(env or {})},
+            server_group=self.server_group(engine),
+        )
         probe = json.loads(result.read_text())
         manifests = list(storage.rglob("*.json"))
         manifests = [path for path in manifests if path.parent.parent.name == job]
@@ -194,9 +257,14 @@ class Bench:
             raise RuntimeError(f"expected one manifest under {storage}, found {manifests}")
         manifest = json.loads(manifests[0].read_text())
         sample.stored_bytes = int(manifest["stored_bytes"])
-        sample.extra = {"probe": probe, "raw_bytes": int(manifest["raw_bytes"]),
-                        "dump_seconds": float(manifest["duration_seconds"]), "counts": manifest.get("counts", {}),
-                        "warm_seconds": probe["warm_seconds"], "import_seconds": probe["import_seconds"]}
+        sample.extra = {
+            "probe": probe,
+            "raw_bytes": int(manifest["raw_bytes"]),
+            "dump_seconds": float(manifest["duration_seconds"]),
+            "counts": manifest.get("counts", {}),
+            "warm_seconds": probe["warm_seconds"],
+            "import_seconds": probe["import_seconds"],
+        }
         if not keep:
             self.remove(storage)
         return sample
@@ -213,49 +281,121 @@ class Bench:
         if engine == "postgresql":
             dump = self.pg_dump_command()
             found = [
-                Variant("floor", "pg_dump -Fc -Z0 > /dev/null", engine,
-                        lambda: self.shell(engine, f"{dump} > /dev/null", output=False), f"{dump} > /dev/null"),
-                Variant("agent", "agent backup", engine, lambda: self.agent("pg", engine),
-                        "`backup-agent backup --job pg` (nice = 0, ionice = none; zstd 3, threads -1)"),
-                Variant("agent_pg_restore", "agent, former pg_restore check", engine,
-                        lambda: self.agent("pg", engine, env={"BENCH_PG_CHECK": "pg_restore"}),
-                        "the agent with the former `pg_restore --file=/dev/null` check (BENCH_PG_CHECK)"),
-                Variant("agent_no_pause", "agent, no pause after short reads", engine,
-                        lambda: self.agent("pg", engine, env={"BENCH_TRICKLE_PAUSE": "0"}),
-                        "the agent without the 1 ms pause after a short read (BENCH_TRICKLE_PAUSE=0)"),
-                Variant("agent_jobs8m", "agent, zstd's default 8 MiB jobs", engine,
-                        lambda: self.agent("pg", engine, env={"BENCH_ZSTD_JOB_SIZE": str(8 << 20)}),
-                        "the agent with zstd's default job size, 4 windows (BENCH_ZSTD_JOB_SIZE)"),
-                Variant("zstd", f"pg_dump -Fc -Z0 | zstd -{ZSTD_LEVEL} -T0 > f && sync f", engine,
-                        lambda: self.shell(engine, f"{dump} | {zstd}"), f"{dump} | {zstd}"),
-                Variant("gzip", "pg_dump -Fc -Z0 | gzip -6 > f && sync f", engine,
-                        lambda: self.shell(engine, f"{dump} | {gzip}"), f"{dump} | {gzip}", group="gzip"),
+                Variant(
+                    "floor",
+                    "pg_dump -Fc -Z0 > /dev/null",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} > /dev/null", output=False),
+                    f"{dump} > /dev/null",
+                ),
+                Variant(
+                    "agent",
+                    "agent backup",
+                    engine,
+                    lambda: self.agent("pg", engine),
+                    "`backup-agent backup --job pg` (nice = 0, ionice = none; zstd 3, threads -1)",
+                ),
+                Variant(
+                    "agent_pg_restore",
+                    "agent, former pg_restore check",
+                    engine,
+                    lambda: self.agent("pg", engine, env={"BENCH_PG_CHECK": "pg_restore"}),
+                    "the agent with the former `pg_restore --file=/dev/null` check (BENCH_PG_CHECK)",
+                ),
+                Variant(
+                    "agent_no_pause",
+                    "agent, no pause after short reads",
+                    engine,
+                    lambda: self.agent("pg", engine, env={"BENCH_TRICKLE_PAUSE": "0"}),
+                    "the agent without the 1 ms pause after a short read (BENCH_TRICKLE_PAUSE=0)",
+                ),
+                Variant(
+                    "agent_jobs8m",
+                    "agent, zstd's default 8 MiB jobs",
+                    engine,
+                    lambda: self.agent("pg", engine, env={"BENCH_ZSTD_JOB_SIZE": str(8 << 20)}),
+                    "the agent with zstd's default job size, 4 windows (BENCH_ZSTD_JOB_SIZE)",
+                ),
+                Variant(
+                    "zstd",
+                    f"pg_dump -Fc -Z0 | zstd -{ZSTD_LEVEL} -T0 > f && sync f",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} | {zstd}"),
+                    f"{dump} | {zstd}",
+                ),
+                Variant(
+                    "gzip",
+                    "pg_dump -Fc -Z0 | gzip -6 > f && sync f",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} | {gzip}"),
+                    f"{dump} | {gzip}",
+                    group="gzip",
+                ),
             ]
         else:
             dump = self.mariadb_dump_command()
             found = [
-                Variant("floor", "mariadb-dump > /dev/null", engine,
-                        lambda: self.shell(engine, f"{dump} > /dev/null", output=False), f"{dump} > /dev/null"),
-                Variant("agent", "agent backup", engine, lambda: self.agent("mariadb", engine),
-                        "`backup-agent backup --job mariadb` (nice = 0, ionice = none; zstd 3, threads -1)"),
-                Variant("agent_no_pause", "agent, no pause after short reads", engine,
-                        lambda: self.agent("mariadb", engine, env={"BENCH_TRICKLE_PAUSE": "0"}),
-                        "the agent without the 1 ms pause after a short read (BENCH_TRICKLE_PAUSE=0)"),
-                Variant("zstd", f"mariadb-dump | zstd -{ZSTD_LEVEL} -T0 > f && sync f", engine,
-                        lambda: self.shell(engine, f"{dump} | {zstd}"), f"{dump} | {zstd}"),
-                Variant("gzip", "mariadb-dump | gzip -6 > f && sync f", engine,
-                        lambda: self.shell(engine, f"{dump} | {gzip}"), f"{dump} | {gzip}", group="gzip"),
+                Variant(
+                    "floor",
+                    "mariadb-dump > /dev/null",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} > /dev/null", output=False),
+                    f"{dump} > /dev/null",
+                ),
+                Variant(
+                    "agent",
+                    "agent backup",
+                    engine,
+                    lambda: self.agent("mariadb", engine),
+                    "`backup-agent backup --job mariadb` (nice = 0, ionice = none; zstd 3, threads -1)",
+                ),
+                Variant(
+                    "agent_no_pause",
+                    "agent, no pause after short reads",
+                    engine,
+                    lambda: self.agent("mariadb", engine, env={"BENCH_TRICKLE_PAUSE": "0"}),
+                    "the agent without the 1 ms pause after a short read (BENCH_TRICKLE_PAUSE=0)",
+                ),
+                Variant(
+                    "zstd",
+                    f"mariadb-dump | zstd -{ZSTD_LEVEL} -T0 > f && sync f",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} | {zstd}"),
+                    f"{dump} | {zstd}",
+                ),
+                Variant(
+                    "gzip",
+                    "mariadb-dump | gzip -6 > f && sync f",
+                    engine,
+                    lambda: self.shell(engine, f"{dump} | {gzip}"),
+                    f"{dump} | {gzip}",
+                    group="gzip",
+                ),
             ]
         if self.args.variants:
             job = "pg" if engine == "postgresql" else "mariadb"
             found += [
-                Variant("agent_level1", "agent, zstd level 1", engine, lambda: self.agent(job, engine, level=1),
-                        "storage.level = 1"),
-                Variant("agent_threads0", "agent, zstd threads 0", engine, lambda: self.agent(job, engine, threads=0),
-                        "storage.threads = 0 (compress in the main thread)"),
-                Variant("agent_read256k", "agent, 256 KiB reads", engine,
-                        lambda: self.agent(job, engine, env={"BENCH_CHUNK_SIZE": str(256 << 10)}),
-                        "agent.process.CHUNK_SIZE = 256 KiB (BENCH_CHUNK_SIZE)"),
+                Variant(
+                    "agent_level1",
+                    "agent, zstd level 1",
+                    engine,
+                    lambda: self.agent(job, engine, level=1),
+                    "storage.level = 1",
+                ),
+                Variant(
+                    "agent_threads0",
+                    "agent, zstd threads 0",
+                    engine,
+                    lambda: self.agent(job, engine, threads=0),
+                    "storage.threads = 0 (compress in the main thread)",
+                ),
+                Variant(
+                    "agent_read256k",
+                    "agent, 256 KiB reads",
+                    engine,
+                    lambda: self.agent(job, engine, env={"BENCH_CHUNK_SIZE": str(256 << 10)}),
+                    "agent.process.CHUNK_SIZE = 256 KiB (BENCH_CHUNK_SIZE)",
+                ),
             ]
         return found
 
@@ -266,9 +406,11 @@ class Bench:
             for variant in chosen[shift:] + chosen[:shift]:
                 sample = variant.run()
                 variant.samples.append(sample)
-                self.say(f"{engine} round {number + 1}/{repeat}: {variant.label}: {sample.wall:.2f} s, "
-                         f"cpu {sample.cpu:.2f} s, server {sample.server_cpu:.2f} s"
-                         + (f", {sample.stored_bytes / 1e6:.1f} MB" if sample.stored_bytes else ""))
+                self.say(
+                    f"{engine} round {number + 1}/{repeat}: {variant.label}: {sample.wall:.2f} s, "
+                    f"cpu {sample.cpu:.2f} s, server {sample.server_cpu:.2f} s"
+                    + (f", {sample.stored_bytes / 1e6:.1f} MB" if sample.stored_bytes else "")
+                )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,12 +437,19 @@ def machine_facts() -> dict[str, Any]:
     load = os.getloadavg()
     virtualization = first_line(["systemd-detect-virt"]) or "unknown"
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "kernel": platform.release(),
-        "virtualization": virtualization, "load_at_start": [round(value, 2) for value in load],
-        "python": platform.python_version(), "zstandard": zstandard.__version__,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "kernel": platform.release(),
+        "virtualization": virtualization,
+        "load_at_start": [round(value, 2) for value in load],
+        "python": platform.python_version(),
+        "zstandard": zstandard.__version__,
         "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
-        "zstd_cli": first_line(["zstd", "--version"]), "gzip": first_line(["gzip", "--version"]),
-        "pg_dump": first_line(["pg_dump", "--version"]), "mariadb_dump": first_line(["mariadb-dump", "--version"]),
+        "zstd_cli": first_line(["zstd", "--version"]),
+        "gzip": first_line(["gzip", "--version"]),
+        "pg_dump": first_line(["pg_dump", "--version"]),
+        "mariadb_dump": first_line(["mariadb-dump", "--version"]),
         "filesystem": first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", "/var/tmp"]),
     }
 
@@ -336,8 +485,9 @@ def database_sizes(bench: Bench) -> dict[str, int]:
             sizes["postgresql"] = int(row[0])
     if "mysql" in bench.servers:
         with bench.servers["mysql"].connect("bench") as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT SUM(data_length + index_length) FROM information_schema.tables "
-                           "WHERE table_schema = 'bench'")
+            cursor.execute(
+                "SELECT SUM(data_length + index_length) FROM information_schema.tables WHERE table_schema = 'bench'"
+            )
             sizes["mysql"] = int(cursor.fetchone()[0])
     return sizes
 
@@ -351,11 +501,22 @@ def profile_run(bench: Bench, job: str, engine: str) -> dict[str, Any]:
     stats = pstats.Stats(str(path))
     rows = []
     for (filename, line, function), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{Path(filename).name}:{line}({function})", "calls": calls,
-                     "own": round(own, 3), "cumulative": round(cumulative, 3)})
+        rows.append(
+            {
+                "function": f"{Path(filename).name}:{line}({function})",
+                "calls": calls,
+                "own": round(own, 3),
+                "cumulative": round(cumulative, 3),
+            }
+        )
     rows.sort(key=lambda row: row["own"], reverse=True)
-    return {"wall": sample.wall, "top": rows[:10], "threads": sample.extra["probe"]["threads"],
-            "children_cpu": sample.extra["probe"]["children_cpu_seconds"], "server_cpu": sample.server_cpu}
+    return {
+        "wall": sample.wall,
+        "top": rows[:10],
+        "threads": sample.extra["probe"]["threads"],
+        "children_cpu": sample.extra["probe"]["children_cpu_seconds"],
+        "server_cpu": sample.server_cpu,
+    }
 
 
 def check_cost(bench: Bench) -> dict[str, Any]:
@@ -364,8 +525,9 @@ def check_cost(bench: Bench) -> dict[str, Any]:
     from agent.engines.postgres import PgRestoreCheck
 
     raw = bench.work / "raw.pgdump"
-    subprocess.run(["bash", "-c", f"set -o pipefail; {bench.pg_dump_command()} | cat > {raw}"],
-                   env=bench.pg_env(), check=True)
+    subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {bench.pg_dump_command()} | cat > {raw}"], env=bench.pg_env(), check=True
+    )
     size = raw.stat().st_size
     results: dict[str, Any] = {"archive_bytes": size}
     pg_restore = str(Path(bench.servers["postgresql"].bin_dir) / "pg_restore")
@@ -389,11 +551,14 @@ def check_cost(bench: Bench) -> dict[str, Any]:
                 check.finish()
             wall = time.perf_counter() - started
             children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            child_cpu = (children_after.ru_utime + children_after.ru_stime
-                         - children_before.ru_utime - children_before.ru_stime)
+            child_cpu = (
+                children_after.ru_utime + children_after.ru_stime - children_before.ru_utime - children_before.ru_stime
+            )
             runs.append((wall, time.process_time() - own_before + child_cpu))
-        results[name] = {"wall": measure.median([run[0] for run in runs]),
-                         "cpu": measure.median([run[1] for run in runs])}
+        results[name] = {
+            "wall": measure.median([run[0] for run in runs]),
+            "cpu": measure.median([run[1] for run in runs]),
+        }
         bench.say(f"check cost: {name}: {results[name]['cpu']:.2f} s CPU for {size / 1e6:.0f} MB")
     raw.unlink()
     return results
@@ -411,12 +576,16 @@ def mongo_section(bench: Bench) -> dict[str, Any]:
                 collection = client.bench.events
                 batch = []
                 for number in range(documents):
-                    batch.append({
-                        "_id": number, "user": f"user-{number % 5000:05d}",
-                        "kind": ("view", "click", "buy")[number % 3],
-                        "amount": (number * 7919) % 100_000 / 100, "tags": [f"t{number % 17}", f"t{number % 29}"],
-                        "payload": {"text": "lorem ipsum dolor sit amet " * (1 + number % 20), "n": number},
-                    })
+                    batch.append(
+                        {
+                            "_id": number,
+                            "user": f"user-{number % 5000:05d}",
+                            "kind": ("view", "click", "buy")[number % 3],
+                            "amount": (number * 7919) % 100_000 / 100,
+                            "tags": [f"t{number % 17}", f"t{number % 29}"],
+                            "payload": {"text": "lorem ipsum dolor sit amet " * (1 + number % 20), "n": number},
+                        }
+                    )
                     if len(batch) == 1000:
                         collection.insert_many(batch)
                         batch.clear()
@@ -429,9 +598,12 @@ def mongo_section(bench: Bench) -> dict[str, Any]:
             del bench.servers["mongodb"]
     dump_seconds = measure.median([sample.extra["dump_seconds"] for sample in samples])
     return {
-        "documents": documents, "bson_bytes": int(stats["dataSize"]), "dump_seconds": dump_seconds,
+        "documents": documents,
+        "bson_bytes": int(stats["dataSize"]),
+        "dump_seconds": dump_seconds,
         "wall": measure.median([sample.wall for sample in samples]),
-        "archive_bytes": samples[0].extra["raw_bytes"], "stored_bytes": samples[0].stored_bytes,
+        "archive_bytes": samples[0].extra["raw_bytes"],
+        "stored_bytes": samples[0].stored_bytes,
         "client_cpu": measure.median([sample.cpu for sample in samples]),
         "server_cpu": measure.median([sample.server_cpu for sample in samples]),
         "maxrss_bytes": max(sample.extra["probe"]["maxrss_bytes"] for sample in samples),
@@ -469,10 +641,12 @@ class IdleDaemon:
 
     def __enter__(self) -> IdleDaemon:
         for job in self.jobs:  # a good backup on disk: nothing is due when the daemon starts
-            subprocess.run([PYTHON, "-m", "agent", "-c", str(self.config), "backup", "--job", job],
-                           check=True, capture_output=True)
-        self.process = subprocess.Popen([PYTHON, "-m", "agent", "-c", str(self.config), "run"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [PYTHON, "-m", "agent", "-c", str(self.config), "backup", "--job", job], check=True, capture_output=True
+            )
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "agent", "-c", str(self.config), "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(10)  # start-up: imports, config, catalog scan, scheduler
         return self
 
@@ -530,10 +704,13 @@ class IdleDaemon:
             (start, cpu_start, _), (end, cpu_end, _) = samples[0], samples[-1]
             window = end - start
             phases[phase] = {
-                "seconds": round(window, 1), "cpu_seconds": round(cpu_end - cpu_start, 4),
+                "seconds": round(window, 1),
+                "cpu_seconds": round(cpu_end - cpu_start, 4),
                 "cpu_per_hour": (cpu_end - cpu_start) / window * 3600 if window else float("nan"),
-                "rss_max": max(sample[2] for sample in samples), "samples": len(samples),
-                "rss_last": samples[-1][2], "anonymous_last": self.anonymous.get(phase, 0),
+                "rss_max": max(sample[2] for sample in samples),
+                "samples": len(samples),
+                "rss_last": samples[-1][2],
+                "anonymous_last": self.anonymous.get(phase, 0),
             }
         return phases
 
@@ -574,8 +751,10 @@ def servers(bench: Bench) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     missing = [tool for tool in ("zstd", "gzip", "bash") if shutil.which(tool) is None]
     if missing:
-        print(f"bench: the reference pipelines need {', '.join(missing)}: install them (apt-get install zstd)",
-              file=sys.stderr)
+        print(
+            f"bench: the reference pipelines need {', '.join(missing)}: install them (apt-get install zstd)",
+            file=sys.stderr,
+        )
         return 1
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="backup-agent-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
@@ -587,9 +766,15 @@ def run(args: argparse.Namespace) -> int:
     compileall.compile_dir(str(ROOT / "agent"), quiet=1)
     results = bench.results
     results["machine"] = machine_facts()
-    results["args"] = {"size": args.size, "repeat": args.repeat, "gzip_repeat": args.gzip_repeat,
-                       "double_repeat": args.double_repeat, "idle_seconds": args.idle_seconds,
-                       "note": args.note, "variants": args.variants}
+    results["args"] = {
+        "size": args.size,
+        "repeat": args.repeat,
+        "gzip_repeat": args.gzip_repeat,
+        "double_repeat": args.double_repeat,
+        "idle_seconds": args.idle_seconds,
+        "note": args.note,
+        "variants": args.variants,
+    }
     bench.say(f"work folder {work}; data {args.size / 1e6:.0f} MB per server")
     try:
         with servers(bench):
@@ -606,8 +791,10 @@ def run(args: argparse.Namespace) -> int:
                 bench.rounds(engine, comparison[engine], args.repeat, args.gzip_repeat)
             results["comparison"] = {engine: [variant_summary(v) for v in comparison[engine]] for engine in engines}
             if "profile" not in args.skip:
-                results["profiles"] = {engine: profile_run(bench, "pg" if engine == "postgresql" else "mariadb", engine)
-                                       for engine in engines}
+                results["profiles"] = {
+                    engine: profile_run(bench, "pg" if engine == "postgresql" else "mariadb", engine)
+                    for engine in engines
+                }
             if "check-cost" not in args.skip and "postgresql" in bench.servers:
                 results["check_cost"] = check_cost(bench)
             if "retention" not in args.skip:
@@ -642,8 +829,10 @@ def double_and_idle(bench: Bench, engines: list[str]) -> None:
         if watch_daemon:
             jobs = ["pg" if engine == "postgresql" else "mariadb" for engine in engines]
             idle = stack.enter_context(IdleDaemon(bench, bench.scratch("daemon"), jobs))
-            bench.say(f"daemon started (pid {idle.process.pid if idle.process else '?'}); watching it at rest, "
-                      "then after it has run its backups")
+            bench.say(
+                f"daemon started (pid {idle.process.pid if idle.process else '?'}); watching it at rest, "
+                "then after it has run its backups"
+            )
             watcher = threading.Thread(target=idle.watch, args=(args.idle_seconds,))
             watcher.start()
         if load_double:
@@ -678,13 +867,18 @@ def server_versions(bench: Bench) -> dict[str, str]:
 def variant_summary(variant: Variant) -> dict[str, Any]:
     walls = [sample.wall for sample in variant.samples]
     summary: dict[str, Any] = {
-        "key": variant.key, "label": variant.label, "command": variant.command, "runs": len(walls),
-        "walls": [round(wall, 3) for wall in walls], "wall": measure.median(walls),
+        "key": variant.key,
+        "label": variant.label,
+        "command": variant.command,
+        "runs": len(walls),
+        "walls": [round(wall, 3) for wall in walls],
+        "wall": measure.median(walls),
         "wall_range": measure.spread(walls),
         "cpu": measure.median([sample.cpu for sample in variant.samples]),
         "server_cpu": measure.median([sample.server_cpu for sample in variant.samples]),
         "stored_bytes": measure.median([s.stored_bytes for s in variant.samples if s.stored_bytes is not None])
-        if any(s.stored_bytes is not None for s in variant.samples) else None,
+        if any(s.stored_bytes is not None for s in variant.samples)
+        else None,
     }
     probes = [sample.extra["probe"] for sample in variant.samples if "probe" in sample.extra]
     if probes:
@@ -697,8 +891,9 @@ def variant_summary(variant: Variant) -> dict[str, Any]:
         summary["warm_walls"] = [round(sample.extra["warm_seconds"], 3) for sample in variant.samples]
         summary["import_seconds"] = measure.median([sample.extra["import_seconds"] for sample in variant.samples])
         summary["raw_bytes"] = variant.samples[0].extra["raw_bytes"]
-        summary["threads"] = {name: measure.median([probe["threads"].get(name, 0.0) for probe in probes])
-                              for name in probes[0]["threads"]}
+        summary["threads"] = {
+            name: measure.median([probe["threads"].get(name, 0.0) for probe in probes]) for name in probes[0]["threads"]
+        }
         summary["children_cpu"] = measure.median([probe["children_cpu_seconds"] for probe in probes])
     return summary
 

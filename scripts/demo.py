@@ -42,13 +42,13 @@ def write_config(path: Path, database: Path) -> None:
     path.write_text(
         f"""# demo config written by `make demo`
 [storage]
-path = "{DEMO / 'backups'}"
+path = "{DEMO / "backups"}"
 compression = "zstd"
 level = 3
 reserve = "5%"
 
 [log]
-file = "{DEMO / 'agent.log'}"
+file = "{DEMO / "agent.log"}"
 level = "info"
 format = "json"
 

@@ -92,9 +92,7 @@ def pg_database(pg_server: PostgresServer, request: pytest.FixtureRequest) -> It
     finally:
         pg_server.start()
         with pg_server.connect() as connection:
-            connection.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

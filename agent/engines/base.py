@@ -119,7 +119,12 @@ class Engine(ABC):
         raise UsageError(f"engine {self.name} cannot drop databases")
 
     def restore(
-        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        self,
+        chunks: Iterable[bytes],
+        manifest: Manifest,
+        database: str,
+        *,
+        tables: Sequence[str] = (),
         drill: bool = False,
     ) -> None:
         """Load a decompressed dump into `database` (which exists and is empty, unless forced)."""

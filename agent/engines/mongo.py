@@ -278,7 +278,7 @@ class MongoEngine(Engine):
         if numbers and numbers[0] < 100 and topology.version_tuple >= (4, 4):
             raise ToolError(
                 f"{tool} is the legacy {'.'.join(map(str, numbers))} but the server is MongoDB {topology.version}: "
-                f"install the MongoDB Database Tools 100.x, or set jobs.{self.job.name}.tool = \"builtin\""
+                f'install the MongoDB Database Tools 100.x, or set jobs.{self.job.name}.tool = "builtin"'
             )
         return ServerInfo(self._server_label(), topology.version, tool, text)
 
@@ -394,7 +394,7 @@ class MongoEngine(Engine):
         details.details.update(tool="mongodump", server_version=summary.header.server_version if summary.header else "")
         if self.job.point_in_time and target.kind != "server":
             details.warnings.append(
-                "point_in_time needs a whole-server job (databases = \"*\") on a replica set; "
+                'point_in_time needs a whole-server job (databases = "*") on a replica set; '
                 "this database was dumped without --oplog"
             )
         return details
@@ -415,7 +415,12 @@ class MongoEngine(Engine):
             client.drop_database(database)
 
     def restore(
-        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        self,
+        chunks: Iterable[bytes],
+        manifest: Manifest,
+        database: str,
+        *,
+        tables: Sequence[str] = (),
         drill: bool = False,
     ) -> None:
         from agent.mongo_restore import ChunkStream, restore_archive
@@ -547,9 +552,7 @@ class _BuiltinDump:
             return
         data_name = BUCKETS_PREFIX + item.name if item.type == "timeseries" else item.name
         collection = database.get_collection(data_name, codec_options=_RAW)
-        cursor = collection.find_raw_batches(
-            {}, session=session, hint=[("$natural", 1)], batch_size=self.batch_size
-        )
+        cursor = collection.find_raw_batches({}, session=session, hint=[("$natural", 1)], batch_size=self.batch_size)
         documents = 0
         try:
             for batch in cursor:

@@ -62,14 +62,22 @@ DEFAULT_PORT = 3306
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys")
 DUMP_TOOLS = ("mariadb-dump", "mysqldump")
 # where the clients look when no host or socket is given (Debian/Ubuntu, RHEL, macOS builds)
-DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/var/lib/mysql/mysql.sock",
-                   "/tmp/mysql.sock")  # noqa: S108  # a path the clients themselves look at, only read
+DEFAULT_SOCKETS = (
+    "/run/mysqld/mysqld.sock",
+    "/var/run/mysqld/mysqld.sock",
+    "/var/lib/mysql/mysql.sock",
+    "/tmp/mysql.sock",  # noqa: S108  # a path the clients themselves look at, only read
+)
 MARIADB = "MariaDB"
 MYSQL = "MySQL"
 MAX_ALLOWED_PACKET = 1 << 30
 # accounts every server creates for itself; restoring them elsewhere is never wanted
-_INTERNAL_ACCOUNTS = {("mariadb.sys", "localhost"), ("mysql.sys", "localhost"), ("mysql.session", "localhost"),
-                      ("mysql.infoschema", "localhost")}
+_INTERNAL_ACCOUNTS = {
+    ("mariadb.sys", "localhost"),
+    ("mysql.sys", "localhost"),
+    ("mysql.session", "localhost"),
+    ("mysql.infoschema", "localhost"),
+}
 # engines that hold no data of their own: nothing to make consistent
 _DATALESS_ENGINES = {"BLACKHOLE", "FEDERATED", "CONNECT", "SPIDER"}
 # the first MariaDB release of each series whose dump tool has --system=users
@@ -574,8 +582,9 @@ class MysqlEngine(Engine):
             for name, engine in tables
             if engine and engine.upper() not in transactional and engine.upper() not in _DATALESS_ENGINES
         }
-        return _DatabaseFacts(str(schema[0]), str(schema[1]), [name for name, _ in tables], non_transactional,
-                              definers, missing, gaps)
+        return _DatabaseFacts(
+            str(schema[0]), str(schema[1]), [name for name, _ in tables], non_transactional, definers, missing, gaps
+        )
 
     @staticmethod
     def _grant_lines(cursor: Any) -> list[str]:
@@ -772,7 +781,12 @@ class MysqlEngine(Engine):
         return counts
 
     def restore(
-        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        self,
+        chunks: Iterable[bytes],
+        manifest: Manifest,
+        database: str,
+        *,
+        tables: Sequence[str] = (),
         drill: bool = False,
     ) -> None:
         """Feed the SQL to the client: a database dump into `database`, a grants dump server-wide.
@@ -822,8 +836,9 @@ class MysqlEngine(Engine):
         if database is not None:
             argv += ["--", database]
         with self._options() as (defaults, fds):
-            child = process.start(self._command([argv[0], defaults, *argv[1:]], fds), stdin=process.PIPE,
-                                  stdout=process.DEVNULL)
+            child = process.start(
+                self._command([argv[0], defaults, *argv[1:]], fds), stdin=process.PIPE, stdout=process.DEVNULL
+            )
             target = f"into {database!r}" if database is not None else "of the grants"
             process.feed_stdin(child, chunks, f"{Path(argv[0]).name} restore {target}")
 

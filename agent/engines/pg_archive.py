@@ -357,9 +357,7 @@ class CustomArchiveCheck:
         assert self.header is not None
         entry = self.entries.get(dump_id)
         if block_type not in (BLOCK_DATA, BLOCK_LARGE_OBJECTS):
-            raise VerificationError(
-                f"corrupt custom-format archive: block type {block_type} after {self._where()}"
-            )
+            raise VerificationError(f"corrupt custom-format archive: block type {block_type} after {self._where()}")
         if entry is None or not entry.has_data:
             raise VerificationError(f"corrupt custom-format archive: a data block for unknown entry {dump_id}")
         if dump_id in self._seen:

@@ -309,17 +309,33 @@ class PostgresEngine(Engine):
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
     def restore(
-        self, chunks: Iterable[bytes], manifest: Manifest, database: str, *, tables: Sequence[str] = (),
+        self,
+        chunks: Iterable[bytes],
+        manifest: Manifest,
+        database: str,
+        *,
+        tables: Sequence[str] = (),
         drill: bool = False,
     ) -> None:
         """pg_restore from stdin in one transaction (all or nothing); globals go through psql."""
         if manifest.kind == "globals":
-            argv = [self._tool("psql"), "--no-psqlrc", "--quiet", *self._connection_args(),
-                    f"--dbname=dbname={_conninfo_value(database)}", "--file=-"]
+            argv = [
+                self._tool("psql"),
+                "--no-psqlrc",
+                "--quiet",
+                *self._connection_args(),
+                f"--dbname=dbname={_conninfo_value(database)}",
+                "--file=-",
+            ]
             chunks = keep_own_password(chunks, self.job.user or "")
         else:
-            argv = [self._tool("pg_restore"), "--exit-on-error", "--single-transaction", *self._connection_args(),
-                    f"--dbname=dbname={_conninfo_value(database)}"]
+            argv = [
+                self._tool("pg_restore"),
+                "--exit-on-error",
+                "--single-transaction",
+                *self._connection_args(),
+                f"--dbname=dbname={_conninfo_value(database)}",
+            ]
             if drill:
                 argv += ["--no-owner", "--no-privileges"]
             argv += [f"--table={table}" for table in tables]

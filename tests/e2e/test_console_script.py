@@ -110,14 +110,24 @@ def test_sigterm_during_a_backup_exits_143_and_leaves_no_partial(
     pid_file = tmp_path / "dump.pid"
     slow.write_text(
         '#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\n'
-        f'echo $$ > {pid_file}\nprintf PGDMP; exec sleep 60\n'
+        f"echo $$ > {pid_file}\nprintf PGDMP; exec sleep 60\n"
     )
     slow.chmod(0o755)
-    config = write_config(tmp_path, {"main": {
-        "engine": "postgresql", "host": pg_server.host, "port": pg_server.port, "user": pg_server.user,
-        "password_file": str(password_file(tmp_path, pg_server.password)), "databases": [pg_database],
-        "tool": str(slow), "include_globals": False,
-    }})
+    config = write_config(
+        tmp_path,
+        {
+            "main": {
+                "engine": "postgresql",
+                "host": pg_server.host,
+                "port": pg_server.port,
+                "user": pg_server.user,
+                "password_file": str(password_file(tmp_path, pg_server.password)),
+                "databases": [pg_database],
+                "tool": str(slow),
+                "include_globals": False,
+            }
+        },
+    )
     process = subprocess.Popen([AGENT, "-c", str(config), "backup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     storage = tmp_path / "storage"
     deadline = time.monotonic() + 30

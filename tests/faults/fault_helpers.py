@@ -39,20 +39,30 @@ def run_agent(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m agent -c CONFIG ARGS...` to completion, output captured."""
     return subprocess.run(
-        agent_argv(config, *args), cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
-        env=dict(env) if env is not None else None, check=False,
+        agent_argv(config, *args),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else None,
+        check=False,
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
     )
 
 
-def start_agent(config: Path, *args: str, env: Mapping[str, str] | None = None,
-                stderr: Path | None = None) -> subprocess.Popen[bytes]:
+def start_agent(
+    config: Path, *args: str, env: Mapping[str, str] | None = None, stderr: Path | None = None
+) -> subprocess.Popen[bytes]:
     """The agent as a background process (stdout discarded, stderr to a file when given)."""
     error_stream: Any = stderr.open("wb") if stderr is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen(
-            agent_argv(config, *args), cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=error_stream, env=dict(env) if env is not None else None,
+            agent_argv(config, *args),
+            cwd=PROJECT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=error_stream,
+            env=dict(env) if env is not None else None,
         )
     finally:
         if stderr is not None:
@@ -177,9 +187,15 @@ def use_real_tool(directory: Path) -> None:
 
 def pg_job(directory: Path, server: PostgresServer, databases: list[str], **settings: Any) -> dict[str, Any]:
     return {
-        "engine": "postgresql", "host": server.host, "port": server.port, "user": server.user,
-        "password_file": str(password_file(directory, server.password)), "databases": databases,
-        "include_globals": False, **FAST_WATCHDOGS, **settings,
+        "engine": "postgresql",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(directory, server.password)),
+        "databases": databases,
+        "include_globals": False,
+        **FAST_WATCHDOGS,
+        **settings,
     }
 
 
@@ -229,12 +245,13 @@ def require_faketime() -> Path:
 def frozen_clock(moment: str = FROZEN) -> dict[str, str]:
     """The environment for an agent whose wall clock stands still at `moment` (UTC)."""
     return {
-        **os.environ, "LD_PRELOAD": str(require_faketime()), "FAKETIME": moment, "TZ": "UTC",
+        **os.environ,
+        "LD_PRELOAD": str(require_faketime()),
+        "FAKETIME": moment,
+        "TZ": "UTC",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
 
 
 # ------------------------------------------------------------------------------------------------
 # A small real filesystem
-
-

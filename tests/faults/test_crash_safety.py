@@ -115,7 +115,11 @@ def test_a_crash_at_each_publishing_step_leaves_only_whole_backups_counted(step:
 
     crashed = subprocess.run(
         [sys.executable, str(CRASH_DRIVER), step, "-c", str(config), "backup"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert crashed.returncode == 70, f"the crash was not injected: {crashed.stdout}{crashed.stderr}"
@@ -128,8 +132,17 @@ def test_a_crash_at_each_publishing_step_leaves_only_whole_backups_counted(step:
         assert _verify_statuses(storage)[incomplete.name] == INCOMPLETE
         assert run_agent(config, "verify").returncode == 1
     if not new_is_good:
-        offered = run_agent(config, "restore", "--job", "app", "--database", str(database),
-                            "--to-file", str(tmp_path / "out"), "--dry-run")
+        offered = run_agent(
+            config,
+            "restore",
+            "--job",
+            "app",
+            "--database",
+            str(database),
+            "--to-file",
+            str(tmp_path / "out"),
+            "--dry-run",
+        )
         assert offered.returncode == 0, offered.stderr
         assert f"would write the decompressed {first} to" in offered.stdout, "only a whole backup is offered"
         plan = json.loads(run_agent(config, "prune", "--dry-run", "--json").stdout)

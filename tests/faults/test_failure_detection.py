@@ -66,7 +66,7 @@ def _assert_next_run_succeeds(directory: Path, config: Path) -> None:
 
 TOOLS = {
     # name: (sh body, documented reason, a fragment of the error)
-    "writes 1 MiB then exits 1": ('head -c 1048576 /dev/urandom; exit 1', "tool_failed", "exited with status 1"),
+    "writes 1 MiB then exits 1": ("head -c 1048576 /dev/urandom; exit 1", "tool_failed", "exited with status 1"),
     "exits 0 with no output": ("exit 0", "empty", "empty"),
     "exits 0 with output cut mid-record": ('"$REAL" "$@" | head -c 30000; exit 0', "verification_failed", ""),
     "hangs forever": ("exec sleep 300", "stalled", "wrote nothing for 2s"),
@@ -82,7 +82,8 @@ def test_a_misbehaving_dump_tool_fails_with_its_reason_and_leaves_nothing(
     pg_server.psql(pg_database, ROWS)
     tool = fake_pg_dump(tmp_path, pg_server, body)
     config = write_config(
-        tmp_path, {"main": pg_job(tmp_path, pg_server, [pg_database], tool=str(tool))},
+        tmp_path,
+        {"main": pg_job(tmp_path, pg_server, [pg_database], tool=str(tool))},
         sections={"daemon": {"shutdown_timeout": "5s"}},
     )
     started = time.monotonic()
@@ -139,7 +140,7 @@ def test_a_dump_tool_killed_by_sigkill_fails_naming_the_signal_and_the_next_run_
 ) -> None:
     """What the OOM killer does: SIGKILL to the tool alone, mid-stream."""
     pg_server.psql(pg_database, ROWS)
-    tool = fake_pg_dump(tmp_path, pg_server, 'printf PGDMP; while true; do printf x; sleep 0.05; done')
+    tool = fake_pg_dump(tmp_path, pg_server, "printf PGDMP; while true; do printf x; sleep 0.05; done")
     config = write_config(tmp_path, {"main": pg_job(tmp_path, pg_server, [pg_database], tool=str(tool))})
 
     process = subprocess.Popen(agent_argv(config, "backup"), cwd=PROJECT, stdout=subprocess.PIPE, text=True)

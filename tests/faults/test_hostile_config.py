@@ -74,37 +74,39 @@ def section(name: str, line: str) -> str:
 BROKEN: dict[str, Broken] = {
     # TOML syntax
     "an unterminated list": Broken(None, JOB + f'databases = ["app"  {MARK}\n'),
-    "a bare word as a value": Broken(None, '[jobs.main]\nengine = postgresql  ' + MARK + '\ndatabases = "*"\n'),
-    "a table declared twice": Broken(None, JOB + 'databases = "*"\n[jobs.main]  ' + MARK + '\nport = 1\n'),
-    "a key given twice": Broken(None, JOB + 'databases = "*"\nhost = "10.0.0.1"  ' + MARK + '\n'),
+    "a bare word as a value": Broken(None, "[jobs.main]\nengine = postgresql  " + MARK + '\ndatabases = "*"\n'),
+    "a table declared twice": Broken(None, JOB + 'databases = "*"\n[jobs.main]  ' + MARK + "\nport = 1\n"),
+    "a key given twice": Broken(None, JOB + 'databases = "*"\nhost = "10.0.0.1"  ' + MARK + "\n"),
     "a password on a broken line": Broken(
-        None, JOB.replace("password_file", "user") + f'databases = "*"\npassword = "Pw-Syntax-77 {MARK}\n',
+        None,
+        JOB.replace("password_file", "user") + f'databases = "*"\npassword = "Pw-Syntax-77 {MARK}\n',
         secret="Pw-Syntax-77",
     ),
     # unknown keys
     "an unknown section": Broken("storgae", SQLITE_JOB + f'[storgae]  {MARK}\ncompression = "gzip"\n'),
     "an unknown storage key": Broken("storage.compresion", f'compresion = "gzip"  {MARK}\n' + SQLITE_JOB),
     "an unknown job key": Broken("jobs.main.databse", job('databse = "app"')),
-    "another engine's key": Broken("jobs.main.include_grants", job('include_grants = true')),
+    "another engine's key": Broken("jobs.main.include_grants", job("include_grants = true")),
     "an unknown engine": Broken("jobs.main.engine", f'[jobs.main]\nengine = "oracle"  {MARK}\ndatabases = "*"\n'),
     # wrong types
     "a port that is text": Broken("jobs.main.port", job('port = "abc"')),
     "a nice level that is text": Broken("jobs.main.nice", job('nice = "high"')),
     "a boolean that is text": Broken("storage.immutable", f'immutable = "yes"  {MARK}\n' + SQLITE_JOB),
-    "databases that are a number": Broken("jobs.main.databases", JOB + f'databases = 7  {MARK}\n'),
+    "databases that are a number": Broken("jobs.main.databases", JOB + f"databases = 7  {MARK}\n"),
     "a password that is a number": Broken(
-        "jobs.main.password", job('password = 918273645', NO_PASSWORD_FILE),
+        "jobs.main.password",
+        job("password = 918273645", NO_PASSWORD_FILE),
         secret="918273645",
     ),
     # sizes, durations and counts that are negative or zero
     "a negative max_usage": Broken("storage.max_usage", f'max_usage = "-5GiB"  {MARK}\n' + SQLITE_JOB),
     "a zero quota": Broken("storage.quota", f'quota = "0B"  {MARK}\n' + SQLITE_JOB),
     "a zero log size": Broken("log.max_size", section("log", 'max_size = "0"')),
-    "a zero log keep": Broken("log.keep", section("log", 'keep = 0')),
+    "a zero log keep": Broken("log.keep", section("log", "keep = 0")),
     "a zero timeout": Broken("jobs.main.timeout", job('timeout = "0s"')),
     "a negative stall timeout": Broken("jobs.main.stall_timeout", job('stall_timeout = "-1m"')),
-    "zero concurrent dumps": Broken("daemon.max_concurrent_dumps", section("daemon", 'max_concurrent_dumps = 0')),
-    "a negative keep_daily": Broken("retention.keep_daily", section("retention", 'keep_daily = -1')),
+    "zero concurrent dumps": Broken("daemon.max_concurrent_dumps", section("daemon", "max_concurrent_dumps = 0")),
+    "a negative keep_daily": Broken("retention.keep_daily", section("retention", "keep_daily = -1")),
     "a zero interval": Broken("jobs.main.every", job('every = "0s"')),
     # schedules and time zones
     "a cron minute of 61": Broken("jobs.main.schedule", job('schedule = "61 * * * *"')),
@@ -126,33 +128,45 @@ BROKEN: dict[str, Broken] = {
     ),
     # secrets
     "an inline password in a readable file": Broken(
-        "jobs.main.password", job('password = "Pw-Readable-42"', NO_PASSWORD_FILE),
-        secret="Pw-Readable-42", mode=0o644,
+        "jobs.main.password",
+        job('password = "Pw-Readable-42"', NO_PASSWORD_FILE),
+        secret="Pw-Readable-42",
+        mode=0o644,
     ),
     "a password in extra_args": Broken(
-        "jobs.main.extra_args", job('extra_args = ["--password=Pw-Argv-31"]'),
+        "jobs.main.extra_args",
+        job('extra_args = ["--password=Pw-Argv-31"]'),
         secret="Pw-Argv-31",
     ),
     "a password inside a MongoDB URI": Broken(
-        "jobs.main.uri", job('uri = "mongodb://u:Pw-Uri-19@db/"', '[jobs.main]\nengine = "mongodb"\n'),
+        "jobs.main.uri",
+        job('uri = "mongodb://u:Pw-Uri-19@db/"', '[jobs.main]\nengine = "mongodb"\n'),
         secret="Pw-Uri-19",
     ),
     "a ping URL that is not http": Broken(
-        "notify.healthchecks_url", section("notify", 'healthchecks_url = "ftp://hc.example/Tok-3141"'),
+        "notify.healthchecks_url",
+        section("notify", 'healthchecks_url = "ftp://hc.example/Tok-3141"'),
         secret="Tok-3141",
     ),
     "a password variable that is not a name": Broken(
-        "jobs.main.password_env", job('password_env = "1 BAD"', NO_PASSWORD_FILE),
+        "jobs.main.password_env",
+        job('password_env = "1 BAD"', NO_PASSWORD_FILE),
     ),
     # the storage path
     "a relative storage path": Broken("storage.path", SQLITE_JOB, storage="relative/storage"),
     "a storage path that is a symlink": Broken("storage.path", SQLITE_JOB, setup=_symlinked_storage),
     "a storage folder others can write": Broken("storage.path", SQLITE_JOB, setup=_world_writable_storage),
     "a storage folder whose parent others can write": Broken(
-        "storage.path", SQLITE_JOB, storage="{work}/open/storage", setup=_world_writable_parent,
+        "storage.path",
+        SQLITE_JOB,
+        storage="{work}/open/storage",
+        setup=_world_writable_parent,
     ),
     "a new storage path under a folder others can write": Broken(
-        "storage.path", SQLITE_JOB, storage="{work}/open/new/storage", setup=_world_writable_grandparent_of_a_new_path,
+        "storage.path",
+        SQLITE_JOB,
+        storage="{work}/open/new/storage",
+        setup=_world_writable_grandparent_of_a_new_path,
     ),
 }
 

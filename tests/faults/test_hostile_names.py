@@ -33,11 +33,42 @@ LONGEST_SUFFIX = ".json.partial"  # the longest thing the agent appends to a bac
 # Names, property-tested
 
 
-PIECES = st.sampled_from([
-    "/", "\\", ".", "..", "../", "_", "%", "%2F", "~", "-", " ", "\n", "\r", "\t", "\x00", "\x7f", "\x1b[31m",
-    "\x1b]0;title\x07", "\u2028", "\x85", "é", "É", "ß", "💥", "a", "A", "b", "db", "_globals", "globals", ".git",
-    '{"event": "x"}',
-])
+PIECES = st.sampled_from(
+    [
+        "/",
+        "\\",
+        ".",
+        "..",
+        "../",
+        "_",
+        "%",
+        "%2F",
+        "~",
+        "-",
+        " ",
+        "\n",
+        "\r",
+        "\t",
+        "\x00",
+        "\x7f",
+        "\x1b[31m",
+        "\x1b]0;title\x07",
+        "\u2028",
+        "\x85",
+        "é",
+        "É",
+        "ß",
+        "💥",
+        "a",
+        "A",
+        "b",
+        "db",
+        "_globals",
+        "globals",
+        ".git",
+        '{"event": "x"}',
+    ]
+)
 NAMES = st.one_of(
     st.text(min_size=1, max_size=30),
     st.lists(PIECES, min_size=1, max_size=10).map("".join),
@@ -49,8 +80,15 @@ NAMES = st.one_of(
 def _variants(name: str) -> set[str]:
     """The name and the ones a naive sanitiser would merge with it."""
     return {
-        name, name.swapcase(), name.replace("/", "_"), name.replace("_", "/"), name.replace(".", "_"),
-        name.replace("/", "%2F"), name + "\n", "." + name, name.strip("."),
+        name,
+        name.swapcase(),
+        name.replace("/", "_"),
+        name.replace("_", "/"),
+        name.replace(".", "_"),
+        name.replace("/", "%2F"),
+        name + "\n",
+        "." + name,
+        name.strip("."),
     } - {""}
 
 
@@ -65,13 +103,32 @@ def _publish(storage: Path, database: str, payload: bytes) -> Path:
     writer = DumpWriter(storage / "main" / folder, name_for, CompressionSettings("none"))
     writer.write(payload)
     published = writer.commit()
-    write_manifest(published.path, Manifest(
-        job="main", engine="postgresql", kind="database", database=database, file=published.path.name,
-        host="test", server="test", server_version="15", tool="pg_dump", tool_version="15", format="postgresql-custom",
-        compression="none", compression_level=None, started_at=moment.isoformat(), finished_at=moment.isoformat(),
-        duration_seconds=0.0, raw_bytes=published.raw_bytes, stored_bytes=published.stored_bytes,
-        sha256=published.sha256, run_id="test", agent_version="test",
-    ))
+    write_manifest(
+        published.path,
+        Manifest(
+            job="main",
+            engine="postgresql",
+            kind="database",
+            database=database,
+            file=published.path.name,
+            host="test",
+            server="test",
+            server_version="15",
+            tool="pg_dump",
+            tool_version="15",
+            format="postgresql-custom",
+            compression="none",
+            compression_level=None,
+            started_at=moment.isoformat(),
+            finished_at=moment.isoformat(),
+            duration_seconds=0.0,
+            raw_bytes=published.raw_bytes,
+            stored_bytes=published.stored_bytes,
+            sha256=published.sha256,
+            run_id="test",
+            agent_version="test",
+        ),
+    )
     return published.path
 
 
@@ -235,7 +292,8 @@ def test_database_names_and_tool_stderr_never_forge_or_split_a_log_record(
                 connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     outcomes = [
-        record for record in _assert_one_json_object_per_line(first_run)
+        record
+        for record in _assert_one_json_object_per_line(first_run)
         if record["event"] in ("backup.finished", "backup.failed")
     ]
     assert sorted(record["database"] for record in outcomes) == sorted(FORGING_NAMES), "one record per database"

@@ -49,11 +49,13 @@ def account(pg_server: PostgresServer) -> Iterator[Account]:
     role = f"sweep_{secrets.token_hex(4)}"
     created = Account(role, f"Sw33p-{secrets.token_hex(12)}", [f"{role}_one", f"{role}_two"])
     with pg_server.connect_superuser() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(created.password)))
+        connection.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(created.password))
+        )
         for database in created.databases:
-            connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(database), sql.Identifier(role)))
+            connection.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
+            )
     for database in created.databases:
         with pg_server.connect_superuser(database) as connection:
             connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
@@ -124,9 +126,16 @@ def test_the_password_never_leaks_through_success_failure_timeout_crash_or_diagn
     secret_file = password_file(tmp_path, account.password)
     slow = fake_pg_dump(tmp_path, pg_server, 'sleep 1; exec "$REAL" "$@"', name="pg_dump")
     job: dict[str, Any] = {
-        "engine": "postgresql", "host": pg_server.host, "port": pg_server.port, "user": account.role,
-        "password_file": str(secret_file), "databases": account.databases, "tool": str(slow),
-        "stall_timeout": "5s", "timeout": "20s", "jitter": "0s",
+        "engine": "postgresql",
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "user": account.role,
+        "password_file": str(secret_file),
+        "databases": account.databases,
+        "tool": str(slow),
+        "stall_timeout": "5s",
+        "timeout": "20s",
+        "jitter": "0s",
     }
     metrics = tmp_path / "metrics" / "backup-agent.prom"
     metrics.parent.mkdir()
@@ -143,8 +152,9 @@ def test_the_password_never_leaks_through_success_failure_timeout_crash_or_diagn
     assert watch.passfiles, "the dump tools got a PGPASSFILE"
     assert {(target.split(" ")[0].split(":")[0], mode) for target, mode in watch.passfiles} == {("/memfd", 0o600)}
     # a planted bug with the password in a local variable: the first database fails, the second dumps
-    failure, failure_watch = _watched([sys.executable, str(ERROR_DRIVER), account.databases[0], "-c", str(config),
-                                       "backup"])
+    failure, failure_watch = _watched(
+        [sys.executable, str(ERROR_DRIVER), account.databases[0], "-c", str(config), "backup"]
+    )
     outputs += [*failure.communicate()]
     assert failure.returncode == 1
     assert [event["reason"] for event in events_named(tmp_path, "backup.failed")] == ["internal_error"]
@@ -154,8 +164,11 @@ def test_the_password_never_leaks_through_success_failure_timeout_crash_or_diagn
     assert (first, second) == (1, 2), "the other database still dumps"
     # a timeout: the tool dribbles bytes past `timeout`
     dribble = fake_pg_dump(tmp_path, pg_server, "printf PGDMP; while :; do printf x; sleep 0.2; done", name="dribble")
-    timed = write_config(tmp_path, {"main": {**job, "tool": str(dribble), "timeout": "2s",
-                                             "databases": account.databases[:1]}}, sections=sections)
+    timed = write_config(
+        tmp_path,
+        {"main": {**job, "tool": str(dribble), "timeout": "2s", "databases": account.databases[:1]}},
+        sections=sections,
+    )
     timeout, timeout_watch = _watched(agent_argv(timed, "backup"))
     outputs += [*timeout.communicate()]
     assert "timeout" in [event["reason"] for event in events_named(tmp_path, "backup.failed")]

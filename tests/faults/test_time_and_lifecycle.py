@@ -74,8 +74,11 @@ class FakeClock:
 
     def env(self) -> dict[str, str]:
         return {
-            **os.environ, "LD_PRELOAD": str(self.library), "FAKETIME_TIMESTAMP_FILE": str(self.file),
-            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            **os.environ,
+            "LD_PRELOAD": str(self.library),
+            "FAKETIME_TIMESTAMP_FILE": str(self.file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         }
 
     def argv(self, config: Path, *args: str) -> list[str]:
@@ -127,7 +130,10 @@ def test_clock_jumps_of_years_are_logged_and_cost_at_most_one_run_and_no_cpu_or_
     database = sqlite_database(tmp_path / "app.db")
     config = write_config(tmp_path, {"app": sqlite_job(database, every="1h")})
     daemon = subprocess.Popen(
-        clock.argv(config, "run"), cwd=PROJECT, env=clock.env(), stdout=subprocess.DEVNULL,
+        clock.argv(config, "run"),
+        cwd=PROJECT,
+        env=clock.env(),
+        stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "daemon.stderr").open("wb"),
     )
     processes.append(daemon)
@@ -182,8 +188,9 @@ def test_a_backward_jump_overwrites_nothing_and_keeps_the_newest_backup(tmp_path
     assert len(data_files(storage)) == 2
     goods = [record for record in catalog.scan(storage) if record.status == catalog.GOOD]
     assert max(goods, key=lambda record: record.order).path == newest
-    offered = run_agent(config, "restore", "--job", "app", "--database", str(database),
-                        "--to-file", str(tmp_path / "out"), "--dry-run")
+    offered = run_agent(
+        config, "restore", "--job", "app", "--database", str(database), "--to-file", str(tmp_path / "out"), "--dry-run"
+    )
     assert f"would write the decompressed {newest} to" in offered.stdout
 
 
@@ -192,8 +199,10 @@ def test_watchdogs_keep_monotonic_time_when_the_wall_clock_jumps_both_ways_mid_d
 ) -> None:
     clock = FakeClock(tmp_path)
     tool = fake_pg_dump(tmp_path, pg_server, "printf PGDMP; exec sleep 300")
-    config = write_config(tmp_path, {"main": pg_job(tmp_path, pg_server, [pg_database], tool=str(tool),
-                                                    stall_timeout="3s", timeout="10s")})
+    config = write_config(
+        tmp_path,
+        {"main": pg_job(tmp_path, pg_server, [pg_database], tool=str(tool), stall_timeout="3s", timeout="10s")},
+    )
     started = time.monotonic()
     backup = subprocess.Popen(clock.argv(config, "backup"), cwd=PROJECT, env=clock.env(), stdout=subprocess.PIPE)
     read_pid(tmp_path / "tool.pid")
@@ -251,7 +260,9 @@ def test_a_run_stuck_past_the_shutdown_timeout_still_takes_its_tool_down_with_th
     tool = fake_pg_dump(tmp_path, pg_server, body)
     job = pg_job(tmp_path, pg_server, [pg_database], tool=str(tool), every="1h", stall_timeout="60s")
     config = write_config(
-        tmp_path, {"main": job}, storage={"compression": "none", "max_write_rate": "2KiB/s"},
+        tmp_path,
+        {"main": job},
+        storage={"compression": "none", "max_write_rate": "2KiB/s"},
         sections={"daemon": {"shutdown_timeout": "1s"}},
     )
     daemon = start_agent(config, "run")

@@ -54,12 +54,32 @@ def plant(storage: Path, job: str, folder: str, created: datetime) -> Path:
     path.write_bytes(data)
     path.chmod(0o440)
     digest = hashlib.sha256(data).hexdigest()
-    write_manifest(path, Manifest(
-        job=job, engine="sqlite", kind="database", database=folder, file=name, host="test", server="local",
-        server_version="3", tool="sqlite3-backup-api", tool_version="3", format="sqlite3", compression="none",
-        compression_level=None, started_at=created.isoformat(), finished_at=created.isoformat(),
-        duration_seconds=0.1, raw_bytes=size, stored_bytes=size, sha256=digest, run_id="planted", agent_version="0",
-    ))
+    write_manifest(
+        path,
+        Manifest(
+            job=job,
+            engine="sqlite",
+            kind="database",
+            database=folder,
+            file=name,
+            host="test",
+            server="local",
+            server_version="3",
+            tool="sqlite3-backup-api",
+            tool_version="3",
+            format="sqlite3",
+            compression="none",
+            compression_level=None,
+            started_at=created.isoformat(),
+            finished_at=created.isoformat(),
+            duration_seconds=0.1,
+            raw_bytes=size,
+            stored_bytes=size,
+            sha256=digest,
+            run_id="planted",
+            agent_version="0",
+        ),
+    )
     journal.append(storage, "created", path=str(path.relative_to(storage)), sha256=digest, bytes=size)
     return path
 

@@ -90,7 +90,10 @@ class Agent:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "agent", "-c", str(self.config), *args],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     def events(self, name: str) -> list[dict[str, object]]:
@@ -135,7 +138,7 @@ keep_min = 2
 
 [jobs.app]
 engine = "sqlite"
-databases = ["{databases / 'small.db'}", "{databases / 'big.db'}"]
+databases = ["{databases / "small.db"}", "{databases / "big.db"}"]
 """
     )
     config.chmod(0o600)
@@ -165,8 +168,9 @@ def test_many_backups_never_take_the_disk_below_its_reserve_and_keep_the_floor(a
     assert all(entry["rule"] == "budget" and entry["sha256"] for entry in journal if entry["event"] == "deleted")
     finished = agent.events("backup.finished")
     assert len(finished) == 16
-    manifest = json.loads(agent.good_backups("small.db")[-1].with_name(
-        agent.good_backups("small.db")[-1].name + ".json").read_text())
+    manifest = json.loads(
+        agent.good_backups("small.db")[-1].with_name(agent.good_backups("small.db")[-1].name + ".json").read_text()
+    )
     assert manifest["predicted_bytes"] >= manifest["stored_bytes"] > 0
 
 

@@ -47,7 +47,10 @@ class DaemonProcess:
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "-c", str(config), "run"],
-                cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                cwd=PROJECT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
 
     def events(self, name: str | None = None) -> list[Event]:
@@ -63,8 +66,10 @@ class DaemonProcess:
             if len(found) >= count:
                 return found
             if self.process.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.process.returncode}) before {count}x {name}: "
-                                     f"{self.stderr_path.read_text()}")
+                raise AssertionError(
+                    f"the daemon exited ({self.process.returncode}) before {count}x {name}: "
+                    f"{self.stderr_path.read_text()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {count}x {name} within {timeout}s; log: {self.events()}")
             time.sleep(0.05)
@@ -188,9 +193,16 @@ def fake_pg_dump(directory: Path, server: PostgresServer) -> Path:
 
 def postgres_job(directory: Path, server: PostgresServer, database: str, **settings: Any) -> dict[str, Any]:
     return {
-        "engine": "postgresql", "host": server.host, "port": server.port, "user": server.user,
-        "password_file": str(password_file(directory, server.password)), "databases": [database],
-        "include_globals": False, "tool": str(fake_pg_dump(directory, server)), "jitter": "0s", **settings,
+        "engine": "postgresql",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(directory, server.password)),
+        "databases": [database],
+        "include_globals": False,
+        "tool": str(fake_pg_dump(directory, server)),
+        "jitter": "0s",
+        **settings,
     }
 
 
@@ -260,16 +272,18 @@ def test_a_run_longer_than_its_interval_never_overlaps_and_dumps_take_turns_for_
 # Locks
 
 
-def test_a_manual_backup_while_the_daemon_runs_the_same_job_is_skipped_as_locked(
-    tmp_path: Path, daemons: Any
-) -> None:
+def test_a_manual_backup_while_the_daemon_runs_the_same_job_is_skipped_as_locked(tmp_path: Path, daemons: Any) -> None:
     database = sqlite_database(tmp_path / "slow.db", payload_bytes=400_000)
     config = write_config(tmp_path, {"slow": sqlite_job(database, every="1h")}, storage=SLOW_STORAGE)
     daemon = daemons(tmp_path, config)
     daemon.wait_for("backup.started")
     manual = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(config), "backup", "--job", "slow"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=30, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     daemon.wait_for("job.finished")
     code, _ = daemon.stop()
@@ -290,7 +304,11 @@ def test_a_second_daemon_on_the_same_storage_refuses_to_start(tmp_path: Path, da
     first.wait_for("daemon.started")
     second = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(config), "run"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=30, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
     assert second.returncode == 1
@@ -330,8 +348,9 @@ def test_sighup_keeps_the_old_jobs_on_a_broken_config_and_takes_a_valid_one(tmp_
     code, _ = daemon.stop()
 
     assert code == 0
-    late_old_runs = [event for event in daemon.events("job.started")
-                     if event["job"] == "old" and moment(event) > reload_time]
+    late_old_runs = [
+        event for event in daemon.events("job.started") if event["job"] == "old" and moment(event) > reload_time
+    ]
     assert late_old_runs == []
 
 
@@ -360,7 +379,11 @@ def test_sigterm_during_a_dump_exits_zero_in_time_without_partials_and_keeps_ear
     assert daemon.events("daemon.stopped")[-1]["clean"] is True
     verify = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(config), "verify", "--job", "main"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert len(good_backups(storage, "main")) >= 1
@@ -402,8 +425,14 @@ def test_a_dump_that_keeps_writing_past_its_timeout_is_killed(
 
 def test_an_unreachable_server_is_retried_with_backoff_then_given_up_loudly(tmp_path: Path, daemons: Any) -> None:
     job = {
-        "engine": "postgresql", "host": "127.0.0.1", "port": free_port(), "user": "nobody",
-        "databases": ["app"], "include_globals": False, "schedule": "0 0 1 1 *", "jitter": "0s",
+        "engine": "postgresql",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "user": "nobody",
+        "databases": ["app"],
+        "include_globals": False,
+        "schedule": "0 0 1 1 *",
+        "jitter": "0s",
         "connect_timeout": "0.5s",
     }
     config = write_config(tmp_path, {"main": job})
@@ -444,12 +473,11 @@ def test_a_run_missed_by_more_than_the_grace_time_is_logged_and_the_schedule_goe
     assert code == 0
 
 
-def test_a_dump_that_cannot_stop_in_time_ends_the_daemon_at_the_shutdown_timeout(
-    tmp_path: Path, daemons: Any
-) -> None:
+def test_a_dump_that_cannot_stop_in_time_ends_the_daemon_at_the_shutdown_timeout(tmp_path: Path, daemons: Any) -> None:
     database = sqlite_database(tmp_path / "slow.db", payload_bytes=600_000)
     config = write_config(
-        tmp_path, {"slow": sqlite_job(database, every="1h")},
+        tmp_path,
+        {"slow": sqlite_job(database, every="1h")},
         storage={"compression": "none", "max_write_rate": "200KiB/s"},  # one throttled write of ~3 s
         sections={"daemon": {"shutdown_timeout": "1s"}},
     )
@@ -469,7 +497,11 @@ def test_a_dump_that_cannot_stop_in_time_ends_the_daemon_at_the_shutdown_timeout
     unthrottled = write_config(tmp_path, {"slow": sqlite_job(database, every="1h")})
     manual = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(unthrottled), "backup", "--job", "slow"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert manual.returncode == 0, manual.stdout + manual.stderr
     removed = {event["path"] for event in daemon.events("backup.partial_removed")}

@@ -14,13 +14,23 @@ from agent import journal
 
 
 def test_a_scheduled_drill_restores_the_newest_backup_and_records_the_result(
-    pg_server: PostgresServer, pg_database: str, tmp_path: Path, daemons: Any  # noqa: F811
+    pg_server: PostgresServer,
+    pg_database: str,
+    tmp_path: Path,
+    daemons: Any,  # noqa: F811
 ) -> None:
     pg_server.psql(pg_database, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50);")
     job = {
-        "engine": "postgresql", "host": pg_server.host, "port": pg_server.port, "user": pg_server.user,
-        "password_file": str(password_file(tmp_path, pg_server.password)), "databases": [pg_database],
-        "include_globals": False, "schedule": "0 3 * * *", "jitter": "0s", "drill": {"every": "2s"},
+        "engine": "postgresql",
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "user": pg_server.user,
+        "password_file": str(password_file(tmp_path, pg_server.password)),
+        "databases": [pg_database],
+        "include_globals": False,
+        "schedule": "0 3 * * *",
+        "jitter": "0s",
+        "drill": {"every": "2s"},
     }
     config = write_config(tmp_path, {"main": job})
     assert run_cli(config, "backup") == 0

@@ -45,9 +45,14 @@ def problems(lines: list[str]) -> list[str]:
 
 def pg_job(server: PostgresServer, directory: Path, databases: list[str], **extra: object) -> dict[str, object]:
     return {
-        "engine": "postgresql", "host": server.host, "port": server.port, "user": server.user,
-        "password_file": str(password_file(directory, server.password)), "databases": databases,
-        "include_globals": False, **extra,
+        "engine": "postgresql",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(directory, server.password)),
+        "databases": databases,
+        "include_globals": False,
+        **extra,
     }
 
 
@@ -197,9 +202,16 @@ def test_storage_the_agent_cannot_write_is_named(world_readable_directory: Path)
 
 
 def test_an_unknown_time_zone_in_the_config_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(tmp_path, {"app": {
-        "engine": "sqlite", "databases": [str(sqlite_database(tmp_path / "a.db"))], "timezone": "Mars/Olympus_Mons",
-    }})
+    config = write_config(
+        tmp_path,
+        {
+            "app": {
+                "engine": "sqlite",
+                "databases": [str(sqlite_database(tmp_path / "a.db"))],
+                "timezone": "Mars/Olympus_Mons",
+            }
+        },
+    )
 
     code, lines = doctor(config, capsys)
 
@@ -224,10 +236,12 @@ def test_an_unknown_tz_variable_is_named(
 def test_mysql_grants_are_read_per_database() -> None:
     everything = mysql_privileges(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"])
     assert mysql_missing(everything, "shop") == []
-    partial = mysql_privileges([
-        "GRANT USAGE ON *.* TO `backup`@`%`",
-        "GRANT SELECT, SHOW VIEW, LOCK TABLES ON `shop`.* TO `backup`@`%`",
-    ])
+    partial = mysql_privileges(
+        [
+            "GRANT USAGE ON *.* TO `backup`@`%`",
+            "GRANT SELECT, SHOW VIEW, LOCK TABLES ON `shop`.* TO `backup`@`%`",
+        ]
+    )
     missing = mysql_missing(partial, "shop")
     assert missing[:2] == ["TRIGGER", "EVENT"] and missing[2].startswith("routines")
     assert "SELECT" in mysql_missing(partial, "other")

@@ -36,8 +36,13 @@ def test_published_files_and_manifests_are_immutable_and_prune_still_deletes_the
         connection.execute("CREATE TABLE t (x)")
     config = write_config(
         tmp_path,
-        {"app": {"engine": "sqlite", "databases": [str(database)], "retention": {"keep_last": 1, "keep_min": 1,
-                                                                                   "keep_daily": 0}}},
+        {
+            "app": {
+                "engine": "sqlite",
+                "databases": [str(database)],
+                "retention": {"keep_last": 1, "keep_min": 1, "keep_daily": 0},
+            }
+        },
         storage={"immutable": True},
     )
     assert run_cli(config, "backup") == 0

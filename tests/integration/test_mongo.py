@@ -66,11 +66,18 @@ def fill_rich_database(client: pymongo.MongoClient[Any], name: str) -> None:
         validationAction="error",
         collation={"locale": "fr", "strength": 2},
     )
-    database.people.insert_many([
-        {"name": f"Zoë {index}", "age": index, "email": f"p{index}@example.org", "score": index % 7,
-         "created": datetime.datetime(2030, 1, 1) + datetime.timedelta(minutes=index)}
-        for index in range(200)
-    ])
+    database.people.insert_many(
+        [
+            {
+                "name": f"Zoë {index}",
+                "age": index,
+                "email": f"p{index}@example.org",
+                "score": index % 7,
+                "created": datetime.datetime(2030, 1, 1) + datetime.timedelta(minutes=index),
+            }
+            for index in range(200)
+        ]
+    )
     database.people.create_index([("age", 1), ("name", -1)], name="age_name")
     database.people.create_index("email", unique=True)
     database.people.create_index("score", partialFilterExpression={"score": {"$gt": 3}})
@@ -78,31 +85,33 @@ def fill_rich_database(client: pymongo.MongoClient[Any], name: str) -> None:
     database.create_collection("adults", viewOn="people", pipeline=[{"$match": {"age": {"$gte": 18}}}])
     database.create_collection("empty")
     database[ODD_NAME].insert_many([{"_id": index, "dotted": {"a.b": index}} for index in range(5)])
-    database.types.insert_many([
-        {
-            "_id": ObjectId(),
-            "decimal": Decimal128("12345.678901234567890123456789"),
-            "date": datetime.datetime(1969, 7, 20, 20, 17, 40, 123000),
-            "binary": Binary(b"\x00\x01\xfe\xff", 0),
-            "function": Binary(b"fn", 1),
-            "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),
-            "md5": Binary(hashlib.md5(b"x").digest(), 5),
-            "user_defined": Binary(b"custom", 128),
-            "regex": Regex("^ab+c$", "imx"),
-            "int64": Int64(2**62),
-            "int32": -(2**31),
-            "double": 6.02214076e23,
-            "timestamp": Timestamp(1_700_000_000, 7),
-            "bounds": [MinKey(), MaxKey()],
-            "code": Code("function () { return 1; }"),
-            "ünïcödé kéy 🚀": "välue ✓",
-            "nested": {"level": {"deeper": [1, [2, {"deepest": None}]], "flag": True}},
-            "empty": {},
-            "list": [],
-        },
-        {"_id": "string id", "nested": {"a": [{"b": [{"c": "d"}]}]}},
-        {"_id": 3.5, "big": "x" * 200_000},
-    ])
+    database.types.insert_many(
+        [
+            {
+                "_id": ObjectId(),
+                "decimal": Decimal128("12345.678901234567890123456789"),
+                "date": datetime.datetime(1969, 7, 20, 20, 17, 40, 123000),
+                "binary": Binary(b"\x00\x01\xfe\xff", 0),
+                "function": Binary(b"fn", 1),
+                "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),
+                "md5": Binary(hashlib.md5(b"x").digest(), 5),
+                "user_defined": Binary(b"custom", 128),
+                "regex": Regex("^ab+c$", "imx"),
+                "int64": Int64(2**62),
+                "int32": -(2**31),
+                "double": 6.02214076e23,
+                "timestamp": Timestamp(1_700_000_000, 7),
+                "bounds": [MinKey(), MaxKey()],
+                "code": Code("function () { return 1; }"),
+                "ünïcödé kéy 🚀": "välue ✓",
+                "nested": {"level": {"deeper": [1, [2, {"deepest": None}]], "flag": True}},
+                "empty": {},
+                "list": [],
+            },
+            {"_id": "string id", "nested": {"a": [{"b": [{"c": "d"}]}]}},
+            {"_id": 3.5, "big": "x" * 200_000},
+        ]
+    )
 
 
 def collection_shapes(client: pymongo.MongoClient[Any], name: str) -> dict[str, Any]:
@@ -111,16 +120,30 @@ def collection_shapes(client: pymongo.MongoClient[Any], name: str) -> dict[str, 
     shapes: dict[str, Any] = {}
     for info in database.list_collections():
         collection = info["name"]
-        indexes = sorted(
-            (json.dumps({key: value for key, value in index.items() if key != "ns"}, sort_keys=True, default=str)
-             for index in database[collection].list_indexes()),
-        ) if info["type"] != "view" else []
-        documents = sorted(
-            hashlib.sha256(document.raw).hexdigest()
-            for document in database.get_collection(collection, codec_options=RAW).find()
-        ) if info["type"] != "view" else []
-        shapes[collection] = {"type": info["type"], "options": info["options"], "indexes": indexes,
-                              "documents": documents}
+        indexes = (
+            sorted(
+                (
+                    json.dumps({key: value for key, value in index.items() if key != "ns"}, sort_keys=True, default=str)
+                    for index in database[collection].list_indexes()
+                ),
+            )
+            if info["type"] != "view"
+            else []
+        )
+        documents = (
+            sorted(
+                hashlib.sha256(document.raw).hexdigest()
+                for document in database.get_collection(collection, codec_options=RAW).find()
+            )
+            if info["type"] != "view"
+            else []
+        )
+        shapes[collection] = {
+            "type": info["type"],
+            "options": info["options"],
+            "indexes": indexes,
+            "documents": documents,
+        }
     return shapes
 
 
@@ -213,8 +236,9 @@ def test_a_restore_refuses_existing_collections_unless_asked_to_drop_them(
         assert client[mongo_database].things.count_documents({}) == 10
 
 
-def test_discovery_skips_system_databases_unless_asked(mongo_server: MongoServer, mongo_database: str,
-                                                      tmp_path: Path) -> None:
+def test_discovery_skips_system_databases_unless_asked(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path
+) -> None:
     from agent.config import load_config
     from agent.engines.base import EngineContext
     from agent.engines.mongo import MongoEngine
@@ -461,8 +485,10 @@ def _fill(client: pymongo.MongoClient[Any], name: str, count: int) -> int:
     collection = client[name].items
     for start in range(0, count, 20_000):
         collection.insert_many(
-            [{"_id": index, "n": index, "text": f"{index:08d}" + "x" * BIG_PAYLOAD}
-             for index in range(start, min(count, start + 20_000))],
+            [
+                {"_id": index, "n": index, "text": f"{index:08d}" + "x" * BIG_PAYLOAD}
+                for index in range(start, min(count, start + 20_000))
+            ],
             ordered=False,
         )
     return int(client[name].command("dbStats")["dataSize"])
@@ -512,10 +538,12 @@ def test_dumping_200k_documents_keeps_the_agent_memory_bounded(
     assert manifest.counts == {"items": BIG_DOCUMENTS}
     assert manifest.raw_bytes > full[1]
     mib = 2**20
-    print(f"\npeak RSS: 10 documents {peaks[mongo_database] / mib:.1f} MiB; "
-          f"{BIG_DOCUMENTS // 2} documents ({half[1] / mib:.0f} MiB of BSON) {peaks[half[0]] / mib:.1f} MiB; "
-          f"{BIG_DOCUMENTS} documents ({full[1] / mib:.0f} MiB) {peaks[full[0]] / mib:.1f} MiB; "
-          f"dump {manifest.duration_seconds:.1f}s, {manifest.raw_bytes / mib / manifest.duration_seconds:.0f} MiB/s")
+    print(
+        f"\npeak RSS: 10 documents {peaks[mongo_database] / mib:.1f} MiB; "
+        f"{BIG_DOCUMENTS // 2} documents ({half[1] / mib:.0f} MiB of BSON) {peaks[half[0]] / mib:.1f} MiB; "
+        f"{BIG_DOCUMENTS} documents ({full[1] / mib:.0f} MiB) {peaks[full[0]] / mib:.1f} MiB; "
+        f"dump {manifest.duration_seconds:.1f}s, {manifest.raw_bytes / mib / manifest.duration_seconds:.0f} MiB/s"
+    )
     assert peaks[full[0]] - peaks[half[0]] < 8 * mib  # twice the data, no more memory
     assert peaks[full[0]] - peaks[mongo_database] < full[1]
     assert peaks[full[0]] < 256 * mib
@@ -531,11 +559,13 @@ def test_a_server_stopped_mid_dump_fails_the_backup_and_leaves_no_file(
         pytest.skip("the server from MONGODB_TEST_URI cannot be stopped")
     big, _ = big_databases[BIG_DOCUMENTS]
     # uncompressed, so the partial file grows as soon as the first batch is written
-    config = write_config(tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [big], tool="builtin")},
-                          storage={"compression": "none"})
+    config = write_config(
+        tmp_path, {"docs": mongo_job(mongo_server, tmp_path, [big], tool="builtin")}, storage={"compression": "none"}
+    )
     folder = tmp_path / "storage" / "docs" / big
-    child = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(config), "backup"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent", "-c", str(config), "backup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     started = time.monotonic()
     try:
         deadline = time.monotonic() + 120
@@ -547,8 +577,10 @@ def test_a_server_stopped_mid_dump_fails_the_backup_and_leaves_no_file(
         mongo_server.stop()
         stopped = time.monotonic()
         output, _ = child.communicate(timeout=120)
-        print(f"\nstop test: dump under way after {reached - started:.1f}s, server stopped in "
-              f"{stopped - reached:.1f}s, backup failed {time.monotonic() - stopped:.1f}s later")
+        print(
+            f"\nstop test: dump under way after {reached - started:.1f}s, server stopped in "
+            f"{stopped - reached:.1f}s, backup failed {time.monotonic() - stopped:.1f}s later"
+        )
     finally:
         if child.poll() is None:
             child.kill()

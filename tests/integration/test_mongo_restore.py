@@ -58,11 +58,15 @@ def _archive(database: str, damage: bool = False) -> bytes:
     chunks: list[bytes] = []
     writer = ArchiveWriter(chunks.append)
     index_spec = {"v": 2, "key": {"sku": 1}, "name": "sku_1", "unique": True}
-    writer.begin(ArchiveHeader("8.2.11", "100.10.0", 4), [
-        PreludeEntry(database, "left", collection_metadata("left", options={}, indexes=[index_spec])),
-        PreludeEntry(database, "right", collection_metadata("right", options={"capped": True, "size": 65536},
-                                                            indexes=[])),
-    ])
+    writer.begin(
+        ArchiveHeader("8.2.11", "100.10.0", 4),
+        [
+            PreludeEntry(database, "left", collection_metadata("left", options={}, indexes=[index_spec])),
+            PreludeEntry(
+                database, "right", collection_metadata("right", options={"capped": True, "size": 65536}, indexes=[])
+            ),
+        ],
+    )
     for round_number in range(3):
         for name in ("left", "right"):
             batch = b"".join(
@@ -80,9 +84,7 @@ def _archive(database: str, damage: bool = False) -> bytes:
     return data
 
 
-def test_an_interleaved_archive_restores_under_another_name(
-    mongo_server: MongoServer, mongo_database: str
-) -> None:
+def test_an_interleaved_archive_restores_under_another_name(mongo_server: MongoServer, mongo_database: str) -> None:
     with mongo_server.client() as client:
         result = restore_archive(io.BytesIO(_archive("source_db")), client, mongo_database)
         database = client[mongo_database]
@@ -105,9 +107,7 @@ def test_a_truncated_archive_fails_the_restore(mongo_server: MongoServer, mongo_
         restore_archive(io.BytesIO(data[:-20]), client, mongo_database)
 
 
-def test_an_archive_of_several_databases_needs_to_be_told_which(
-    mongo_server: MongoServer, mongo_database: str
-) -> None:
+def test_an_archive_of_several_databases_needs_to_be_told_which(mongo_server: MongoServer, mongo_database: str) -> None:
     chunks: list[bytes] = []
     writer = ArchiveWriter(chunks.append)
     writer.begin(ArchiveHeader("8.2.11", "test"), [PreludeEntry("one", "c", ""), PreludeEntry("two", "c", "")])

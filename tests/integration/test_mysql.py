@@ -74,8 +74,9 @@ def restored_name(mariadb_server: MariaDBServer) -> Iterator[str]:
     drop_database(mariadb_server, name)
 
 
-def mariadb_client(server: MariaDBServer, tmp_path: Path, database: str | None, sql: bytes, *,
-                   root: bool = False) -> subprocess.CompletedProcess[bytes]:
+def mariadb_client(
+    server: MariaDBServer, tmp_path: Path, database: str | None, sql: bytes, *, root: bool = False
+) -> subprocess.CompletedProcess[bytes]:
     """What the docs tell a user to run: `mariadb NEWNAME < dump.sql` (credentials in an option file)."""
     if root:
         argv = ["mariadb", "--no-defaults", "--protocol=SOCKET", f"--socket={server.socket}", "--user=root"]
@@ -83,8 +84,13 @@ def mariadb_client(server: MariaDBServer, tmp_path: Path, database: str | None, 
         options = tmp_path / "client.cnf"
         options.write_text(f'[client]\nuser="{server.user}"\npassword="{server.password}"\n')
         options.chmod(0o600)
-        argv = ["mariadb", f"--defaults-extra-file={options}", "--protocol=TCP", f"--host={server.host}",
-                f"--port={server.port}"]
+        argv = [
+            "mariadb",
+            f"--defaults-extra-file={options}",
+            "--protocol=TCP",
+            f"--host={server.host}",
+            f"--port={server.port}",
+        ]
     if database is not None:
         argv.append(database)
     return subprocess.run(argv, input=sql, capture_output=True, check=False, timeout=300)
@@ -92,8 +98,13 @@ def mariadb_client(server: MariaDBServer, tmp_path: Path, database: str | None, 
 
 def fingerprints(server: MariaDBServer, database: str) -> dict[str, tuple[int, int]]:
     """Row count and CHECKSUM TABLE of every base table."""
-    tables = query(server, database, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                                     "AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1", database)
+    tables = query(
+        server,
+        database,
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+        "AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+        database,
+    )
     result: dict[str, tuple[int, int]] = {}
     for (table,) in tables:
         quoted = "`" + str(table).replace("`", "``") + "`"
@@ -110,11 +121,13 @@ def schema_objects(server: MariaDBServer, database: str) -> dict[str, list[str]]
     return {
         "views": names("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s"),
         "triggers": names("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s"),
-        "routines": names("SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME) FROM information_schema.ROUTINES "
-                          "WHERE ROUTINE_SCHEMA = %s"),
+        "routines": names(
+            "SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s"
+        ),
         "events": names("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"),
-        "sequences": names("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                           "AND TABLE_TYPE = 'SEQUENCE'"),
+        "sequences": names(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'SEQUENCE'"
+        ),
     }
 
 
@@ -122,7 +135,8 @@ def create_shop(server: MariaDBServer, database: str) -> None:
     """InnoDB and MyISAM, emoji, every byte value, NULLs, a view, a trigger, routines, an event,
     generated columns, a sequence, reserved-word names, and a routine made under another collation."""
     execute(
-        server, database,
+        server,
+        database,
         """CREATE TABLE customer (
             id INT AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci NOT NULL,
@@ -152,19 +166,26 @@ def create_shop(server: MariaDBServer, database: str) -> None:
                 (
                     f"Kunde {n} 🚀 ünïcödé 'q' \\ ),( ;\n--",
                     bytes([n % 256, 0, 255, 39, 92, 10, 13, 26]) if n % 5 else None,
-                    None if n % 7 == 0 else f"note {n}\t\"x\"",
+                    None if n % 7 == 0 else f'note {n}\t"x"',
                     Decimal(n) / 4,
                     f"2024-0{n % 9 + 1}-1{n % 9} 12:34:56.123456" if n % 3 else None,
                 )
                 for n in range(1, 301)
             ],
         )
-        cursor.executemany("INSERT INTO `order` (`select`, `from`, `group`) VALUES (%s, %s, %s)",
-                           [(n, None if n % 2 else f"web {n}", ALL_BYTES if n == 1 else None) for n in range(1, 41)])
-        cursor.executemany("INSERT INTO all_bytes VALUES (%s, %s, %s)", [
-            (1, ALL_BYTES, "emoji 🧪🦀 and NUL \x00 inside"), (2, b"", ""), (3, None, None),
-            (4, ALL_BYTES[::-1] * 1000, "x" * 70000),
-        ])
+        cursor.executemany(
+            "INSERT INTO `order` (`select`, `from`, `group`) VALUES (%s, %s, %s)",
+            [(n, None if n % 2 else f"web {n}", ALL_BYTES if n == 1 else None) for n in range(1, 41)],
+        )
+        cursor.executemany(
+            "INSERT INTO all_bytes VALUES (%s, %s, %s)",
+            [
+                (1, ALL_BYTES, "emoji 🧪🦀 and NUL \x00 inside"),
+                (2, b"", ""),
+                (3, None, None),
+                (4, ALL_BYTES[::-1] * 1000, "x" * 70000),
+            ],
+        )
         cursor.execute("SELECT NEXTVAL(invoice_number), NEXTVAL(invoice_number)")
 
 
@@ -179,8 +200,12 @@ def test_a_database_round_trips_into_a_new_name_with_its_routines_triggers_event
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
     before = fingerprints(mariadb_server, mariadb_database)
-    source_collation = query(mariadb_server, None, "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
-                                                   "WHERE SCHEMA_NAME = %s", mariadb_database)
+    source_collation = query(
+        mariadb_server,
+        None,
+        "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+        mariadb_database,
+    )
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
 
     assert run_cli(config, "backup") == 0
@@ -210,9 +235,13 @@ def test_a_database_round_trips_into_a_new_name_with_its_routines_triggers_event
     assert schema_objects(mariadb_server, restored_name) == schema_objects(mariadb_server, mariadb_database)
     assert schema_objects(mariadb_server, restored_name)["events"] == ["nightly_cleanup"]
     assert query(mariadb_server, restored_name, "SELECT greeting('you'), legacy_label(7)") == [("hi you", "#7")]
-    assert query(mariadb_server, restored_name, "SELECT DATABASE_COLLATION FROM information_schema.ROUTINES "
-                                                "WHERE ROUTINE_SCHEMA = %s AND ROUTINE_NAME = 'legacy_label'",
-                 restored_name) == [("latin1_swedish_ci",)]
+    assert query(
+        mariadb_server,
+        restored_name,
+        "SELECT DATABASE_COLLATION FROM information_schema.ROUTINES "
+        "WHERE ROUTINE_SCHEMA = %s AND ROUTINE_NAME = 'legacy_label'",
+        restored_name,
+    ) == [("latin1_swedish_ci",)]
     assert query(mariadb_server, restored_name, "SELECT NEXTVAL(invoice_number)") == [(1002,)]
     assert query(mariadb_server, restored_name, "SELECT value, text_value FROM all_bytes WHERE id = 1") == [
         (ALL_BYTES, "emoji 🧪🦀 and NUL \x00 inside")
@@ -220,8 +249,15 @@ def test_a_database_round_trips_into_a_new_name_with_its_routines_triggers_event
     execute(mariadb_server, restored_name, "INSERT INTO `order` (`select`) VALUES (500)")  # the trigger fires
     assert query(mariadb_server, restored_name, "SELECT message FROM legacy_log WHERE id = 1500") == [("order -",)]
     # the source database was never touched by the restore's collation switches
-    assert query(mariadb_server, None, "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
-                                       "WHERE SCHEMA_NAME = %s", mariadb_database) == source_collation
+    assert (
+        query(
+            mariadb_server,
+            None,
+            "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            mariadb_database,
+        )
+        == source_collation
+    )
 
 
 @pytest.mark.slow
@@ -244,14 +280,17 @@ def test_the_sakila_sample_round_trips_with_equal_counts_and_checksums(
     assert schema_objects(mariadb_server, restored_name) == schema_objects(mariadb_server, mariadb_database)
 
 
-def test_awkward_database_names_get_safe_paths_inside_their_job(
-    mariadb_server: MariaDBServer, tmp_path: Path
-) -> None:
+def test_awkward_database_names_get_safe_paths_inside_their_job(mariadb_server: MariaDBServer, tmp_path: Path) -> None:
     names = ["my shop ü`x", "../x", "..", "_grants"]
     for name in names:
         quoted = name.replace("`", "``")
-        execute(mariadb_server, None, f"CREATE DATABASE `{quoted}`", f"CREATE TABLE `{quoted}`.t (a INT)",
-                f"INSERT INTO `{quoted}`.t VALUES (1), (2)")
+        execute(
+            mariadb_server,
+            None,
+            f"CREATE DATABASE `{quoted}`",
+            f"CREATE TABLE `{quoted}`.t (a INT)",
+            f"INSERT INTO `{quoted}`.t VALUES (1), (2)",
+        )
     try:
         job = mysql_job(mariadb_server, tmp_path, names, include_grants=True)
         config = write_config(tmp_path, {"main": job})
@@ -403,8 +442,9 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
     tool = fake_tool(tmp_path, f'sleep 1; exec "{REAL_TOOL}" "$@"')
-    config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database], tool=tool,
-                                                       include_grants=True)})
+    config = write_config(
+        tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database], tool=tool, include_grants=True)}
+    )
     with watching_processes(b"mariadb-dump", mariadb_server.password.encode()) as seen:
         assert run_cli(config, "backup") == 0
     tool_argvs, leaks = seen.tool_argvs, seen.leaks
@@ -412,8 +452,7 @@ def test_the_password_is_in_no_child_argv_environment_or_log(
     # the wrapper sleeps a second, then execs the real tool with exactly its own argv and environment,
     # so its argv is what the real tool gets (the real tool itself may finish between two polls)
     options = [
-        argv[index + 1] for argv in tool_argvs
-        for index, part in enumerate(argv[:-1]) if part.endswith(b"mariadb-dump")
+        argv[index + 1] for argv in tool_argvs for index, part in enumerate(argv[:-1]) if part.endswith(b"mariadb-dump")
     ]
     dumps = [option for option in options if option != b"--version"]
     assert dumps, "the watcher never saw the tool dumping"
@@ -476,8 +515,12 @@ def _drop_account(server: MariaDBServer, user: str, role: str) -> None:
 
 
 def _assert_account_is_back(server: MariaDBServer, database: str, user: str, role: str, password: str) -> None:
-    with pymysql.connect(host=server.host, port=server.port, user=user, password=password,
-                         database=database) as connection, connection.cursor() as cursor:
+    with (
+        pymysql.connect(
+            host=server.host, port=server.port, user=user, password=password, database=database
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
         cursor.execute("SELECT CURRENT_USER(), CURRENT_ROLE()")
         assert cursor.fetchone() == (f"{user}@%", role)
         cursor.execute("SHOW GRANTS")
@@ -540,8 +583,13 @@ def test_lock_for_consistency_locks_a_database_with_myisam_tables_instead_of_war
 def test_a_myisam_table_is_warned_about_in_the_log_before_the_dump(
     mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
 ) -> None:
-    execute(mariadb_server, mariadb_database, "CREATE TABLE cache (k INT) ENGINE=MEMORY",
-            "CREATE TABLE kv (k INT) ENGINE=Aria", "CREATE TABLE ok (k INT) ENGINE=InnoDB")
+    execute(
+        mariadb_server,
+        mariadb_database,
+        "CREATE TABLE cache (k INT) ENGINE=MEMORY",
+        "CREATE TABLE kv (k INT) ENGINE=Aria",
+        "CREATE TABLE ok (k INT) ENGINE=InnoDB",
+    )
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
     assert run_cli(config, "backup") == 0
     warned = events_named(tmp_path, "backup.consistency_warning")
@@ -559,10 +607,13 @@ def test_every_database_but_the_system_ones_is_discovered_and_exclude_applies(
     other = f"{mariadb_database}_skip"
     execute(mariadb_server, None, f"CREATE DATABASE `{other}`")
     try:
-        path = write_config(tmp_path, {
-            "plain": mysql_job(mariadb_server, tmp_path, "*", exclude=["*_skip"]),
-            "system": mysql_job(mariadb_server, tmp_path, "*", include_system=True, include_grants=True),
-        })
+        path = write_config(
+            tmp_path,
+            {
+                "plain": mysql_job(mariadb_server, tmp_path, "*", exclude=["*_skip"]),
+                "system": mysql_job(mariadb_server, tmp_path, "*", include_system=True, include_grants=True),
+            },
+        )
         assert run_cli(path, "check-config") == 0
         plan = capsys.readouterr().out
         assert mariadb_database in plan and mariadb_server.password not in plan
@@ -638,8 +689,12 @@ def test_restore_into_creates_the_database_and_refuses_one_that_holds_data(
     engine.restore_into(dump, restored_name)
 
     assert fingerprints(mariadb_server, restored_name) == before
-    assert query(mariadb_server, None, "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
-                                       "WHERE SCHEMA_NAME = %s", restored_name) == [("utf8mb4_unicode_ci",)]
+    assert query(
+        mariadb_server,
+        None,
+        "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+        restored_name,
+    ) == [("utf8mb4_unicode_ci",)]
     with pytest.raises(Exception, match="not empty"):
         engine.restore_into(dump, restored_name)
     execute(mariadb_server, restored_name, "DELETE FROM customer")
@@ -654,8 +709,10 @@ def test_drop_definers_restores_objects_whose_definer_does_not_exist_here(
     execute(mariadb_server, None, f"CREATE USER `{ghost}`@`%`", f"GRANT ALL ON *.* TO `{ghost}`@`%`", root=True)
     try:
         execute(
-            mariadb_server, mariadb_database,
-            "CREATE TABLE t (a INT)", "INSERT INTO t VALUES (1), (2)",
+            mariadb_server,
+            mariadb_database,
+            "CREATE TABLE t (a INT)",
+            "INSERT INTO t VALUES (1), (2)",
             f"CREATE DEFINER=`{ghost}`@`%` SQL SECURITY DEFINER VIEW v AS SELECT a FROM t",
             f"CREATE DEFINER=`{ghost}`@`%` FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2",
         )
@@ -678,13 +735,17 @@ def test_drop_definers_restores_objects_whose_definer_does_not_exist_here(
     engine.restore_into(dump, restored_name, drop_definers=True)
 
     assert query(mariadb_server, restored_name, "SELECT SUM(a), twice(21) FROM v") == [(Decimal(3), 42)]
-    definers = query(mariadb_server, None, "SELECT DEFINER FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s",
-                     restored_name)
+    definers = query(
+        mariadb_server, None, "SELECT DEFINER FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", restored_name
+    )
     assert definers[0][0].startswith(f"{mariadb_server.user}@")
 
 
 def test_the_restore_and_drill_commands_restore_a_mysql_backup(
-    mariadb_server: MariaDBServer, mariadb_database: str, restored_name: str, tmp_path: Path,
+    mariadb_server: MariaDBServer,
+    mariadb_database: str,
+    restored_name: str,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
@@ -698,16 +759,23 @@ def test_the_restore_and_drill_commands_restore_a_mysql_backup(
 
     assert run_cli(config, "drill", "--job", "main") == 0
     assert "PASSED" in capsys.readouterr().out
-    leftovers = query(mariadb_server, None, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
-                                            "WHERE SCHEMA_NAME LIKE '%%\\_\\_drill\\_%%'")
+    leftovers = query(
+        mariadb_server,
+        None,
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '%%\\_\\_drill\\_%%'",
+    )
     assert leftovers == []
 
 
 def test_a_definer_that_no_longer_exists_is_warned_about(
     mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
 ) -> None:
-    execute(mariadb_server, mariadb_database, "CREATE TABLE t (a INT)",
-            "CREATE DEFINER=`gone_for_good`@`%` VIEW v AS SELECT a FROM t")
+    execute(
+        mariadb_server,
+        mariadb_database,
+        "CREATE TABLE t (a INT)",
+        "CREATE DEFINER=`gone_for_good`@`%` VIEW v AS SELECT a FROM t",
+    )
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
     assert run_cli(config, "backup") == 0
     manifest = read_manifest(manifest_path(only_dump(tmp_path, mariadb_database)))
@@ -721,15 +789,27 @@ def test_an_account_with_only_the_documented_privileges_can_back_up_everything(
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
     user, password = f"least_{secrets.token_hex(3)}", "least-privilege"
-    execute(mariadb_server, None, f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
-            f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON *.* TO `{user}`@`%`", root=True)
+    execute(
+        mariadb_server,
+        None,
+        f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
+        f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON *.* TO `{user}`@`%`",
+        root=True,
+    )
     try:
         secret = tmp_path / "least.password"
         secret.write_text(password)
         secret.chmod(0o600)
         jobs = {
-            name: mysql_job(mariadb_server, tmp_path, [mariadb_database], user=user, password_file=str(secret),
-                            include_grants=True, lock_for_consistency=name == "locked")
+            name: mysql_job(
+                mariadb_server,
+                tmp_path,
+                [mariadb_database],
+                user=user,
+                password_file=str(secret),
+                include_grants=True,
+                lock_for_consistency=name == "locked",
+            )
             for name in ("plain", "locked")
         }
         config = write_config(tmp_path, jobs)
@@ -740,8 +820,13 @@ def test_an_account_with_only_the_documented_privileges_can_back_up_everything(
         dumps = {path.parent.name: path for path in data_files(tmp_path / "storage" / job)}
         assert set(dumps) == {"_grants", mariadb_database}
         sql = decompressed(dumps[mariadb_database])
-        for needle in (b"TRIGGER order_audit", b"PROCEDURE `count_customers`", b"EVENT `nightly_cleanup`",
-                       b"VIEW `big_customers`", b"INSERT INTO `customer`"):
+        for needle in (
+            b"TRIGGER order_audit",
+            b"PROCEDURE `count_customers`",
+            b"EVENT `nightly_cleanup`",
+            b"VIEW `big_customers`",
+            b"INSERT INTO `customer`",
+        ):
             assert needle in sql, needle
         assert f"`{user}`@`%`".encode() in decompressed(dumps["_grants"])
         warnings = read_manifest(manifest_path(dumps[mariadb_database])).warnings
@@ -753,8 +838,13 @@ def test_an_account_that_cannot_see_triggers_and_routines_gets_a_warning_not_a_s
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
     user, password = f"narrow_{secrets.token_hex(3)}", "narrow-privileges"
-    execute(mariadb_server, None, f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
-            f"GRANT SELECT, SHOW VIEW, EVENT ON `{mariadb_database}`.* TO `{user}`@`%`", root=True)
+    execute(
+        mariadb_server,
+        None,
+        f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
+        f"GRANT SELECT, SHOW VIEW, EVENT ON `{mariadb_database}`.* TO `{user}`@`%`",
+        root=True,
+    )
     try:
         secret = tmp_path / "narrow.password"
         secret.write_text(password)
@@ -779,10 +869,17 @@ def test_the_documented_sed_filter_drops_definers_for_a_manual_restore(
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
     assert run_cli(config, "backup") == 0
     docs = (Path(__file__).parents[2] / "docs" / "mysql.md").read_text()
-    sed_command = next(line.split("| ", 1)[1].split(" |", 1)[0] for line in docs.splitlines()
-                       if line.startswith("zstd -dc") and "sed -E" in line)
-    filtered = subprocess.run(["sh", "-c", sed_command], input=decompressed(only_dump(tmp_path, mariadb_database)),
-                              capture_output=True, check=True).stdout
+    sed_command = next(
+        line.split("| ", 1)[1].split(" |", 1)[0]
+        for line in docs.splitlines()
+        if line.startswith("zstd -dc") and "sed -E" in line
+    )
+    filtered = subprocess.run(
+        ["sh", "-c", sed_command],
+        input=decompressed(only_dump(tmp_path, mariadb_database)),
+        capture_output=True,
+        check=True,
+    ).stdout
     assert b"DEFINER=`" not in filtered
     assert b"SQL SECURITY DEFINER" in filtered  # the view keeps its security mode
     execute(mariadb_server, None, f"CREATE DATABASE `{restored_name}`")
@@ -796,16 +893,23 @@ def test_restore_with_globals_applies_the_grants_file_before_the_database(
 ) -> None:
     """`--with-globals` on a MySQL job applies its `_grants` file (accounts come back), then the data."""
     mariadb_server.mysql(mariadb_database, "CREATE TABLE t (x INT); INSERT INTO t VALUES (1), (2);")
-    mariadb_server.mysql(None, "CREATE USER 'reader_wg'@'%' IDENTIFIED BY 'pw-reader'; "
-                               f"GRANT SELECT ON `{mariadb_database}`.* TO 'reader_wg'@'%';")
+    mariadb_server.mysql(
+        None,
+        "CREATE USER 'reader_wg'@'%' IDENTIFIED BY 'pw-reader'; "
+        f"GRANT SELECT ON `{mariadb_database}`.* TO 'reader_wg'@'%';",
+    )
     target = f"{mariadb_database}_wg"
     try:
         job = mysql_job(mariadb_server, tmp_path, [mariadb_database], include_grants=True)
         config = write_config(tmp_path, {"main": job})
         assert run_cli(config, "backup") == 0
         mariadb_server.mysql(None, "DROP USER 'reader_wg'@'%'")
-        assert run_cli(config, "restore", "--job", "main", "--database", mariadb_database, "--into", target,
-                       "--with-globals") == 0
+        assert (
+            run_cli(
+                config, "restore", "--job", "main", "--database", mariadb_database, "--into", target, "--with-globals"
+            )
+            == 0
+        )
         users = mariadb_server.mysql(None, "SELECT user FROM mysql.user WHERE user = 'reader_wg'")
         assert "reader_wg" in users
         assert mariadb_server.mysql(target, "SELECT count(*) FROM t").strip() == "2"

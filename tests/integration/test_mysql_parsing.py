@@ -166,11 +166,16 @@ def _gaps(lines: list[str], database: str = "shop_1") -> list[str]:
 def test_an_account_that_sees_every_trigger_and_routine_has_no_privilege_gaps() -> None:
     assert _gaps(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]) == []
     assert _gaps(["GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON *.* TO `backup`@`%`"]) == []
-    assert _gaps([
-        "GRANT USAGE ON *.* TO `b`@`%`",
-        "GRANT SELECT ON `mysql`.`proc` TO `b`@`%`",
-        "GRANT SELECT, TRIGGER ON `shop\\_%`.* TO `b`@`%`",  # a LIKE pattern with an escaped underscore
-    ]) == []
+    assert (
+        _gaps(
+            [
+                "GRANT USAGE ON *.* TO `b`@`%`",
+                "GRANT SELECT ON `mysql`.`proc` TO `b`@`%`",
+                "GRANT SELECT, TRIGGER ON `shop\\_%`.* TO `b`@`%`",  # a LIKE pattern with an escaped underscore
+            ]
+        )
+        == []
+    )
     assert _gaps(["GRANT SELECT, SHOW_ROUTINE ON *.* TO `b`@`%`", "GRANT TRIGGER ON `shop_1`.* TO `b`@`%`"]) == []
 
 

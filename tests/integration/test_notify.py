@@ -55,10 +55,15 @@ def endpoint() -> Iterator[Endpoint]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             parts = urlsplit(self.path)
-            received.append(Received(
-                "POST", parts.path, parse_qs(parts.query), self.headers.get("Content-Type", ""),
-                self.rfile.read(length),
-            ))
+            received.append(
+                Received(
+                    "POST",
+                    parts.path,
+                    parse_qs(parts.query),
+                    self.headers.get("Content-Type", ""),
+                    self.rfile.read(length),
+                )
+            )
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -111,8 +116,11 @@ def notify_section(endpoint_url: str, **extra: object) -> dict[str, object]:
 
 def test_a_successful_backup_pings_start_and_success_with_one_run_id(tmp_path: Path, endpoint: Endpoint) -> None:
     database = sqlite_database(tmp_path / "app.db")
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database)]}},
-                          sections={"notify": notify_section(endpoint.url)})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database)]}},
+        sections={"notify": notify_section(endpoint.url)},
+    )
 
     assert run_cli(config, "backup") == 0
     endpoint.wait_for(4)
@@ -126,16 +134,25 @@ def test_a_successful_backup_pings_start_and_success_with_one_run_id(tmp_path: P
     assert set(events) == {"run.started", "run.succeeded"}
     finished = events["run.succeeded"]
     assert finished["job"] == "app" and finished["status"] == "ok"
-    assert finished["databases"] == [{
-        "database": str(database), "kind": "database", "status": "ok",
-        "path": finished["databases"][0]["path"], "reason": "", "message": "",
-    }]
+    assert finished["databases"] == [
+        {
+            "database": str(database),
+            "kind": "database",
+            "status": "ok",
+            "path": finished["databases"][0]["path"],
+            "reason": "",
+            "message": "",
+        }
+    ]
     assert Path(str(finished["databases"][0]["path"])).is_file()
 
 
 def test_a_failed_backup_pings_fail_with_the_log_tail(tmp_path: Path, endpoint: Endpoint) -> None:
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(tmp_path / "gone.db")]}},
-                          sections={"notify": notify_section(endpoint.url)})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(tmp_path / "gone.db")]}},
+        sections={"notify": notify_section(endpoint.url)},
+    )
 
     assert run_cli(config, "backup") == 1
     endpoint.wait_for(4)
@@ -151,8 +168,12 @@ def test_a_failed_backup_pings_fail_with_the_log_tail(tmp_path: Path, endpoint: 
 
 def test_a_refused_dump_alerts_as_refused(tmp_path: Path, endpoint: Endpoint) -> None:
     database = sqlite_database(tmp_path / "app.db")
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database)]}},
-                          storage={"max_usage": "4KiB"}, sections={"notify": notify_section(endpoint.url)})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database)]}},
+        storage={"max_usage": "4KiB"},
+        sections={"notify": notify_section(endpoint.url)},
+    )
 
     assert run_cli(config, "backup") == 1
     endpoint.wait_for(4)
@@ -164,14 +185,15 @@ def test_a_refused_dump_alerts_as_refused(tmp_path: Path, endpoint: Endpoint) ->
 
 
 @pytest.mark.parametrize("dead", ["refused", "silent"])
-def test_a_dead_endpoint_delays_a_backup_by_at_most_its_timeout(
-    tmp_path: Path, silent_port: int, dead: str
-) -> None:
+def test_a_dead_endpoint_delays_a_backup_by_at_most_its_timeout(tmp_path: Path, silent_port: int, dead: str) -> None:
     port = silent_port if dead == "silent" else closed_port()
     database = sqlite_database(tmp_path / "app.db")
     url = f"http://127.0.0.1:{port}"
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database)]}},
-                          sections={"notify": notify_section(url, timeout="1s", retries=3)})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database)]}},
+        sections={"notify": notify_section(url, timeout="1s", retries=3)},
+    )
 
     started = time.monotonic()
     assert run_cli(config, "backup") == 0
@@ -188,8 +210,12 @@ def test_secrets_never_reach_a_ping_a_webhook_or_the_log(
     pg_server: PostgresServer, pg_database: str, tmp_path: Path, endpoint: Endpoint
 ) -> None:
     job = {
-        "engine": "postgresql", "host": pg_server.host, "port": pg_server.port, "user": pg_server.user,
-        "password_file": str(password_file(tmp_path, pg_server.password)), "databases": [pg_database],
+        "engine": "postgresql",
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "user": pg_server.user,
+        "password_file": str(password_file(tmp_path, pg_server.password)),
+        "databases": [pg_database],
         "include_globals": False,
     }
     config = write_config(tmp_path, {"main": job}, sections={"notify": notify_section(endpoint.url)})

@@ -41,8 +41,9 @@ def recorded(record: Path) -> list[dict[str, str]]:
 
 
 def config_with_hooks(tmp_path: Path, databases: list[str], hooks: dict[str, object]) -> Path:
-    return write_config(tmp_path, {"app": {"engine": "sqlite", "databases": databases}},
-                        sections={"jobs.app.hooks": hooks})
+    return write_config(
+        tmp_path, {"app": {"engine": "sqlite", "databases": databases}}, sections={"jobs.app.hooks": hooks}
+    )
 
 
 def test_the_after_hook_gets_the_backups_path_hash_size_and_status(tmp_path: Path) -> None:
@@ -68,9 +69,14 @@ def test_the_after_hook_gets_the_backups_path_hash_size_and_status(tmp_path: Pat
 def test_a_failing_before_hook_fails_the_run_before_any_dump(tmp_path: Path) -> None:
     database = sqlite_database(tmp_path / "app.db")
     before, on_failure = tmp_path / "before.env", tmp_path / "failure.env"
-    config = config_with_hooks(tmp_path, [str(database)], {
-        "before": hook(before, exit_code=4), "on_failure": hook(on_failure),
-    })
+    config = config_with_hooks(
+        tmp_path,
+        [str(database)],
+        {
+            "before": hook(before, exit_code=4),
+            "on_failure": hook(on_failure),
+        },
+    )
 
     assert run_cli(config, "backup") == 1
 
@@ -99,9 +105,14 @@ def test_on_failure_runs_for_the_database_that_failed(tmp_path: Path) -> None:
     good = sqlite_database(tmp_path / "good.db")
     missing = tmp_path / "missing.db"
     after, on_failure = tmp_path / "after.env", tmp_path / "failure.env"
-    config = config_with_hooks(tmp_path, [str(good), str(missing)], {
-        "after": hook(after), "on_failure": hook(on_failure),
-    })
+    config = config_with_hooks(
+        tmp_path,
+        [str(good), str(missing)],
+        {
+            "after": hook(after),
+            "on_failure": hook(on_failure),
+        },
+    )
 
     assert run_cli(config, "backup") == 1
 
@@ -114,9 +125,14 @@ def test_on_failure_runs_for_the_database_that_failed(tmp_path: Path) -> None:
 
 def test_a_hook_that_hangs_is_stopped_at_its_timeout(tmp_path: Path) -> None:
     database = sqlite_database(tmp_path / "app.db")
-    config = config_with_hooks(tmp_path, [str(database)], {
-        "before": ["/bin/sh", "-c", "sleep 60"], "timeout": "1s",
-    })
+    config = config_with_hooks(
+        tmp_path,
+        [str(database)],
+        {
+            "before": ["/bin/sh", "-c", "sleep 60"],
+            "timeout": "1s",
+        },
+    )
 
     started = time.monotonic()
     assert run_cli(config, "backup") == 1

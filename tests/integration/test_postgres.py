@@ -78,10 +78,21 @@ def pg_restore_into(server: PostgresServer, dump: Path, database: str) -> None:
     archive.write_bytes(decompressed(dump))
     subprocess.run(
         [
-            str(Path(server.bin_dir) / "pg_restore"), "--no-owner", "--exit-on-error",
-            "-h", server.socket_dir, "-p", str(server.port), "-U", server.superuser, "-d", database, str(archive),
+            str(Path(server.bin_dir) / "pg_restore"),
+            "--no-owner",
+            "--exit-on-error",
+            "-h",
+            server.socket_dir,
+            "-p",
+            str(server.port),
+            "-U",
+            server.superuser,
+            "-d",
+            database,
+            str(archive),
         ],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     archive.unlink()
 
@@ -233,8 +244,9 @@ def test_a_tool_that_fails_mid_stream_leaves_no_file(
     pg_server.psql(pg_database, SCHEMA)
     real = Path(pg_server.bin_dir) / "pg_dump"
     tool = _fake_pg_dump(tmp_path, f'"{real}" "$@" | head -c 2000; exit 3')
-    config = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database], tool=tool,
-                                                    include_globals=False)})
+    config = write_config(
+        tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database], tool=tool, include_globals=False)}
+    )
     assert run_cli(config, "backup") == 1
     _assert_failed_cleanly(tmp_path, {})
     assert "exited with status 3" in events_named(tmp_path, "backup.failed")[-1]["error"]
@@ -246,8 +258,9 @@ def test_a_truncated_archive_from_a_tool_that_exits_0_is_caught_by_the_check(
     pg_server.psql(pg_database, SCHEMA)
     real = Path(pg_server.bin_dir) / "pg_dump"
     tool = _fake_pg_dump(tmp_path, f'"{real}" "$@" | head -c 20000; exit 0')
-    config = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database], tool=tool,
-                                                    include_globals=False)})
+    config = write_config(
+        tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database], tool=tool, include_globals=False)}
+    )
     assert run_cli(config, "backup") == 1
     _assert_failed_cleanly(tmp_path, {})
     assert events_named(tmp_path, "backup.failed")[-1]["reason"] == "verification_failed"
@@ -270,8 +283,9 @@ def test_a_stopped_server_fails_the_run_and_keeps_earlier_backups(
 def test_an_unknown_database_fails_only_that_database(
     pg_server: PostgresServer, pg_database: str, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, ["no_such_db", pg_database],
-                                                    include_globals=False)})
+    config = write_config(
+        tmp_path, {"main": pg_job(pg_server, tmp_path, ["no_such_db", pg_database], include_globals=False)}
+    )
     assert run_cli(config, "backup") == 1
     dumps = data_files(tmp_path / "storage")
     assert [dump.parent.name for dump in dumps] == [pg_database]

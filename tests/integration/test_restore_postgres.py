@@ -57,8 +57,7 @@ def test_a_dry_run_says_what_it_would_do_and_changes_nothing(
     pg_server: PostgresServer, pg_database: str, backed_up: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"{pg_database}_dry"
-    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", target,
-                   "--dry-run") == 0
+    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", target, "--dry-run") == 0
     out = capsys.readouterr().out
     assert f"create database {target!r}" in out and "sha256" in out
     assert not _database_exists(pg_server, target)
@@ -75,8 +74,10 @@ def test_restore_at_a_time_picks_the_backup_made_before_it(
     assert run_cli(backed_up, "backup") == 0
     target = f"{pg_database}_at"
     try:
-        assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--at", cutoff,
-                       "--into", target) == 0
+        assert (
+            run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--at", cutoff, "--into", target)
+            == 0
+        )
         assert table_fingerprints(pg_server, target) == first
     finally:
         drop_database(pg_server, target)
@@ -88,8 +89,22 @@ def test_a_single_table_can_be_restored(pg_server: PostgresServer, pg_database: 
         with pg_server.connect() as connection:
             connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
         pg_server.psql(target, "CREATE SCHEMA audit")
-        assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", target,
-                       "--table", "event", "--force") == 0
+        assert (
+            run_cli(
+                backed_up,
+                "restore",
+                "--job",
+                "main",
+                "--database",
+                pg_database,
+                "--into",
+                target,
+                "--table",
+                "event",
+                "--force",
+            )
+            == 0
+        )
         with pg_server.connect(target) as connection:
             assert connection.execute("SELECT count(*) FROM audit.event").fetchone() == (1000,)
             assert connection.execute("SELECT to_regclass('shop.customer')").fetchone() == (None,)
@@ -106,8 +121,9 @@ def test_to_file_writes_a_plain_archive_pg_restore_can_list(
     assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--to-file", str(out)) == 1
 
 
-def test_a_tampered_backup_is_not_restored(pg_server: PostgresServer, pg_database: str, backed_up: Path,
-                                           tmp_path: Path) -> None:
+def test_a_tampered_backup_is_not_restored(
+    pg_server: PostgresServer, pg_database: str, backed_up: Path, tmp_path: Path
+) -> None:
     (dump,) = [path for path in data_files(tmp_path / "storage") if path.parent.name == pg_database]
     dump.chmod(0o640)
     data = bytearray(dump.read_bytes())
@@ -119,15 +135,30 @@ def test_a_tampered_backup_is_not_restored(pg_server: PostgresServer, pg_databas
 
 
 def test_restore_with_globals_onto_a_fresh_server(pg_server: PostgresServer, pg_database: str, tmp_path: Path) -> None:
-    pg_server.psql(pg_database, SCHEMA + "CREATE ROLE app_reader; GRANT USAGE ON SCHEMA shop TO app_reader;"
-                   "GRANT SELECT ON shop.customer TO app_reader;")
+    pg_server.psql(
+        pg_database,
+        SCHEMA + "CREATE ROLE app_reader; GRANT USAGE ON SCHEMA shop TO app_reader;"
+        "GRANT SELECT ON shop.customer TO app_reader;",
+    )
     try:
         config = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, [pg_database])})
         assert run_cli(config, "backup") == 0
         with running_postgres() as fresh:
             fresh_config = write_config(tmp_path, {"main": pg_job(fresh, tmp_path, [pg_database])})
-            assert run_cli(fresh_config, "restore", "--job", "main", "--database", pg_database, "--into", "shop",
-                           "--with-globals") == 0
+            assert (
+                run_cli(
+                    fresh_config,
+                    "restore",
+                    "--job",
+                    "main",
+                    "--database",
+                    pg_database,
+                    "--into",
+                    "shop",
+                    "--with-globals",
+                )
+                == 0
+            )
             with fresh.connect("shop") as connection:
                 granted = connection.execute(
                     "SELECT has_table_privilege('app_reader', 'shop.customer', 'SELECT')"
@@ -185,20 +216,52 @@ def test_target_url_restores_onto_another_server_with_the_jobs_password(
 ) -> None:
     with running_postgres() as other:
         with other.connect_superuser() as connection:
-            connection.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(other.user), sql.Literal(pg_server.password)))
+            connection.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(other.user), sql.Literal(pg_server.password))
+            )
         url = f"postgresql://{other.user}@{other.host}:{other.port}"
-        assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "copy",
-                       "--target-url", url) == 0
+        assert (
+            run_cli(
+                backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "copy", "--target-url", url
+            )
+            == 0
+        )
         with other.connect_superuser() as connection:
-            connection.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(other.user), sql.Literal(other.password)))
+            connection.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(other.user), sql.Literal(other.password))
+            )
         assert table_fingerprints(other, "copy") == table_fingerprints(pg_server, pg_database)
     assert not _database_exists(pg_server, "copy")
     capsys.readouterr()
-    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "x",
-                   "--target-url", f"postgresql://u:hunter2@{pg_server.host}") == 2
+    assert (
+        run_cli(
+            backed_up,
+            "restore",
+            "--job",
+            "main",
+            "--database",
+            pg_database,
+            "--into",
+            "x",
+            "--target-url",
+            f"postgresql://u:hunter2@{pg_server.host}",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "must not contain a password" in err and "hunter2" not in err
-    assert run_cli(backed_up, "restore", "--job", "main", "--database", pg_database, "--into", "x",
-                   "--target-url", "mysql://u@127.0.0.1") == 2
+    assert (
+        run_cli(
+            backed_up,
+            "restore",
+            "--job",
+            "main",
+            "--database",
+            pg_database,
+            "--into",
+            "x",
+            "--target-url",
+            "mysql://u@127.0.0.1",
+        )
+        == 2
+    )

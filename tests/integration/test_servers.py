@@ -92,20 +92,15 @@ def test_mariadb_client_runs_as_the_backup_user_over_tcp(mariadb_server: MariaDB
     assert output.split() == ["backup@127.0.0.1", str(mariadb_server.port)]
 
 
-def test_mariadb_database_is_a_fresh_empty_database(
-    mariadb_server: MariaDBServer, mariadb_database: str
-) -> None:
+def test_mariadb_database_is_a_fresh_empty_database(mariadb_server: MariaDBServer, mariadb_database: str) -> None:
     with mariadb_server.connect(mariadb_database) as connection, connection.cursor() as cursor:
         cursor.execute(
-            "SELECT DATABASE(),"
-            " (SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE())"
+            "SELECT DATABASE(), (SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE())"
         )
         assert cursor.fetchone() == (mariadb_database, 0)
 
 
-def test_mariadb_can_be_stopped_and_started_again(
-    mariadb_server: MariaDBServer, mariadb_database: str
-) -> None:
+def test_mariadb_can_be_stopped_and_started_again(mariadb_server: MariaDBServer, mariadb_database: str) -> None:
     with mariadb_server.connect(mariadb_database) as connection, connection.cursor() as cursor:
         cursor.execute("CREATE TABLE kept (id int) ENGINE=InnoDB")
         cursor.execute("INSERT INTO kept VALUES (1)")
@@ -189,9 +184,7 @@ def test_mongo_server_noauth_needs_no_credentials(mongo_server_noauth: MongoServ
 
 # Real sample databases
 
-_PAGILA_PG17_ONLY = re.compile(
-    r"transaction_timeout|films_per_customer_rental|JSON_TABLE|syntax error at or near"
-)
+_PAGILA_PG17_ONLY = re.compile(r"transaction_timeout|films_per_customer_rental|JSON_TABLE|syntax error at or near")
 
 
 @pytest.mark.slow

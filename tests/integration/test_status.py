@@ -45,11 +45,14 @@ def three_jobs(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
         "stale": sqlite_database(tmp_path / "stale.db"),
         "broken": tmp_path / "missing.db",  # never created: every backup of it fails
     }
-    config = write_config(tmp_path, {
-        "fresh": {"engine": "sqlite", "databases": [str(files["fresh"])], "every": "1h"},
-        "stale": {"engine": "sqlite", "databases": [str(files["stale"])], "max_backup_age": "1s"},
-        "broken": {"engine": "sqlite", "databases": [str(files["broken"])], "every": "1h"},
-    })
+    config = write_config(
+        tmp_path,
+        {
+            "fresh": {"engine": "sqlite", "databases": [str(files["fresh"])], "every": "1h"},
+            "stale": {"engine": "sqlite", "databases": [str(files["stale"])], "max_backup_age": "1s"},
+            "broken": {"engine": "sqlite", "databases": [str(files["broken"])], "every": "1h"},
+        },
+    )
     return config, files
 
 
@@ -95,10 +98,13 @@ def test_status_check_passes_when_every_checked_database_is_fresh(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = sqlite_database(tmp_path / "app.db")
-    config = write_config(tmp_path, {
-        "app": {"engine": "sqlite", "databases": [str(database)], "schedule": "0 3 * * *"},
-        "adhoc": {"engine": "sqlite", "databases": [str(tmp_path / "never.db")]},  # manual: not checked
-    })
+    config = write_config(
+        tmp_path,
+        {
+            "app": {"engine": "sqlite", "databases": [str(database)], "schedule": "0 3 * * *"},
+            "adhoc": {"engine": "sqlite", "databases": [str(tmp_path / "never.db")]},  # manual: not checked
+        },
+    )
     assert run_cli(config, "backup", "--job", "app") == 0
 
     code, status = status_json(config, capsys, "--check")
@@ -179,11 +185,21 @@ def test_postgres_status_shows_the_last_drill_and_the_newest_drilled_backup(
     pg_server: PostgresServer, pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pg_server.psql(pg_database, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
-    config = write_config(tmp_path, {"main": {
-        "engine": "postgresql", "host": pg_server.host, "port": pg_server.port, "user": pg_server.user,
-        "password_file": str(password_file(tmp_path, pg_server.password)), "databases": [pg_database],
-        "include_globals": False, "every": "1d",
-    }})
+    config = write_config(
+        tmp_path,
+        {
+            "main": {
+                "engine": "postgresql",
+                "host": pg_server.host,
+                "port": pg_server.port,
+                "user": pg_server.user,
+                "password_file": str(password_file(tmp_path, pg_server.password)),
+                "databases": [pg_database],
+                "include_globals": False,
+                "every": "1d",
+            }
+        },
+    )
     assert run_cli(config, "backup") == 0
     assert run_cli(config, "drill") == 0
 

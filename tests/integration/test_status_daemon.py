@@ -50,11 +50,18 @@ def test_a_scheduled_run_writes_metrics_and_pings_like_a_manual_one(
         connection.execute("CREATE TABLE t (x)")
     connection.close()
     textfile = tmp_path / "backup_agent.prom"
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database)], "every": "2s",
-                                              "max_backup_age": "1h"}},
-                          sections={"metrics": {"textfile": textfile}, "notify": {"healthchecks_url": url}})
-    daemon = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(config), "run"], cwd=PROJECT,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database)], "every": "2s", "max_backup_age": "1h"}},
+        sections={"metrics": {"textfile": textfile}, "notify": {"healthchecks_url": url}},
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agent", "-c", str(config), "run"],
+        cwd=PROJECT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not events_named(tmp_path, "job.finished") and time.monotonic() < deadline:

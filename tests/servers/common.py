@@ -354,7 +354,9 @@ def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     else:
         result = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(mount_point)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             problem = f"cannot mount a tmpfs: {result.stderr.strip()}"

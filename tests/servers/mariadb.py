@@ -106,9 +106,7 @@ class MariaDBServer:
         """Stream SQL lines into the ``mariadb`` client without holding the script in memory."""
         with self._defaults_file() as defaults, tempfile.TemporaryFile() as output:
             argv = self._client_argv(defaults, database, "--batch", "--skip-column-names")
-            with subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=output, stderr=output, text=True
-            ) as process:
+            with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output, text=True) as process:
                 assert process.stdin is not None
                 try:
                     for line in lines:

@@ -184,9 +184,7 @@ def running_secantus(*, auth: bool) -> Iterator[MongoServer]:
             cwd=base,
             stop_signal=signal.SIGTERM,
         )
-        server = MongoServer(
-            host="127.0.0.1", port=port, user=user, password=password, auth=auth, _process=process
-        )
+        server = MongoServer(host="127.0.0.1", port=port, user=user, password=password, auth=auth, _process=process)
         try:
             server.start()
             yield server
@@ -204,9 +202,7 @@ def _provision_user(secantusd: str, base: Path, port: int, user: str, password: 
         run_as=None,
         cwd=base,
     )
-    unauthenticated = MongoServer(
-        host="127.0.0.1", port=port, user=None, password=None, auth=False, _process=bootstrap
-    )
+    unauthenticated = MongoServer(host="127.0.0.1", port=port, user=None, password=None, auth=False, _process=bootstrap)
     try:
         unauthenticated.start()
         with unauthenticated.client() as client:

@@ -118,9 +118,7 @@ class PostgresServer:
         with self._password_env() as env:
             return run_command(argv, env=env, input=sql).stdout
 
-    def psql_file(
-        self, database: str, path: Path, *, stop_on_error: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def psql_file(self, database: str, path: Path, *, stop_on_error: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a SQL file with ``psql``; with ``stop_on_error=False`` errors are only reported on stderr."""
         on_error_stop = "ON_ERROR_STOP=1" if stop_on_error else "ON_ERROR_STOP=0"
         argv = [*self._psql_argv(database), "-v", on_error_stop, "-f", str(path)]
@@ -149,10 +147,7 @@ class PostgresServer:
             passfile = Path(directory) / "pgpass"
             passfile.touch(mode=0o600)
             passfile.write_text(
-                ":".join(
-                    _pgpass_escape(part)
-                    for part in (self.host, str(self.port), "*", self.user, self.password)
-                )
+                ":".join(_pgpass_escape(part) for part in (self.host, str(self.port), "*", self.user, self.password))
                 + "\n"
             )
             env = {key: value for key, value in os.environ.items() if key != "PGPASSWORD"}
@@ -229,9 +224,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _init_cluster(
-    bin_dir: str, data_dir: Path, socket_dir: Path, port: int, base: Path, run_as: str | None
-) -> None:
+def _init_cluster(bin_dir: str, data_dir: Path, socket_dir: Path, port: int, base: Path, run_as: str | None) -> None:
     try:
         run_command(
             [

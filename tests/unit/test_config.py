@@ -220,9 +220,7 @@ def test_a_full_config_is_read_into_typed_values() -> None:
     warehouse = config.jobs["warehouse"]
     assert warehouse.schedule == ScheduleSpec("before-snapshots")
     assert warehouse.jitter == timedelta(0)
-    assert warehouse.password == SecretSource(
-        "env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env"
-    )
+    assert warehouse.password == SecretSource("env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env")
     assert warehouse.hooks.after == ("/usr/local/bin/resume-etl", "--now")
     assert warehouse.drill is not None
     assert warehouse.drill.schedule == ScheduleSpec("cron", cron="0 5 * * sun")
@@ -398,9 +396,7 @@ SECRET_LEAKS: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "key_path"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN]
-)
+@pytest.mark.parametrize(("text", "key_path"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
 def test_a_broken_config_is_refused_naming_the_key_to_fix(text: str, key_path: str) -> None:
     problems = problems_of(text)
     assert any(problem.startswith((f"{key_path}:", f"{key_path} (line")) for problem in problems), problems
@@ -429,9 +425,7 @@ def test_problems_carry_the_line_they_were_written_on() -> None:
 
 def test_a_wrong_engine_key_says_which_engine_it_belongs_to() -> None:
     problems = problems_of(job("include_grants = true"))
-    assert problems == [
-        "jobs.main.include_grants (line 7): not a setting of engine postgresql (it is for mysql)"
-    ]
+    assert problems == ["jobs.main.include_grants (line 7): not a setting of engine postgresql (it is for mysql)"]
 
 
 def test_a_missing_key_is_named_with_the_line_of_its_table() -> None:
@@ -464,9 +458,7 @@ def test_a_mysql_password_option_is_named_without_its_value() -> None:
 
 def test_a_postgres_format_option_is_named_by_its_flag() -> None:
     problems = problems_of(job('extra_args = ["-Fc"]'))
-    assert problems == [
-        'jobs.main.extra_args (line 7): "-F…" is not allowed: the agent chooses the dump format'
-    ]
+    assert problems == ['jobs.main.extra_args (line 7): "-F…" is not allowed: the agent chooses the dump format']
 
 
 # ------------------------------------------------------------------------------------------------
@@ -502,9 +494,7 @@ def write_config(directory: Path, storage: Path, mode: int = 0o600) -> Path:
 
 def test_load_config_checks_the_permissions_of_the_file_it_read(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(
-        job(f'password = "{PASSWORD}"').replace("/var/backups/db", str(tmp_path)), encoding="utf-8"
-    )
+    path.write_text(job(f'password = "{PASSWORD}"').replace("/var/backups/db", str(tmp_path)), encoding="utf-8")
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by group/others"):
         load_config(path)

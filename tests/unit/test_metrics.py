@@ -60,7 +60,7 @@ def parse_exposition(text: str) -> Samples:
             label = _LABEL.match(rest)
             assert label, f"line {number}: bad labels {rest!r}"
             labels.append((label[1], _unescape(label[2])))
-            rest = rest[label.end():]
+            rest = rest[label.end() :]
         value = float(match["value"])  # also accepts NaN, +Inf, -Inf
         key = (name, tuple(labels))
         assert key not in samples, f"line {number}: duplicate series"
@@ -87,8 +87,12 @@ def test_after_a_success_the_file_holds_the_backups_figures(tmp_path: Path) -> N
     database = sqlite_database(tmp_path / "app.db")
     textfile = tmp_path / "textfile" / "backup_agent.prom"
     textfile.parent.mkdir()
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database)], "every": "1h"}},
-                          storage={"max_usage": "1GiB"}, sections={"metrics": {"textfile": textfile}})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database)], "every": "1h"}},
+        storage={"max_usage": "1GiB"},
+        sections={"metrics": {"textfile": textfile}},
+    )
 
     assert run_cli(config, "backup") == 0
 
@@ -117,8 +121,11 @@ def test_after_a_failure_the_counter_rises_and_the_last_success_stays(tmp_path: 
     database = sqlite_database(tmp_path / "app.db")
     never = tmp_path / "never.db"
     textfile = tmp_path / "backup_agent.prom"
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(database), str(never)]}},
-                          sections={"metrics": {"textfile": textfile}})
+    config = write_config(
+        tmp_path,
+        {"app": {"engine": "sqlite", "databases": [str(database), str(never)]}},
+        sections={"metrics": {"textfile": textfile}},
+    )
     assert run_cli(config, "backup") == 1  # never.db fails from the start
     first = parse_exposition(textfile.read_text())
     database.rename(tmp_path / "moved.db")
@@ -141,8 +148,9 @@ def test_label_values_with_quotes_backslashes_and_newlines_survive(tmp_path: Pat
     odd = tmp_path / 'we"ird\\name\nhere.db'
     sqlite_database(odd)
     textfile = tmp_path / "backup_agent.prom"
-    config = write_config(tmp_path, {"app": {"engine": "sqlite", "databases": [str(odd)]}},
-                          sections={"metrics": {"textfile": textfile}})
+    config = write_config(
+        tmp_path, {"app": {"engine": "sqlite", "databases": [str(odd)]}}, sections={"metrics": {"textfile": textfile}}
+    )
 
     assert run_cli(config, "backup") == 0
 
@@ -152,15 +160,33 @@ def test_label_values_with_quotes_backslashes_and_newlines_survive(tmp_path: Pat
 
 def test_a_passed_drill_gives_its_time() -> None:
     database = {
-        "database": "shop", "kind": "database", "last_good": None, "last_status": "ok", "backups": 0,
-        "used_bytes": 0, "predicted_next_bytes": None, "failures_total": 0, "last_duration_seconds": None,
-        "checked": False, "problem": None, "newest_drilled_backup": None,
+        "database": "shop",
+        "kind": "database",
+        "last_good": None,
+        "last_status": "ok",
+        "backups": 0,
+        "used_bytes": 0,
+        "predicted_next_bytes": None,
+        "failures_total": 0,
+        "last_duration_seconds": None,
+        "checked": False,
+        "problem": None,
+        "newest_drilled_backup": None,
         "last_drill": {"at": "2026-11-26T05:00:00+00:00", "result": "passed", "path": "x", "differences": []},
     }
     status = {
-        "ok": True, "version": "0", "host": "h", "jobs": [{"job": "main", "databases": [database]}],
-        "storage": {"path": "/s", "used_bytes": 1, "max_usage_bytes": None, "free_bytes": 2, "reserve_bytes": 3,
-                    "total_bytes": 4},
+        "ok": True,
+        "version": "0",
+        "host": "h",
+        "jobs": [{"job": "main", "databases": [database]}],
+        "storage": {
+            "path": "/s",
+            "used_bytes": 1,
+            "max_usage_bytes": None,
+            "free_bytes": 2,
+            "reserve_bytes": 3,
+            "total_bytes": 4,
+        },
     }
 
     samples = parse_exposition(metrics.render(status))

@@ -178,7 +178,10 @@ def test_crc64_is_fast() -> None:
 def test_the_writer_output_follows_the_format_notes() -> None:
     archive = read_archive(sample_archive())
     assert archive["header"] == {
-        "concurrent_collections": 1, "version": "0.1", "server_version": "8.2.11", "tool_version": "test"
+        "concurrent_collections": 1,
+        "version": "0.1",
+        "server_version": "8.2.11",
+        "tool_version": "test",
     }
     assert [entry["collection"] for entry in archive["prelude"]] == ["orders", "empty", "recent", "odd name.with dots"]
     assert all(entry["size"] == 0 and entry["db"] == "shop" for entry in archive["prelude"])
@@ -255,7 +258,10 @@ def test_the_parser_reads_an_archive_fed_in_any_chunk_sizes(sizes: list[int]) ->
         index += 1
     summary = parser.finish()
     assert summary.counts() == {
-        ("shop", "orders"): 50, ("shop", "empty"): 0, ("shop", "recent"): 0, ("shop", "odd name.with dots"): 2
+        ("shop", "orders"): 50,
+        ("shop", "empty"): 0,
+        ("shop", "recent"): 0,
+        ("shop", "odd name.with dots"): 2,
     }
     assert summary.namespaces[("shop", "orders")].crc == bitwise_crc64_xz(
         documents(30, "a") + documents(20, "c", size=600)
@@ -294,8 +300,9 @@ def test_a_changed_document_byte_is_a_crc_mismatch() -> None:
 
 def _archive_with(body: bytes, entries: tuple[str, ...] = ("c",)) -> bytes:
     """A prelude made by hand for namespaces d.<entries>, then `body`."""
-    header = SON([("concurrent_collections", 1), ("version", "0.1"), ("server_version", "8.0.0"),
-                  ("tool_version", "test")])
+    header = SON(
+        [("concurrent_collections", 1), ("version", "0.1"), ("server_version", "8.0.0"), ("tool_version", "test")]
+    )
     prelude = b"".join(
         bson.encode(SON([("db", "d"), ("collection", name), ("metadata", ""), ("size", 0), ("type", "collection")]))
         for name in entries
@@ -305,7 +312,6 @@ def _archive_with(body: bytes, entries: tuple[str, ...] = ("c",)) -> bytes:
 
 def _header(collection: str, *, eof: bool, crc: int = 0) -> bytes:
     return bson.encode(SON([("db", "d"), ("collection", collection), ("EOF", eof), ("CRC", bson.Int64(crc))]))
-
 
 
 @pytest.mark.parametrize(

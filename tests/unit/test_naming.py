@@ -17,7 +17,7 @@ from agent.naming import (
 )
 
 names = st.text(min_size=1, max_size=300).filter(lambda text: "\x00" not in text) | st.sampled_from(
-    ["..", ".", "../x", "a/b", "a_b", "a%2Fb", "_globals", ".hidden", "x\n{\"fake\": 1}", "\x1b[31mred", "A", "a"]
+    ["..", ".", "../x", "a/b", "a_b", "a%2Fb", "_globals", ".hidden", 'x\n{"fake": 1}', "\x1b[31mred", "A", "a"]
 )
 
 
@@ -83,7 +83,11 @@ def test_file_names_parse_back_to_job_name_time_and_sequence() -> None:
     parsed = parse_backup_filename(filename)
     assert parsed is not None
     assert (parsed.job, parsed.component, parsed.created_at, parsed.sequence, parsed.extension) == (
-        "main", "my%20shop", moment, 2, "pgdump.zst"
+        "main",
+        "my%20shop",
+        moment,
+        2,
+        "pgdump.zst",
     )
 
 

@@ -56,8 +56,9 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert shipped.count(SHIPPED_EXEC_START) == 1
     copy = tmp_path / "backup-agent.service"  # the same unit, run from this checkout's virtualenv
     copy.write_text(shipped.replace(SHIPPED_EXEC_START, f"ExecStart={console_script} run"))
-    differing = [pair for pair in zip(shipped.splitlines(), copy.read_text().splitlines(), strict=True)
-                 if pair[0] != pair[1]]
+    differing = [
+        pair for pair in zip(shipped.splitlines(), copy.read_text().splitlines(), strict=True) if pair[0] != pair[1]
+    ]
     assert differing == [(SHIPPED_EXEC_START, f"ExecStart={console_script} run")]
 
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=120, check=False)
@@ -94,13 +95,19 @@ def test_logrotate_rules_parse_and_never_copytruncate(tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "agent.log").write_text("{}\n")
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    local = (rules.replace("/var/log/backup-agent", str(tmp_path / "logs"))
-             .replace("backup-agent backup-agent", f"{user} {user}"))
+    local = rules.replace("/var/log/backup-agent", str(tmp_path / "logs")).replace(
+        "backup-agent backup-agent", f"{user} {user}"
+    )
     config = tmp_path / "logrotate.conf"
     config.write_text(local)
 
-    result = subprocess.run([logrotate, "--debug", "--state", str(tmp_path / "state"), str(config)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [logrotate, "--debug", "--state", str(tmp_path / "state"), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
     assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
     assert (tmp_path / "logs" / "agent.log").exists()  # --debug changes nothing
@@ -114,8 +121,12 @@ def test_install_script_into_a_destdir_makes_folders_with_the_right_modes(tmp_pa
     destination = tmp_path / "root"
 
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install.sh"), "--no-venv"], env={**os.environ, "DESTDIR": str(destination)},
-        capture_output=True, text=True, timeout=60, check=False,
+        ["bash", str(ROOT / "scripts" / "install.sh"), "--no-venv"],
+        env={**os.environ, "DESTDIR": str(destination)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert result.returncode == 0, result.stderr
@@ -138,8 +149,13 @@ def test_install_script_dry_run_shows_every_step_and_changes_nothing(tmp_path: P
     unit_before = Path("/etc/systemd/system/backup-agent.service").exists()
     user_before = subprocess.run(["getent", "passwd", "backup-agent"], capture_output=True, check=False).returncode
 
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--dry-run"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
     assert result.returncode == 0, result.stderr
     steps = [line for line in result.stdout.splitlines() if line.startswith("would run:")]
@@ -154,15 +170,26 @@ def test_install_script_dry_run_shows_every_step_and_changes_nothing(tmp_path: P
 
 
 def test_install_script_rejects_unknown_options() -> None:
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--frobnicate"],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh"), "--frobnicate"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2 and "unknown option --frobnicate" in result.stderr
 
 
 def test_make_install_runs_the_install_script_with_destdir() -> None:
     make = tool_or_skip("make", "the Makefile's install target")
-    result = subprocess.run([make, "-n", "install", "DESTDIR=/tmp/pkg", "INSTALL_FLAGS=--no-venv"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [make, "-n", "install", "DESTDIR=/tmp/pkg", "INSTALL_FLAGS=--no-venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert 'DESTDIR="/tmp/pkg" bash scripts/install.sh --no-venv' in result.stdout
 
@@ -184,8 +211,9 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = tool_or_skip("hadolint", "the Dockerfile is linted without a Docker engine")
-    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -231,9 +259,7 @@ _EVENT_CALL = re.compile(
 
 
 def test_every_log_event_in_the_code_is_in_the_operations_guide() -> None:
-    events = {
-        match[1] for path in (ROOT / "agent").rglob("*.py") for match in _EVENT_CALL.finditer(path.read_text())
-    }
+    events = {match[1] for path in (ROOT / "agent").rglob("*.py") for match in _EVENT_CALL.finditer(path.read_text())}
     assert {"backup.finished", "backup.failed", "hook.failed", "notify.failed"} <= events
     guide = (ROOT / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"`([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+)`", guide))

@@ -22,8 +22,11 @@ def _restore_logging() -> Iterator[None]:
 
 
 def test_the_default_config_rotates_the_log_by_size() -> None:
-    config = parse_config('[storage]\npath = "/srv/b"\n[log]\nfile = "/var/log/b/agent.log"\n'
-                          '[jobs.a]\nengine = "sqlite"\ndatabases = ["/a.db"]\n', Path("/etc/c.toml"))
+    config = parse_config(
+        '[storage]\npath = "/srv/b"\n[log]\nfile = "/var/log/b/agent.log"\n'
+        '[jobs.a]\nengine = "sqlite"\ndatabases = ["/a.db"]\n',
+        Path("/etc/c.toml"),
+    )
     assert config.log.rotate is True
     assert config.log.max_size.resolve(0) == 10 * 2**20
     assert config.log.keep == 5

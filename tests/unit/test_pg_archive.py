@@ -60,8 +60,16 @@ class Archives:
 
 
 def _pg_dump(server: PostgresServer, env: dict[str, str], database: str, *options: str) -> bytes:
-    argv = [str(Path(server.bin_dir) / "pg_dump"), f"--host={server.host}", f"--port={server.port}",
-            f"--username={server.user}", "--no-password", "--format=custom", *options, database]
+    argv = [
+        str(Path(server.bin_dir) / "pg_dump"),
+        f"--host={server.host}",
+        f"--port={server.port}",
+        f"--username={server.user}",
+        "--no-password",
+        "--format=custom",
+        *options,
+        database,
+    ]
     return subprocess.run(argv, env=env, capture_output=True, check=True).stdout
 
 
@@ -84,7 +92,8 @@ def archives(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
         uncompressed = _pg_dump(pg_server, env, database, "--compress=0")
         listing = subprocess.run([pg_restore, "--list"], input=uncompressed, capture_output=True, check=True)
         data_entries = sum(
-            1 for line in listing.stdout.decode().splitlines()
+            1
+            for line in listing.stdout.decode().splitlines()
             if not line.startswith(";") and (" TABLE DATA " in line or " BLOBS " in line)
         )
         yield Archives(
@@ -125,16 +134,17 @@ def test_every_kind_of_real_archive_passes_and_every_data_entry_has_its_block(ar
 
 @_SETTINGS
 @given(kind=st.sampled_from(KINDS), cuts=st.lists(st.integers(min_value=0), max_size=40))
-def test_a_complete_archive_passes_however_the_stream_is_split(
-    archives: Archives, kind: str, cuts: list[int]
-) -> None:
+def test_a_complete_archive_passes_however_the_stream_is_split(archives: Archives, kind: str, cuts: list[int]) -> None:
     check = _check(getattr(archives, kind), cuts)
     assert len(check.block_ends) == archives.data_entries
 
 
 @_SETTINGS
-@given(kind=st.sampled_from(KINDS), fraction=st.floats(min_value=0, max_value=1, exclude_max=True),
-       cuts=st.lists(st.integers(min_value=0), max_size=8))
+@given(
+    kind=st.sampled_from(KINDS),
+    fraction=st.floats(min_value=0, max_value=1, exclude_max=True),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
 def test_an_archive_cut_at_any_offset_fails(archives: Archives, kind: str, fraction: float, cuts: list[int]) -> None:
     data = getattr(archives, kind)
     truncated = data[: int(len(data) * fraction)]

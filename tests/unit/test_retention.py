@@ -111,8 +111,11 @@ def test_one_backup_can_count_for_several_rules() -> None:
 def test_with_no_keep_rule_every_good_backup_stays_until_max_age() -> None:
     items = backups("2026-01-01T00:00:00", "2026-05-20T00:00:00", "2026-05-30T00:00:00", "2026-05-31T00:00:00")
     assert deleted(run(items, ONLY)) == []
-    aged = run(items, RetentionPolicy(keep_daily=None, keep_weekly=None, keep_monthly=None,
-                                      max_age=timedelta(days=30), keep_min=1), now="2026-06-01T00:00:00")
+    aged = run(
+        items,
+        RetentionPolicy(keep_daily=None, keep_weekly=None, keep_monthly=None, max_age=timedelta(days=30), keep_min=1),
+        now="2026-06-01T00:00:00",
+    )
     assert deleted(aged) == ["2026-01-01T00:00:00"]
     assert rules_of(aged)["2026-01-01T00:00:00"] == "max_age"
 
@@ -209,9 +212,7 @@ def test_max_usage_limits_the_agents_own_files() -> None:
 
 
 def test_percentages_resolve_against_the_filesystem_or_quota_size() -> None:
-    storage = StorageConfig(
-        path=Path("/x"), max_usage=SizeSpec(None, 40.0), reserve=SizeSpec(None, 20.0)
-    )
+    storage = StorageConfig(path=Path("/x"), max_usage=SizeSpec(None, 40.0), reserve=SizeSpec(None, 20.0))
     assert resolve_budget(storage, 10 * 2**30) == Budget(reserve_bytes=2 * 2**30, max_usage_bytes=4 * 2**30)
 
 

@@ -136,9 +136,7 @@ def test_a_tighter_budget_never_keeps_more(
     assert loose.expected_deletions <= tight.expected_deletions
     limit = budget.max_usage_bytes
     smaller = replace(budget, max_usage_bytes=1_000 if limit is None else limit // 2)
-    assert deleted_keys(plan(series, figures, budget, now=NOW)) <= deleted_keys(
-        plan(series, figures, smaller, now=NOW)
-    )
+    assert deleted_keys(plan(series, figures, budget, now=NOW)) <= deleted_keys(plan(series, figures, smaller, now=NOW))
 
 
 @EXAMPLES

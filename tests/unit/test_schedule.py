@@ -59,7 +59,8 @@ def fires(plan: Plan, after: datetime, count: int) -> list[datetime]:
 
 def config(job_body: str, extra: str = "") -> Config:
     text = (
-        '[storage]\npath = "/var/backups/db"\n' + extra
+        '[storage]\npath = "/var/backups/db"\n'
+        + extra
         + f'\n[jobs.main]\nengine = "postgresql"\ndatabases = "*"\n{job_body}\n'
     )
     return parse_config(text, Path("/etc/backup-agent/config.toml"))
@@ -128,7 +129,9 @@ def test_a_job_without_a_time_zone_runs_on_utc() -> None:
     plan = plan_of('schedule = "0 */6 * * *"\njitter = "0s"')
     assert plan.timezone == "UTC"
     assert fires(plan, utc(2026, 3, 29, 0, 30), 3) == [
-        utc(2026, 3, 29, 6), utc(2026, 3, 29, 12), utc(2026, 3, 29, 18),
+        utc(2026, 3, 29, 6),
+        utc(2026, 3, 29, 12),
+        utc(2026, 3, 29, 18),
     ]
 
 
@@ -312,7 +315,10 @@ def test_a_job_starts_so_it_finishes_the_margin_before_each_snapshot() -> None:
     plan = plan_of('schedule = "before-snapshots"\njitter = "0s"', SNAPSHOTS, durations=(100.0, 120.0, 600.0))
     assert plan.estimate == timedelta(minutes=10)
     assert fires(plan, utc(2026, 6, 1, 1), 4) == [
-        utc(2026, 6, 1, 5, 20), utc(2026, 6, 1, 11, 20), utc(2026, 6, 1, 17, 20), utc(2026, 6, 1, 23, 20),
+        utc(2026, 6, 1, 5, 20),
+        utc(2026, 6, 1, 11, 20),
+        utc(2026, 6, 1, 17, 20),
+        utc(2026, 6, 1, 23, 20),
     ]
 
 
@@ -358,8 +364,12 @@ def test_manual_jobs_have_no_plan() -> None:
 def test_a_plan_describes_itself_for_the_log() -> None:
     described = plan_of('schedule = "before-snapshots"\njitter = "0s"', SNAPSHOTS).describe()
     assert described == {
-        "kind": "before-snapshots", "timezone": "UTC", "jitter": "0s", "snapshots": "00:00,06:00,12:00,18:00",
-        "margin": "1800s", "estimate": "900s",
+        "kind": "before-snapshots",
+        "timezone": "UTC",
+        "jitter": "0s",
+        "snapshots": "00:00,06:00,12:00,18:00",
+        "margin": "1800s",
+        "estimate": "900s",
     }
 
 
@@ -367,7 +377,7 @@ def test_a_plan_describes_itself_for_the_log() -> None:
 def test_every_before_snapshots_start_is_followed_by_its_snapshot_after_the_estimate_and_margin(
     times: tuple[str, ...],
 ) -> None:
-    extra = f"[snapshots]\ntimes = {list(times)!r}\nmargin = \"30m\"\n".replace("'", '"')
+    extra = f'[snapshots]\ntimes = {list(times)!r}\nmargin = "30m"\n'.replace("'", '"')
     plan = plan_of('schedule = "before-snapshots"', extra, durations=(1200.0,))
     snapshot_clock = {time.fromisoformat(text) for text in times}
     for start in fires(plan, utc(2026, 6, 1), 8):

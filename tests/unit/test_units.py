@@ -53,9 +53,7 @@ def test_a_byte_size_resolves_to_itself_whatever_the_filesystem() -> None:
     assert parse_size("1GiB", "k", allow_percent=True).resolve(10) == 2**30
 
 
-@pytest.mark.parametrize(
-    "text", ["abc", "0", 0, -5, "-1GiB", "NaN", "nan%", "0%", "101%", "5XB", True, 1.5, ""]
-)
+@pytest.mark.parametrize("text", ["abc", "0", 0, -5, "-1GiB", "NaN", "nan%", "0%", "101%", "5XB", True, 1.5, ""])
 def test_a_broken_size_is_refused_with_its_key_path(text: object) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_size(text, "storage.max_usage", allow_percent=True)  # type: ignore[arg-type]
@@ -63,9 +61,7 @@ def test_a_broken_size_is_refused_with_its_key_path(text: object) -> None:
 
 
 def test_a_size_error_shows_the_expected_form_and_the_value_given() -> None:
-    with pytest.raises(
-        ConfigError, match=r'storage.max_usage: expected a size like "20GiB" or "15%", got "abc"'
-    ):
+    with pytest.raises(ConfigError, match=r'storage.max_usage: expected a size like "20GiB" or "15%", got "abc"'):
         parse_size("abc", "storage.max_usage", allow_percent=True)
 
 
