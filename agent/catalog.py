@@ -1,4 +1,11 @@
-"""What is on disk: every backup under the storage path, read from file names and manifests."""
+"""What is on disk: every backup under the storage path, read from file names and manifests.
+
+A manifest is untrusted input (anyone who can write to storage can edit it), so a backup is `good`
+only when its manifest decodes with every type right, names its own file, has the size of that
+file, and names the job and database of the folder it sits in. Anything else is `invalid`: never
+offered as latest, never counted by retention or used for a prediction, and reported by `verify`
+with the field named. The next backup of its database is made as if it were not there.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,34 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from agent.manifest import Manifest, ManifestError, manifest_path, read_manifest
-from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX, decode_name, parse_backup_filename
+from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX, decode_name, folder_matches, parse_backup_filename
 
-GOOD = "good"
-INCOMPLETE = "incomplete"  # a data file without a valid manifest: never latest, never counted
-PARTIAL = "partial"  # a `.partial` left by a crash
+
+class BackupStatus(StrEnum):
+    GOOD = "good"
+    INCOMPLETE = "incomplete"  # a data file without a manifest (a crash before it): never latest, never counted
+    INVALID = "invalid"  # a manifest that does not fit its file or folder: treated as incomplete
+    PARTIAL = "partial"  # a `.partial` left by a crash
+
+
+GOOD = BackupStatus.GOOD
+INCOMPLETE = BackupStatus.INCOMPLETE
+INVALID = BackupStatus.INVALID
+PARTIAL = BackupStatus.PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
 class BackupRecord:
     job: str
-    folder: str  # the encoded database name, or _globals / _grants
+    folder: str  # the encoded database name, or _globals / _grants / _server
     path: Path
     created_at: datetime | None
-    status: str
-    manifest: Manifest | None = None
+    status: BackupStatus
+    manifest: Manifest | None = None  # set only for a good backup
     problem: str = ""
 
     @property
@@ -64,7 +81,7 @@ def _job_directories(storage: Path, job: str | None) -> Iterator[Path]:
 
 
 def scan(storage: Path, job: str | None = None) -> list[BackupRecord]:
-    """Every backup, partial and incomplete file, oldest first within each folder."""
+    """Every backup, partial, incomplete and invalid file, oldest first within each folder."""
     records: list[BackupRecord] = []
     for job_directory in _job_directories(storage, job):
         for folder in sorted(job_directory.iterdir()):
@@ -77,7 +94,7 @@ def scan(storage: Path, job: str | None = None) -> list[BackupRecord]:
 def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
     # the agent never makes a symlink: one here was planted, and is neither a backup nor a manifest
     with os.scandir(folder) as entries:
-        present = {entry.name for entry in entries if not entry.is_symlink()}
+        present = {entry.name: entry for entry in entries if not entry.is_symlink()}
     for name in sorted(present):
         path = folder / name
         if name.endswith(PARTIAL_SUFFIX):
@@ -93,22 +110,45 @@ def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
             yield BackupRecord(job, folder.name, path, parsed.created_at, INCOMPLETE, problem="no manifest")
             continue
         try:
-            manifest = read_manifest(manifest_path(path))
-        except ManifestError as error:
-            yield BackupRecord(job, folder.name, path, parsed.created_at, INCOMPLETE, problem=str(error))
+            size = present[name].stat(follow_symlinks=False).st_size
+        except FileNotFoundError:  # deleted by a prune meanwhile
             continue
-        if manifest.file != name:
-            yield BackupRecord(
-                job,
-                folder.name,
-                path,
-                parsed.created_at,
-                INCOMPLETE,
-                manifest,
-                problem="manifest names another file",
-            )
-            continue
-        yield BackupRecord(job, folder.name, path, parsed.created_at, GOOD, manifest)
+        yield classify(path, parsed.created_at, size)
+
+
+def classify(path: Path, created_at: datetime | None, size: int, *, in_storage: bool = True) -> BackupRecord:
+    """A data file with a manifest beside it: good, or invalid with the problem named.
+
+    In storage (`<storage>/<job>/<folder>/<file>`) the manifest must name that job and folder too.
+    """
+    job, folder = path.parent.parent.name, path.parent.name
+    try:
+        manifest = read_manifest(manifest_path(path))
+    except ManifestError as error:
+        return BackupRecord(job, folder, path, created_at, INVALID, problem=str(error))
+    place = {"job": job, "folder": folder} if in_storage else {"job": None, "folder": None}
+    problem = manifest_problem(manifest, name=path.name, size=size, **place)
+    if problem:
+        return BackupRecord(job, folder, path, created_at, INVALID, problem=f"{manifest_path(path)}: {problem}")
+    return BackupRecord(job, folder, path, created_at, GOOD, manifest)
+
+
+def manifest_problem(manifest: Manifest, *, job: str | None, folder: str | None, name: str, size: int) -> str:
+    """What makes a well-typed manifest wrong for the file it sits beside ("" when nothing does).
+
+    `job` and `folder` are those of the file's place in storage (None: not inside storage).
+    """
+    if manifest.file != name:
+        return f"file: the manifest names another file ({manifest.file!r})"
+    if manifest.stored_bytes != size:
+        return f"stored_bytes: the manifest says {manifest.stored_bytes}, the file has {size} bytes"
+    if manifest.raw_bytes == 0:
+        return "raw_bytes: the manifest says the dump is empty"
+    if job is not None and manifest.job != job:
+        return f"job: the manifest names job {manifest.job!r}, but the file is in the folder of job {job!r}"
+    if folder is not None and not folder_matches(manifest.kind, manifest.database, folder):
+        return f"database: a {manifest.kind} backup of {manifest.database!r} does not belong in the folder {folder!r}"
+    return ""
 
 
 def latest_good(records: list[BackupRecord], job: str, database: str, kind: str = "database") -> BackupRecord | None:

@@ -17,7 +17,16 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, AgentError, ConfigError, UsageError
+from agent.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_USAGE,
+    AgentError,
+    ConfigError,
+    UsageError,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -43,6 +52,7 @@ def _load(args: argparse.Namespace, *, configure_logging: bool = True) -> Any:
     from agent.config import config_path_from, load_config
 
     config = load_config(config_path_from(args.config))
+    args.loaded_config = config  # for main's last resort: where the log of an unexpected error goes
     if configure_logging:
         from agent import log
 
@@ -60,8 +70,8 @@ def _job_names(config: Any, job: str | None) -> list[str]:
 
 
 def command_backup(args: argparse.Namespace) -> int:
-    from agent.runner import run_job
-    from agent.state import record_run
+    from agent.observed import run_job
+    from agent.outcome import Status
 
     config = _load(args)
     names = _job_names(config, args.job)
@@ -74,10 +84,9 @@ def command_backup(args: argparse.Namespace) -> int:
         if stop():
             break
         outcome = run_job(config, name, database=args.database, should_stop=stop)
-        record_run(config.storage.path, outcome)
         for target in outcome.targets:
             label = target.database or f"({target.kind})"
-            if target.status == "ok":
+            if target.status == Status.OK:
                 print(f"ok      {name} {label} -> {target.path}")
             else:
                 print(f"FAILED  {name} {label}: {target.message}")
@@ -136,7 +145,7 @@ def command_verify(args: argparse.Namespace) -> int:
 
     config = _load(args)
     if args.paths:
-        findings = [verify.verify_file(Path(path).absolute()) for path in args.paths]
+        findings = [verify.verify_file(Path(path).absolute(), config.storage.path.absolute()) for path in args.paths]
     else:
         findings = verify.verify_storage(config.storage.path, args.job)
     bad = [finding for finding in findings if finding.status != verify.OK]
@@ -400,7 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:
         return int(exit_request.code or 0) if exit_request.code in (0, None) else EXIT_USAGE
-    handler: Handler = args.handler
+    return _run(args.handler, args)
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    """The verb, and the one map from errors to exit codes and one-line messages."""
     try:
         return handler(args)
     except ConfigError as error:
@@ -415,3 +428,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except Exception as error:  # a bug, in any verb: one line here, the traceback in the log
+        from agent import log
+
+        config = getattr(args, "loaded_config", None)
+        where = log.record_crash(error, config.log.file if config is not None else None)
+        print(
+            f"backup-agent: internal error: {type(error).__name__}: {error} "
+            f"(a bug; the traceback is in {where}, event cli.internal_error)",
+            file=sys.stderr,
+        )
+        return EXIT_SOFTWARE

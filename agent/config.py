@@ -16,9 +16,10 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import time, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from agent.compression import COMPRESSIONS, Compression
 from agent.errors import ConfigError
 from agent.secrets import Secret, SecretSource
 from agent.units import (
@@ -48,6 +49,7 @@ _DEFAULT_RESERVE = SizeSpec(bytes=None, percent=10.0)
 _DEFAULT_LOG_MAX_SIZE = SizeSpec(bytes=10 * 2**20, percent=None)
 _NO_PASSWORD = SecretSource("none")
 _Default = TypeVar("_Default")
+_Choice = TypeVar("_Choice", bound=str)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ _Default = TypeVar("_Default")
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     path: Path
-    compression: str = "zstd"
+    compression: Compression = "zstd"
     level: int | None = 3
     threads: int = -1
     max_usage: SizeSpec | None = None
@@ -120,11 +122,14 @@ class NotifyConfig:
     retries: int = 2
 
 
+ScheduleKind = Literal["cron", "interval", "before-snapshots", "manual"]
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleSpec:
-    """When a job runs: kind is "cron", "interval", "before-snapshots" or "manual"."""
+    """When a job runs."""
 
-    kind: str
+    kind: ScheduleKind
     cron: str | None = None
     every: timedelta | None = None
 
@@ -518,15 +523,16 @@ class _Table:
             return default
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...], default: _Default) -> str | _Default:
+    def choice(self, key: str, choices: tuple[_Choice, ...], default: _Default) -> _Choice | _Default:
         value = self.text(key, None)
         if value is None:
             return default
-        if value not in choices:
-            listed = ", ".join(f'"{choice}"' for choice in choices)
-            self.add(key, f"expected one of {listed}, got {_show(value)}")
-            return default
-        return value
+        for choice in choices:
+            if value == choice:
+                return choice
+        listed = ", ".join(f'"{choice}"' for choice in choices)
+        self.add(key, f"expected one of {listed}, got {_show(value)}")
+        return default
 
     def duration(
         self, key: str, default: _Default, *, allow_zero: bool = False, minimum: timedelta | None = None
@@ -683,7 +689,7 @@ class _ConfigReader:
         path = table.path_value("path", None)
         if not table.has("path"):
             table.missing("path", 'say where dumps are kept, e.g. path = "/var/backups/db"')
-        compression = table.choice("compression", ("zstd", "gzip", "none"), "zstd")
+        compression: Compression = table.choice("compression", COMPRESSIONS, "zstd")
         level: int | None = None
         if compression in COMPRESSION_LEVELS:
             default, lowest, highest = COMPRESSION_LEVELS[compression]

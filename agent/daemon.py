@@ -34,7 +34,9 @@ from agent import __version__, catalog, log, process
 from agent.config import Config, JobConfig, load_config
 from agent.drill import run_drills
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
-from agent.runner import CONNECTION_FAILED, FAILED, SKIPPED, RunOutcome, run_job
+from agent.observed import run_job
+from agent.outcome import Reason, RunOutcome, Status
+from agent.records import recent_durations, record_next_runs
 from agent.schedule import (
     BEFORE_SNAPSHOTS,
     Plan,
@@ -44,7 +46,6 @@ from agent.schedule import (
     plan_for,
     previous_fire_at_or_before,
 )
-from agent.state import recent_durations, record_next_runs, record_run
 from agent.storage import StorageLayout, exclusive_lock
 
 CONNECT_RETRIES = 3  # after a failed connection: retries at 1x, 2x, 4x the job's connect_timeout
@@ -462,25 +463,24 @@ class Daemon:
             return None
         try:
             logger.info("job.started")
-            outcome = run_job(config, name, should_stop=lambda: self.stopping)
+            outcome = run_job(config, name, should_stop=lambda: self.stopping, next_run=lambda: self._next_run(name))
         finally:
             slots.release()
         next_run = self._next_run(name)
-        record_run(config.storage.path, outcome, next_run)
         fields: dict[str, Any] = {
             "run_id": outcome.run_id,
             "status": _status_of(outcome),
             "duration": outcome.duration_seconds,
-            "databases_ok": sum(1 for target in outcome.targets if target.status == "ok"),
-            "databases_failed": sum(1 for target in outcome.targets if target.status != "ok"),
+            "databases_ok": sum(1 for target in outcome.targets if target.status == Status.OK),
+            "databases_failed": sum(1 for target in outcome.targets if target.status != Status.OK),
             "next_run": _iso(next_run),
         }
         if outcome.ok:
             logger.info("job.finished", **fields)
         else:
             reasons = [outcome.reason] if outcome.reason else []
-            reasons += [target.reason for target in outcome.targets if target.status != "ok"]
-            level = logger.warning if outcome.status == SKIPPED else logger.error
+            reasons += [target.reason for target in outcome.targets if target.status != Status.OK]
+            level = logger.warning if outcome.status == Status.SKIPPED else logger.error
             level("job.finished", reason=",".join(dict.fromkeys(reasons)) or outcome.status, **fields)
         return outcome
 
@@ -519,15 +519,15 @@ class Daemon:
             )
 
 
-def _status_of(outcome: RunOutcome) -> str:
+def _status_of(outcome: RunOutcome) -> Status:
     """ok, skipped, or failed (also when only some databases failed)."""
     if outcome.ok:
-        return "ok"
-    return SKIPPED if outcome.status == SKIPPED else FAILED
+        return Status.OK
+    return Status.SKIPPED if outcome.status == Status.SKIPPED else Status.FAILED
 
 
 def _connection_failed(outcome: RunOutcome) -> bool:
-    return outcome.status == FAILED and outcome.reason == CONNECTION_FAILED
+    return outcome.status == Status.FAILED and outcome.reason == Reason.CONNECTION_FAILED
 
 
 def _iso(moment: datetime | None) -> str | None:

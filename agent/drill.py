@@ -108,7 +108,7 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> Drill
         log.error("drill.failed", path=relative, differences=result.differences, error=result.reason)
     journal.append(
         config.storage.path,
-        "drill",
+        journal.Event.DRILL,
         path=relative,
         database=database,
         job=job,

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: an unexpected error (a bug); the traceback is in the log
 EXIT_CONFIG = 78
 
 

@@ -1,7 +1,9 @@
 """The append-only journal `<storage>/.agent/journal.jsonl`, hash-chained line to line.
 
 Each line holds the sha256 of the line before it, so an edited or removed entry breaks the chain
-and `verify` reports it. It records every dump created, every file deleted and every drill.
+and `verify` reports it. It records every dump created, every file deleted and every drill. Read
+back, each line is decoded with its fields' types checked (msgspec): a line that does not fit is a
+problem naming the field, never a TypeError in `verify` or `status`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,44 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 GENESIS = "0" * 64
+
+
+class Event(StrEnum):
+    CREATED = "created"
+    DELETED = "deleted"
+    DRILL = "drill"
+
+
+class JournalEntry(msgspec.Struct, frozen=True):
+    """One line; which fields it has depends on its event (created, deleted, drill)."""
+
+    at: str
+    event: Event
+    prev: str
+    path: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    run_id: str | None = None
+    rule: str | None = None  # deleted: the retention rule
+    job: str | None = None  # drill
+    database: str | None = None  # drill
+    result: str | None = None  # drill: passed | failed | ...
+    differences: list[str] = msgspec.field(default_factory=list)  # drill
+    error: str = ""  # drill
+
+    def __getitem__(self, name: str) -> object:
+        """`entry["path"]`, as scripts reading the JSON lines would."""
+        return getattr(self, name)
+
+
+_decoder = msgspec.json.Decoder(JournalEntry)
 
 
 def journal_path(storage: Path) -> Path:
@@ -26,7 +62,7 @@ def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
-def append(storage: Path, event: str, **fields: Any) -> None:
+def append(storage: Path, event: Event, **fields: Any) -> None:
     """Append one entry under an exclusive lock and fsync it before returning."""
     path = journal_path(storage)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -65,23 +101,27 @@ class JournalProblem:
     message: str
 
 
-def read_entries(storage: Path) -> tuple[list[dict[str, Any]], list[JournalProblem]]:
-    """All entries, and every place where the chain is broken."""
+def read_entries(storage: Path) -> tuple[list[JournalEntry], list[JournalProblem]]:
+    """All valid entries, and every line that is not one or where the chain is broken."""
     path = journal_path(storage)
     if not path.exists():
         return [], []
-    entries: list[dict[str, Any]] = []
+    entries: list[JournalEntry] = []
     problems: list[JournalProblem] = []
     expected = GENESIS
     with path.open("rb") as stream:
         for number, line in enumerate(stream, start=1):
             try:
-                entry = json.loads(line)
-            except ValueError:
+                entry = _decoder.decode(line)
+            except msgspec.ValidationError as error:
+                problems.append(JournalProblem(number, f"invalid entry: {error}"))
+                expected = _line_hash(line)
+                continue
+            except msgspec.DecodeError:
                 problems.append(JournalProblem(number, "not valid JSON"))
                 expected = _line_hash(line)
                 continue
-            if entry.get("prev") != expected:
+            if entry.prev != expected:
                 problems.append(JournalProblem(number, "hash chain broken (an entry was edited or removed)"))
             entries.append(entry)
             expected = _line_hash(line)

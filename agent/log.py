@@ -199,6 +199,44 @@ def configure_from(settings: LogConfig) -> None:
     )
 
 
+def record_crash(error: BaseException, log_file: Path | None) -> str:
+    """Write an unexpected error's traceback to the log file, never to a terminal; say where it went.
+
+    When the command has not opened the log (`status` and `doctor` log only to the terminal), the
+    config's log file is opened for this one record. With no log file configured at all, stderr is
+    the agent's log (systemd, Docker), and the record goes there.
+    """
+    record = logging.LogRecord(
+        "backup-agent",
+        logging.ERROR,
+        __file__,
+        0,
+        "cli.internal_error",
+        None,
+        (type(error), error, error.__traceback__),
+    )
+    files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    if files:
+        for handler in files:
+            handler.handle(record)
+        return files[0].baseFilename
+    if log_file is not None:
+        try:
+            _make_directories(log_file.parent)
+            handler = _PrivateWatchedFileHandler(log_file)
+        except OSError:
+            pass
+        else:
+            handler.setFormatter(_json_formatter())
+            handler.handle(record)
+            handler.close()
+            return str(log_file)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(_json_formatter())
+    console.handle(record)
+    return "stderr"
+
+
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger("backup-agent").bind(**bound)
     return logger

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.log import get_logger
+from agent.status import collect
 from agent.writer import replace_file_atomically
 
 PREFIX = "backup_agent"
@@ -137,8 +138,6 @@ def write_textfile(config: Config) -> bool:
     path = config.metrics.textfile
     if path is None:
         return False
-    from agent.status import collect
-
     try:
         text = render(collect(config))
         replace_file_atomically(path, text.encode("utf-8", "backslashreplace"), mode=TEXTFILE_MODE)

@@ -11,9 +11,11 @@ manifest keeps the original.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 MAX_COMPONENT_BYTES = 120  # leaves room for job, timestamp, extensions and `.partial`/`.json` in 255
@@ -25,6 +27,28 @@ _FILENAME = re.compile(
     r"^(?P<job>[A-Za-z0-9][A-Za-z0-9_.-]*)\.(?P<name>[^/]+?)\.(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>\d+))?"
     r"\.(?P<ext>[a-z0-9]+(?:\.[a-z0-9]+)*)$"
 )
+
+
+class TargetKind(StrEnum):
+    """What a dump file holds: one database, or a server's roles (PostgreSQL) or grants (MySQL)."""
+
+    DATABASE = "database"
+    GLOBALS = "globals"
+    GRANTS = "grants"
+    SERVER = "server"  # a whole-server archive (MongoDB with point_in_time)
+
+
+def folder_matches(kind: str, database: str, folder: str) -> bool:
+    """Whether a backup of `kind` and `database` belongs in `folder`, as the runner names it.
+
+    `_<kind>` holds the server-wide files (with no database name); a database's folder is its
+    encoded name, or for a database that is a file (an absolute path: SQLite) its file name's.
+    """
+    if kind != TargetKind.DATABASE:
+        return database == "" and folder == f"_{kind}"
+    if folder == encode_name(database):
+        return True
+    return database.startswith("/") and folder == encode_name(posixpath.basename(database))
 
 
 def encode_name(name: str) -> str:

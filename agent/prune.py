@@ -70,6 +70,49 @@ class Inventory:
         manifest = self.records[key].manifest
         return manifest.stored_bytes if manifest is not None else 0
 
+    def changed(
+        self, config: Config, *, added: Iterable[catalog.BackupRecord] = (), removed: Iterable[str] = ()
+    ) -> Inventory:
+        """This inventory after a run's own changes (a backup published, others deleted), without a new scan."""
+        gone = set(removed)
+        grouped: dict[tuple[str, str], list[retention.Backup]] = {}
+        for one in self.series:
+            job, folder = one.name.split("/", 1)
+            grouped[(job, folder)] = [backup for backup in one.backups if backup.key not in gone]
+        records = {key: record for key, record in self.records.items() if key not in gone}
+        for record in added:
+            backup = _backup_of(config.storage.path, record, frozenset())
+            if backup is not None:
+                grouped.setdefault((record.job, record.folder), []).append(backup)
+                records[backup.key] = record
+        return _grouped(config, grouped, records)
+
+
+def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[str]) -> retention.Backup | None:
+    if record.created_at is None:
+        return None
+    key = record.path.relative_to(storage).as_posix()
+    parsed = parse_backup_filename(record.path.name)
+    return retention.Backup(
+        key=key,
+        created_at=record.created_at,
+        size_bytes=allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path)),
+        good=record.status == catalog.GOOD,
+        pinned=key in pinned,
+        sequence=parsed.sequence if parsed else 0,
+    )
+
+
+def _grouped(
+    config: Config, grouped: dict[tuple[str, str], list[retention.Backup]], records: dict[str, catalog.BackupRecord]
+) -> Inventory:
+    series = tuple(
+        Series(f"{job}/{folder}", tuple(backups), config.jobs[job].retention, config.jobs[job].timezone)
+        for (job, folder), backups in sorted(grouped.items())
+        if backups
+    )
+    return Inventory(series, records)
+
 
 def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Inventory:
     """Every backup of the given configured jobs (default: all), grouped into series, pins applied.
@@ -78,31 +121,18 @@ def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Invento
     """
     storage = config.storage.path
     wanted = set(config.jobs if jobs is None else jobs)
-    pinned = pins.load(storage)
+    pinned = frozenset(pins.load(storage))
     grouped: dict[tuple[str, str], list[retention.Backup]] = {}
     records: dict[str, catalog.BackupRecord] = {}
     for record in catalog.scan(storage):
-        if record.job not in wanted or record.status == catalog.PARTIAL or record.created_at is None:
+        if record.job not in wanted or record.status == catalog.PARTIAL:
             continue
-        key = record.path.relative_to(storage).as_posix()
-        parsed = parse_backup_filename(record.path.name)
-        size = allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path))
-        grouped.setdefault((record.job, record.folder), []).append(
-            retention.Backup(
-                key=key,
-                created_at=record.created_at,
-                size_bytes=size,
-                good=record.status == catalog.GOOD,
-                pinned=key in pinned,
-                sequence=parsed.sequence if parsed else 0,
-            )
-        )
-        records[key] = record
-    series = tuple(
-        Series(f"{job}/{folder}", tuple(backups), config.jobs[job].retention, config.jobs[job].timezone)
-        for (job, folder), backups in sorted(grouped.items())
-    )
-    return Inventory(series, records)
+        backup = _backup_of(storage, record, pinned)
+        if backup is None:
+            continue
+        grouped.setdefault((record.job, record.folder), []).append(backup)
+        records[backup.key] = record
+    return _grouped(config, grouped, records)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,7 +149,7 @@ def _delete(
     sha256 = record.manifest.sha256 if record is not None and record.manifest is not None else None
     for victim in (manifest, path):
         clear_immutable(victim)
-    journal.append(storage, "deleted", path=decision.backup.key, rule=decision.rule, sha256=sha256)
+    journal.append(storage, journal.Event.DELETED, path=decision.backup.key, rule=decision.rule, sha256=sha256)
     for victim in (manifest, path):
         with contextlib.suppress(FileNotFoundError):
             victim.unlink()
@@ -262,13 +292,22 @@ def _size_estimate(engine: Engine, target: DumpTarget, log: BoundLogger) -> int 
 
 
 def prepare_dump(
-    config: Config, job: JobConfig, engine: Engine, target: DumpTarget, *, folder: str, log: BoundLogger
+    config: Config,
+    job: JobConfig,
+    engine: Engine,
+    target: DumpTarget,
+    *,
+    folder: str,
+    inventory: Inventory,
+    log: BoundLogger,
 ) -> DumpSpace:
     """Pre-flight: predict the dump, plan its room; raise InsufficientSpaceError (nothing deleted) when
-    it cannot fit without going below keep_min or touching a pin."""
+    it cannot fit without going below keep_min or touching a pin.
+
+    `inventory` is the run's one scan of the disk (`take_inventory`), kept up to date by the runner.
+    """
     figures = measure(config.storage)
     budget = resolve_budget(config.storage, figures.total_bytes)
-    inventory = take_inventory(config)
     history = inventory.history(job.name, folder)
     scratch_copy = job.engine in SCRATCH_COPY_ENGINES
     estimate = _size_estimate(engine, target, log) if not history or scratch_copy else None

@@ -12,7 +12,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from structlog.stdlib import BoundLogger
 
 from agent import __version__, journal
 from agent.budget import InsufficientSpaceError
+from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
 from agent.engines import engine_class
@@ -28,44 +28,15 @@ from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
-from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name
+from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_backup_filename
+from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
 from agent.process import KILL_GRACE, StreamLimits
-from agent.prune import DumpSpace, apply_after_dump, prepare_dump
+from agent.prune import DumpSpace, Inventory, apply_after_dump, prepare_dump, take_inventory
 from agent.storage import StorageLayout, exclusive_lock
 from agent.writer import DumpWriter, PublishedFile, ensure_directory
 
-OK = "ok"
-FAILED = "failed"
-SKIPPED = "skipped"
-REFUSED = "refused"  # the dump would not fit the disk budget (see agent/prune.py)
-CONNECTION_FAILED = "connection_failed"  # the server could not be reached; the daemon retries
-INTERNAL_ERROR = "internal_error"  # a bug or an unexpected library error; the traceback is in the log
-
-
-@dataclass(slots=True)
-class TargetOutcome:
-    database: str
-    kind: str
-    status: str
-    path: Path | None = None
-    reason: str = ""
-    message: str = ""
-
-
-@dataclass(slots=True)
-class RunOutcome:
-    job: str
-    run_id: str
-    status: str = OK
-    reason: str = ""
-    message: str = ""
-    targets: list[TargetOutcome] = field(default_factory=list)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    duration_seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK and all(target.status == OK for target in self.targets)
+BeforeDumps = Callable[[str | None, RunOutcome], bool]
+"""Called under the job lock before anything else; False (with the outcome set) ends the run."""
 
 
 def folder_for(target: DumpTarget, engine_name: str) -> str:
@@ -83,15 +54,15 @@ def compression_of(config: Config) -> CompressionSettings:
 
 def _reason_for(error: BaseException) -> str:
     if not isinstance(error, AgentError | OSError):
-        return INTERNAL_ERROR
+        return Reason.INTERNAL_ERROR
     if isinstance(error, DumpError):
         return error.reason
     if isinstance(error, ConnectionFailed):
-        return CONNECTION_FAILED
+        return Reason.CONNECTION_FAILED
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no_space"
+        return Reason.NO_SPACE
     if isinstance(error, OSError):
-        return "io_error"
+        return Reason.IO_ERROR
     return type(error).__name__.removesuffix("Error").lower() or "error"
 
 
@@ -99,11 +70,11 @@ def _failed(target: DumpTarget, error: Exception, log: BoundLogger) -> TargetOut
     """Log one target's failure (reason, message, the tool's stderr tail; the traceback of an
     unexpected error) and return its outcome."""
     reason = _reason_for(error)
-    message = str(error) if reason != INTERNAL_ERROR else f"{type(error).__name__}: {error}"
+    message = str(error) if reason != Reason.INTERNAL_ERROR else f"{type(error).__name__}: {error}"
     tail = error.stderr_tail if isinstance(error, DumpError) else ""
-    traceback = error if reason == INTERNAL_ERROR else None
+    traceback = error if reason == Reason.INTERNAL_ERROR else None
     log.error("backup.failed", reason=reason, error=message, stderr_tail=tail[-2000:], exc_info=traceback)
-    return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=message)
+    return TargetOutcome(target.database, TargetKind(target.kind), Status.FAILED, reason=reason, message=message)
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -131,9 +102,20 @@ def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
 
 
 class JobRun:
-    """Carries one run's shared pieces so each target's dump is a short method."""
+    """One run's shared pieces, so each target's dump is a short method.
 
-    def __init__(self, config: Config, job: JobConfig, should_stop: Callable[[], bool]) -> None:
+    It knows nothing of hooks, alerts, records or metrics: agent/observed.py composes it with them,
+    and hands in `before_dumps` for what must happen under the job lock.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        job: JobConfig,
+        should_stop: Callable[[], bool],
+        *,
+        before_dumps: BeforeDumps | None = None,
+    ) -> None:
         self.config = config
         self.job = job
         self.run_id = uuid.uuid4().hex[:12]
@@ -147,6 +129,9 @@ class JobRun:
             kill_grace=min(KILL_GRACE, config.daemon.shutdown_timeout.total_seconds() / 2),
         )
         self.host = socket.gethostname()
+        self._before_dumps = before_dumps
+        self._inventory: Inventory | None = None  # what is on disk: scanned once, then kept up to date
+        self._immutable_warned = False  # one warning per run when the attribute cannot be set
 
     def execute(self, database: str | None) -> RunOutcome:
         outcome = RunOutcome(self.job.name, self.run_id)
@@ -156,24 +141,17 @@ class JobRun:
             with exclusive_lock(self.layout.lock_file(f"job-{self.job.name}"), f"a backup of job {self.job.name}"):
                 self._run_locked(database, outcome)
         except LockedError as error:
-            outcome.status, outcome.reason, outcome.message = SKIPPED, "locked", str(error)
-            self.log.warning("backup.skipped", reason="locked", error=str(error))
+            outcome.status, outcome.reason, outcome.message = Status.SKIPPED, Reason.LOCKED, str(error)
+            self.log.warning("backup.skipped", reason=Reason.LOCKED, error=str(error))
         except Exception as error:  # a bug outside any one dump: a failed run (alerted), never a crash
-            outcome.status, outcome.reason = FAILED, INTERNAL_ERROR
+            outcome.status, outcome.reason = Status.FAILED, Reason.INTERNAL_ERROR
             outcome.message = f"{type(error).__name__}: {error}"
-            self.log.error("backup.failed", reason=INTERNAL_ERROR, error=outcome.message, exc_info=error)
+            self.log.error("backup.failed", reason=Reason.INTERNAL_ERROR, error=outcome.message, exc_info=error)
         outcome.duration_seconds = round(time.monotonic() - started, 3)
         return outcome
 
-    def before_dumps(self, database: str | None, outcome: RunOutcome) -> bool:
-        """Called under the job lock before anything else; False (with `outcome` set) ends the run.
-
-        agent/events.py overrides it for the `before` hook and the start alert.
-        """
-        return True
-
     def _run_locked(self, database: str | None, outcome: RunOutcome) -> None:
-        if not self.before_dumps(database, outcome):
+        if self._before_dumps is not None and not self._before_dumps(database, outcome):
             return
         sweep_partials(self.layout, self.job.name, self.run_id)
         scratch = self.layout.scratch(self.job.name)
@@ -186,7 +164,7 @@ class JobRun:
             info = engine.probe()
             targets = engine.targets(database)
         except AgentError as error:
-            outcome.status, outcome.reason, outcome.message = FAILED, _reason_for(error), str(error)
+            outcome.status, outcome.reason, outcome.message = Status.FAILED, _reason_for(error), str(error)
             self.log.error("backup.failed", reason=outcome.reason, error=str(error))
             return
         for target in targets:
@@ -195,13 +173,32 @@ class JobRun:
 
     def dump_target(self, engine: Engine, info: ServerInfo, target: DumpTarget) -> TargetOutcome:
         folder = folder_for(target, self.job.engine)
-        compression = compression_of(self.config)
-        started_at = datetime.now(UTC)
-        started = time.monotonic()
         log = self.log.bind(database=target.database or folder, kind=target.kind)
         space = self._preflight(engine, target, folder, log)
         if isinstance(space, TargetOutcome):
             return space
+        outcome = self._dump(engine, info, target, folder=folder, space=space, log=log)
+        self._keep_inventory(space, outcome, folder)
+        return outcome
+
+    def _keep_inventory(self, space: DumpSpace, outcome: TargetOutcome, folder: str) -> None:
+        """The run's own changes to the disk, so the next target's prediction needs no new scan."""
+        if self._inventory is None:
+            return
+        added = []
+        if outcome.status == Status.OK and outcome.path is not None and outcome.manifest is not None:
+            parsed = parse_backup_filename(outcome.path.name)
+            created = parsed.created_at if parsed else None
+            added.append(BackupRecord(self.job.name, folder, outcome.path, created, GOOD, outcome.manifest))
+        removed = [decision.backup.key for decision in space.deleted]
+        self._inventory = self._inventory.changed(self.config, added=added, removed=removed)
+
+    def _dump(
+        self, engine: Engine, info: ServerInfo, target: DumpTarget, *, folder: str, space: DumpSpace, log: BoundLogger
+    ) -> TargetOutcome:
+        compression = compression_of(self.config)
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
         log.info("backup.started")
         extension = target.extension + compression.extension
 
@@ -243,13 +240,13 @@ class JobRun:
                 check.abort()
             if writer is not None:
                 writer.abort()
-            log.warning("backup.failed", reason="interrupted", error="the run was interrupted")
+            log.warning("backup.failed", reason=Reason.INTERRUPTED, error="the run was interrupted")
             raise
         finished_at = datetime.now(UTC)
         manifest = Manifest(
             job=self.job.name,
             engine=self.job.engine,
-            kind=target.kind,
+            kind=TargetKind(target.kind),
             database=target.database,
             file=published.path.name,
             host=self.host,
@@ -281,7 +278,7 @@ class JobRun:
             writer.retract(published)
             return _failed(target, error, log)
         if self.config.storage.immutable:
-            _make_immutable((published.path, manifest_file), log)
+            self._make_immutable((published.path, manifest_file), log)
         self._journal_created(published, log)
         for warning in details.warnings:
             log.warning("backup.warning", message=warning)
@@ -293,7 +290,9 @@ class JobRun:
             sha256=published.sha256,
             duration=manifest.duration_seconds,
         )
-        return TargetOutcome(target.database, target.kind, OK, path=published.path)
+        return TargetOutcome(
+            target.database, TargetKind(target.kind), Status.OK, path=published.path, manifest=manifest
+        )
 
     def _journal_created(self, published: PublishedFile, log: BoundLogger) -> None:
         """The journal's `created` line; the backup is whole without it (its manifest says so),
@@ -301,7 +300,7 @@ class JobRun:
         try:
             journal.append(
                 self.layout.root,
-                "created",
+                journal.Event.CREATED,
                 path=str(published.path.relative_to(self.layout.root)),
                 sha256=published.sha256,
                 bytes=published.stored_bytes,
@@ -314,47 +313,37 @@ class JobRun:
         self, engine: Engine, target: DumpTarget, folder: str, log: BoundLogger
     ) -> DumpSpace | TargetOutcome:
         """Predict the dump and plan its room before it starts (retention and budget: agent/prune.py)."""
+        kind = TargetKind(target.kind)
         try:
-            return prepare_dump(self.config, self.job, engine, target, folder=folder, log=log)
+            if self._inventory is None:
+                self._inventory = take_inventory(self.config)
+            inventory = self._inventory
+            return prepare_dump(self.config, self.job, engine, target, folder=folder, inventory=inventory, log=log)
         except InsufficientSpaceError as refusal:
             # The one place a refused dump is reported; alerts hook in here.
             log.error("backup.refused", reason=refusal.reason, error=str(refusal), **refusal.figures)
-            return TargetOutcome(target.database, target.kind, REFUSED, reason=refusal.reason, message=str(refusal))
+            return TargetOutcome(target.database, kind, Status.REFUSED, reason=refusal.reason, message=str(refusal))
         except (AgentError, OSError) as error:
             reason = _reason_for(error)
             log.error("backup.failed", reason=reason, error=f"before the dump: {error}")
-            return TargetOutcome(target.database, target.kind, FAILED, reason=reason, message=str(error))
+            return TargetOutcome(target.database, kind, Status.FAILED, reason=reason, message=str(error))
+
+    def _make_immutable(self, paths: tuple[Path, ...], log: BoundLogger) -> None:
+        """`chattr +i` when configured; without the capability, one warning per run, then carry on."""
+        try:
+            for path in paths:
+                set_immutable(path)
+        except ImmutableUnsupported as error:
+            if not self._immutable_warned:
+                self._immutable_warned = True
+                log.warning("storage.immutable_unavailable", error=error.strerror)
 
     def _apply_retention(self, outcome: RunOutcome) -> None:
         """After good dumps: their series' policy, and the disk budget."""
-        folders = {target.path.parent.name for target in outcome.targets if target.status == OK and target.path}
+        folders = {target.path.parent.name for target in outcome.targets if target.status == Status.OK and target.path}
         if not folders:
             return
         try:
             apply_after_dump(self.config, self.job.name, folders, self.log)
         except (AgentError, OSError) as error:
             self.log.error("retention.failed", error=str(error))
-
-
-_immutable_warned = False
-
-
-def _make_immutable(paths: tuple[Path, ...], log: BoundLogger) -> None:
-    """`chattr +i` when configured; without the capability, one warning per process, then carry on."""
-    global _immutable_warned  # noqa: PLW0603 - one warning per process, not per file
-    try:
-        for path in paths:
-            set_immutable(path)
-    except ImmutableUnsupported as error:
-        if not _immutable_warned:
-            _immutable_warned = True
-            log.warning("storage.immutable_unavailable", error=error.strerror)
-
-
-def run_job(
-    config: Config, job_name: str, *, database: str | None = None, should_stop: Callable[[], bool] = lambda: False
-) -> RunOutcome:
-    """Back up one job now (all its databases, or just `database`), with its hooks, alerts and metrics."""
-    from agent.events import ObservedRun  # imports this module; hooks, alerts, metrics: agent/events.py
-
-    return ObservedRun(config, config.jobs[job_name], should_stop).execute(database)

@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from agent.config import JobConfig, SnapshotsConfig
+from agent.config import JobConfig, ScheduleKind, SnapshotsConfig
 
-CRON = "cron"
-INTERVAL = "interval"
-BEFORE_SNAPSHOTS = "before-snapshots"
+CRON: ScheduleKind = "cron"
+INTERVAL: ScheduleKind = "interval"
+BEFORE_SNAPSHOTS: ScheduleKind = "before-snapshots"
 
 DEFAULT_MAX_JITTER = timedelta(minutes=5)
 JITTER_SHARE_OF_PERIOD = 10  # the default jitter is at most a tenth of the gap between two runs
@@ -47,7 +47,7 @@ class Plan:
     """One job's schedule as data: what kind, its parameters, and the job's fixed jitter."""
 
     job: str
-    kind: str
+    kind: ScheduleKind
     jitter: timedelta
     cron: str | None = None
     every: timedelta | None = None

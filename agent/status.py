@@ -21,7 +21,10 @@ from typing import Any
 from agent import __version__, catalog, journal
 from agent.budget import headroom, measure, predict, resolve_budget
 from agent.config import Config, JobConfig
+from agent.journal import Event, JournalEntry
 from agent.naming import parse_backup_filename
+from agent.outcome import Status
+from agent.records import JobHistory, JobState, read_history, read_state
 from agent.schedule import (
     INTERVAL,
     Plan,
@@ -151,14 +154,11 @@ def schedule_text(job: JobConfig) -> str:
 
 def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
     """The whole status as JSON-able data; `ok` is False when some checked database is not fresh."""
-    from agent.events import read_history
-    from agent.state import read_state
-
     now = now or datetime.now(UTC)
     storage = config.storage.path
     records = [record for record in catalog.scan(storage) if record.job in config.jobs]
     entries, _problems = journal.read_entries(storage)
-    drills = [entry for entry in entries if entry.get("event") == "drill"]
+    drills = [entry for entry in entries if entry.event == Event.DRILL]
     states = read_state(storage)
     histories = read_history(storage)
     host = socket.gethostname()
@@ -219,10 +219,10 @@ def _job_status(
     config: Config,
     job: JobConfig,
     plan: Plan | None,
-    state: Any,
-    history: Any,
+    state: JobState | None,
+    history: JobHistory | None,
     records: list[catalog.BackupRecord],
-    drills: list[dict[str, Any]],
+    drills: list[JournalEntry],
     now: datetime,
 ) -> dict[str, Any]:
     if job.max_backup_age is not None:
@@ -267,7 +267,7 @@ def _job_status(
     }
 
 
-def _last_run(state: Any) -> dict[str, Any] | None:
+def _last_run(state: JobState | None) -> dict[str, Any] | None:
     if state is None or state.last_status is None:
         return None
     return {
@@ -282,7 +282,9 @@ def _last_run(state: Any) -> dict[str, Any] | None:
     }
 
 
-def _database_keys(job: JobConfig, own: list[catalog.BackupRecord], history: Any) -> list[tuple[str, str]]:
+def _database_keys(
+    job: JobConfig, own: list[catalog.BackupRecord], history: JobHistory | None
+) -> list[tuple[str, str]]:
     """Every (kind, database) the job is known for: configured, on disk, or in its records."""
     keys: dict[tuple[str, str], None] = {}
     for name in job.databases or ():
@@ -296,7 +298,7 @@ def _database_keys(job: JobConfig, own: list[catalog.BackupRecord], history: Any
     return sorted(keys, key=lambda key: (kind_order.get(key[0], 3), key[1]))
 
 
-def _current_names(job: JobConfig, history: Any) -> set[str] | None:
+def _current_names(job: JobConfig, history: JobHistory | None) -> set[str] | None:
     """The databases the job dumps now (None: unknown, treat all as current)."""
     if job.databases is not None:
         return set(job.databases)
@@ -310,8 +312,8 @@ def _database_status(
     *,
     job: JobConfig,
     own: list[catalog.BackupRecord],
-    history: Any,
-    drills: list[dict[str, Any]],
+    history: JobHistory | None,
+    drills: list[JournalEntry],
     now: datetime,
     max_age: timedelta | None,
     current: bool,
@@ -328,7 +330,7 @@ def _database_status(
     )
     newest = good[-1] if good else None
     newest_at = _created(newest) if newest is not None else None
-    record = _history_record(history, kind, database)
+    record = history.find(kind, database) if history is not None else None
     sizes = [item.manifest.stored_bytes for item in good if item.manifest is not None]
     prediction = predict(sizes, None, compression).stored_bytes if sizes else None
     checked = max_age is not None and kind == "database" and current
@@ -347,7 +349,7 @@ def _database_status(
         state = "retired"
     elif problem is not None:
         state = "missing" if newest is None else "stale"
-    elif record is not None and record.last_status not in (None, "ok"):
+    elif record is not None and record.last_status not in (None, Status.OK):
         state = str(record.last_status)
     else:
         state = "ok" if newest is not None else "none"
@@ -371,14 +373,9 @@ def _database_status(
     }
 
 
-def _history_record(history: Any, kind: str, database: str) -> Any:
-    for item in history.databases if history is not None else ():
-        if item.kind == kind and item.database == database:
-            return item
-    return None
-
-
-def _backup_summary(record: catalog.BackupRecord | None, created: datetime | None, now: datetime) -> Any:
+def _backup_summary(
+    record: catalog.BackupRecord | None, created: datetime | None, now: datetime
+) -> dict[str, Any] | None:
     if record is None or record.manifest is None:
         return None
     manifest = record.manifest
@@ -393,27 +390,27 @@ def _backup_summary(record: catalog.BackupRecord | None, created: datetime | Non
 
 
 def _drills_of(
-    job: str, database: str, drills: Iterable[dict[str, Any]], now: datetime
+    job: str, database: str, drills: Iterable[JournalEntry], now: datetime
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The last drill of a database, and the newest backup that passed one (with its age)."""
-    own = [entry for entry in drills if entry.get("job") == job and entry.get("database") == database]
+    own = [entry for entry in drills if entry.job == job and entry.database == database]
     last = own[-1] if own else None
     summary = None
     if last is not None:
         summary = {
-            "at": last.get("at"),
-            "result": last.get("result"),
-            "path": last.get("path"),
-            "differences": last.get("differences") or [],
-            "error": last.get("error") or "",
+            "at": last.at,
+            "result": last.result,
+            "path": last.path,
+            "differences": last.differences,
+            "error": last.error,
         }
     newest: tuple[datetime, str, str] | None = None
     for entry in own:
-        if entry.get("result") != "passed":
+        if entry.result != "passed" or entry.path is None:
             continue
-        parsed = parse_backup_filename(Path(str(entry.get("path", ""))).name)
+        parsed = parse_backup_filename(Path(entry.path).name)
         if parsed is not None and (newest is None or parsed.created_at > newest[0]):
-            newest = (parsed.created_at, str(entry.get("path")), str(entry.get("at")))
+            newest = (parsed.created_at, entry.path, entry.at)
     drilled = None
     if newest is not None:
         drilled = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,16 +18,29 @@ from agent import catalog, journal
 from agent.compression import open_decompressed
 from agent.engines import engine_class
 from agent.errors import AgentError
-from agent.manifest import Manifest, ManifestError, manifest_path, read_manifest
-from agent.naming import PARTIAL_SUFFIX
+from agent.manifest import Manifest, manifest_path
+from agent.naming import PARTIAL_SUFFIX, parse_backup_filename
 
-OK = "ok"
-CORRUPT = "corrupt"  # the bytes do not form a whole dump
-TAMPERED = "tampered"  # the bytes differ from what the agent wrote
-INCOMPLETE = "incomplete"
-MISSING = "missing"
-PARTIAL = "partial"
-JOURNAL = "journal"
+
+class Verdict(StrEnum):
+    OK = "ok"
+    CORRUPT = "corrupt"  # the bytes do not form a whole dump
+    TAMPERED = "tampered"  # the bytes differ from what the agent wrote
+    INCOMPLETE = "incomplete"  # no manifest: it never counted as a backup
+    INVALID = "invalid"  # a manifest that does not fit its file or folder: it never counted as a backup
+    MISSING = "missing"
+    PARTIAL = "partial"
+    JOURNAL = "journal"
+
+
+OK = Verdict.OK
+CORRUPT = Verdict.CORRUPT
+TAMPERED = Verdict.TAMPERED
+INCOMPLETE = Verdict.INCOMPLETE
+INVALID = Verdict.INVALID
+MISSING = Verdict.MISSING
+PARTIAL = Verdict.PARTIAL
+JOURNAL = Verdict.JOURNAL
 
 _READ_SIZE = 1 << 20
 
@@ -34,7 +48,7 @@ _READ_SIZE = 1 << 20
 @dataclass(frozen=True, slots=True)
 class Finding:
     path: Path
-    status: str
+    status: Verdict
     message: str = ""
 
 
@@ -54,16 +68,29 @@ class _HashingReader:
         self._stream.close()
 
 
-def verify_file(path: Path) -> Finding:
+def verify_file(path: Path, storage: Path | None = None) -> Finding:
+    """One file; inside `storage`, its manifest must also name the job and database of its folder."""
     if path.name.endswith(PARTIAL_SUFFIX):
         return Finding(path, PARTIAL, "left by an interrupted run; the next run of its job removes it")
-    if not path.exists():
-        return Finding(path, MISSING, "file does not exist")
     try:
-        manifest = read_manifest(manifest_path(path))
-    except ManifestError as error:
-        return Finding(path, INCOMPLETE, f"no valid manifest ({error}); it never counted as a backup")
-    return _check_against(path, manifest)
+        size = path.lstat().st_size
+    except FileNotFoundError:
+        return Finding(path, MISSING, "file does not exist")
+    if not manifest_path(path).exists():
+        return Finding(path, INCOMPLETE, "no manifest; it never counted as a backup")
+    inside = storage is not None and path.parent.parent.parent == storage
+    parsed = parse_backup_filename(path.name)
+    return _verdict_of(catalog.classify(path, parsed.created_at if parsed else None, size, in_storage=inside))
+
+
+def _verdict_of(record: catalog.BackupRecord) -> Finding:
+    if record.status == catalog.GOOD and record.manifest is not None:
+        return _check_against(record.path, record.manifest)
+    if record.status == catalog.PARTIAL:
+        return Finding(record.path, PARTIAL, "left by an interrupted run; the next run of its job removes it")
+    if record.status == catalog.INVALID:
+        return Finding(record.path, INVALID, f"{record.problem}; it never counted as a backup")
+    return Finding(record.path, INCOMPLETE, f"{record.problem or 'no manifest'}; it never counted as a backup")
 
 
 def _check_against(path: Path, manifest: Manifest) -> Finding:
@@ -104,21 +131,18 @@ def verify_storage(storage: Path, job: str | None = None) -> list[Finding]:
     present: set[str] = set()
     for record in catalog.scan(storage, job):
         present.add(str(record.path.relative_to(storage)))
-        if record.status == catalog.GOOD and record.manifest is not None:
-            findings.append(_check_against(record.path, record.manifest))
-        else:
-            findings.append(verify_file(record.path))
+        findings.append(_verdict_of(record))
     entries, problems = journal.read_entries(storage)
     journal_file = journal.journal_path(storage)
     findings.extend(Finding(journal_file, JOURNAL, f"line {p.line_number}: {p.message}") for p in problems)
     created: dict[str, bool] = {}
     for entry in entries:
-        relative = entry.get("path")
-        if not isinstance(relative, str):
+        relative = entry.path
+        if relative is None:
             continue
-        if entry.get("event") == "created":
+        if entry.event == journal.Event.CREATED:
             created[relative] = True
-        elif entry.get("event") == "deleted":
+        elif entry.event == journal.Event.DELETED:
             created.pop(relative, None)
     for relative in created:
         if relative not in present and (job is None or relative.split("/", 1)[0] == job):

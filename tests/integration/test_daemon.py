@@ -27,7 +27,7 @@ from servers.postgres import PostgresServer
 
 from agent import catalog
 from agent.config import load_config
-from agent.runner import run_job
+from agent.observed import run_job
 
 PROJECT = Path(__file__).resolve().parents[2]
 Event = dict[str, Any]
