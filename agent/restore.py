@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import msgspec
+
 from agent import catalog
 from agent.compression import open_decompressed
 from agent.config import Config, JobConfig
@@ -72,7 +74,7 @@ def choose_backup(
     assert newest.manifest is not None
     if newest.manifest.kind == "server":
         # restore that one database out of the server archive
-        return Chosen(newest, dataclasses.replace(newest.manifest, database=database))
+        return Chosen(newest, msgspec.structs.replace(newest.manifest, database=database))
     return Chosen(newest, newest.manifest)
 
 
