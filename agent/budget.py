@@ -28,9 +28,6 @@ GROWTH_MARGIN = 1.2  # the next dump may be 20% larger than the largest of those
 # compress 3-10x and a logical dump leaves out indexes); the in-flight check covers a miss.
 COMPRESSION_RATIO = {"none": 1.0, "gzip": 0.5, "zstd": 0.5}
 UNKNOWN_PREDICTION = MIB  # no history and no estimate (globals, grants): a small dump
-# Engines that first copy the whole database into the scratch folder under the storage path and
-# then stream the copy: while they run, the copy occupies the same disk as the dump.
-SCRATCH_COPY_ENGINES = frozenset({"sqlite"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,16 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import time, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from agent import engines
 from agent.compression import COMPRESSIONS, Compression
+from agent.engines.base import EngineFamily, EngineOptions, refused_password_argument
 from agent.errors import ConfigError
 from agent.secrets import Secret, SecretSource
 from agent.units import (
@@ -35,11 +37,7 @@ from agent.units import (
 DEFAULT_CONFIG_PATH = Path("/etc/backup-agent/config.toml")
 CONFIG_ENV_VARIABLE = "BACKUP_AGENT_CONFIG"
 
-ENGINES = ("postgresql", "mysql", "mongodb", "sqlite")
-ENGINE_ALIASES = {"postgres": "postgresql", "mariadb": "mysql", "mongo": "mongodb"}
 COMPRESSION_LEVELS = {"zstd": (3, 1, 19), "gzip": (6, 1, 9)}  # default, lowest, highest
-MONGO_TOOL_WORDS = ("auto", "mongodump", "builtin")
-MYSQL_SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RETENTION_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
@@ -176,18 +174,9 @@ class JobConfig:
     extra_args: tuple[str, ...] = ()
     max_backup_age: timedelta | None = None
     retention: RetentionPolicy = RetentionPolicy()
-    include_globals: bool = True
-    include_grants: bool = False
-    include_system: bool = False
-    lock_for_consistency: bool = False
-    ssl_ca: str | None = None
-    ssl_mode: str | None = None
-    uri: str | None = None
-    auth_source: str | None = None
-    tls: bool = False
-    point_in_time: bool = False
     hooks: HooksConfig = HooksConfig()
     drill: DrillConfig | None = None
+    options: EngineOptions = field(default_factory=EngineOptions)  # the engine's own keys, typed by the engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +194,16 @@ class Config:
     def describe(self) -> dict[str, Any]:
         """The resolved configuration as JSON-able data for `check-config`; secrets never appear."""
         described = {item.name: _describe(getattr(self, item.name)) for item in fields(self)}
-        described["jobs"] = {name: _describe(job) for name, job in self.jobs.items()}
+        described["jobs"] = {name: _describe_job(job) for name, job in self.jobs.items()}
         described["source"] = str(self.source)
         return described
+
+
+def _describe_job(job: JobConfig) -> dict[str, Any]:
+    """A job's keys as written: the engine's options sit beside the common keys, as in the file."""
+    described = {item.name: _describe(getattr(job, item.name)) for item in fields(job) if item.name != "options"}
+    described.update(_describe(job.options))
+    return described
 
 
 def _describe(value: object) -> Any:
@@ -482,6 +478,11 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.data
 
+    @staticmethod
+    def show(value: object, *, secret: bool = False) -> str:
+        """A value as a problem message quotes it (only its kind when secret)."""
+        return _show(value, secret=secret)
+
     def wrong_type(self, key: str, expected: str, *, secret: bool = False) -> None:
         self.add(key, f"expected {expected}, got {_show(self.data[key], secret=secret)}")
 
@@ -613,6 +614,9 @@ class _Table:
             self.add(key, f"unknown key{suggestion}")
 
 
+ConfigTable = _Table  # the reader each engine gets for its own keys (agent/engines/*/options.py)
+
+
 def _empty_table(path: _KeyPath, problems: _Problems) -> _Table:
     return _Table({}, path, problems)
 
@@ -632,12 +636,6 @@ _COMMON_JOB_KEYS = (
     "connect_timeout", "lock_wait_timeout", "nice", "ionice", "tool", "extra_args", "max_backup_age",
     "retention", "hooks", "drill",
 )  # fmt: skip
-_ENGINE_KEYS: dict[str, tuple[str, ...]] = {
-    "postgresql": ("include_globals",),
-    "mysql": ("include_grants", "include_system", "lock_for_consistency", "ssl_ca", "ssl_mode"),
-    "mongodb": ("uri", "auth_source", "tls", "point_in_time", "include_system"),
-    "sqlite": (),
-}
 _CONNECTION_KEYS = ("host", "port", "socket", "user", "password", "password_file", "password_env")
 _PASSWORD_KEYS = {"password": "inline", "password_file": "file", "password_env": "env"}
 
@@ -853,6 +851,7 @@ class _JobReader:
     def read(self) -> JobConfig | None:
         table = self.table
         engine = self.read_engine()
+        family = engines.family(engine) if engine is not None else None
         self.reject_keys_of_other_engines(engine)
         host = table.text("host", None)
         socket = table.text("socket", None)
@@ -860,18 +859,15 @@ class _JobReader:
             table.add("socket", "set either host or socket, not both")
         if socket is not None and not socket.startswith("/"):
             table.add("socket", f"must be an absolute path, got {_show(socket)}")
-        databases = self.read_databases(engine)
+        databases = self.read_databases(family)
         exclude = self.read_exclude(databases)
         timezone = self.config.timezone(table, "UTC")
-        tool = self.read_tool(engine)
+        tool = table.text("tool", None)
         extra_args = table.strings("extra_args", argv=True) or ()
-        self.check_extra_args(engine, extra_args)
-        uri = self.read_uri() if engine == "mongodb" else None
-        if uri is not None and (host is not None or socket is not None or table.has("port")):
-            table.add("uri", "set either uri or host/port/socket, not both")
-        ssl_mode = self.read_ssl_mode() if engine == "mysql" else None
-        if engine is None:
+        self.check_extra_args(family, extra_args)
+        if engine is None or family is None:
             return None
+        options = family.read_options(table)
         return JobConfig(
             name=self.name,
             engine=engine,
@@ -895,89 +891,71 @@ class _JobReader:
             extra_args=extra_args,
             max_backup_age=table.duration("max_backup_age", None),
             retention=self.read_retention(),
-            include_globals=table.flag("include_globals", True),
-            include_grants=table.flag("include_grants", False),
-            include_system=table.flag("include_system", False),
-            lock_for_consistency=table.flag("lock_for_consistency", False),
-            ssl_ca=table.text("ssl_ca", None),
-            ssl_mode=ssl_mode,
-            uri=uri,
-            auth_source=table.text("auth_source", None),
-            tls=table.flag("tls", False),
-            point_in_time=table.flag("point_in_time", False),
             hooks=self.read_hooks(),
             drill=self.read_drill(timezone),
+            options=options,
         )
 
     def read_engine(self) -> str | None:
         table = self.table
         if not table.has("engine"):
-            table.missing("engine", f"say one of {', '.join(ENGINES)}")
+            table.missing("engine", f"say one of {', '.join(engines.engine_names())}")
             return None
         value = table.text("engine", None)
         if value is None:
             return None
-        engine = ENGINE_ALIASES.get(value.lower(), value.lower())
-        if engine not in ENGINES:
-            names = ", ".join(f'"{name}"' for name in (*ENGINES, *ENGINE_ALIASES))
+        engine = engines.canonical_name(value)
+        if engine is None:
+            names = ", ".join(f'"{name}"' for name in (*engines.engine_names(), *engines.alias_names()))
             table.add("engine", f"expected one of {names}, got {_show(value)}")
-            return None
         return engine
 
     def reject_keys_of_other_engines(self, engine: str | None) -> None:
         owners: dict[str, list[str]] = {}
-        for owner, keys in _ENGINE_KEYS.items():
-            for key in keys:
+        for owner in engines.engine_names():
+            for key in engines.family(owner).option_keys:
                 owners.setdefault(key, []).append(owner)
         if engine is None:
             self.table.reject_unknown({*_COMMON_JOB_KEYS, *owners})
             return
-        known = {*_COMMON_JOB_KEYS, *_ENGINE_KEYS[engine]}
+        family = engines.family(engine)
+        known = {*_COMMON_JOB_KEYS, *family.option_keys}
         hints = {
             key: f"not a setting of engine {engine} (it is for {' and '.join(names)})"
             for key, names in owners.items()
             if key not in known
         }
-        if engine == "sqlite":
+        if not family.connects:
             known -= set(_CONNECTION_KEYS)
             hints.update(
-                (key, "not a setting of engine sqlite (a sqlite job reads database files directly)")
+                (key, f"not a setting of engine {engine} (a {engine} job reads database files directly)")
                 for key in _CONNECTION_KEYS
             )
         self.table.reject_unknown(known, hints)
 
-    def read_databases(self, engine: str | None) -> tuple[str, ...] | None:
+    def read_databases(self, family: EngineFamily | None) -> tuple[str, ...] | None:
         table = self.table
         if not table.has("databases"):
             table.missing("databases", 'say "*" or list the databases')
             return None
         value = table.data["databases"]
         if value == "*":
-            if engine == "sqlite":
-                table.add("databases", 'a sqlite job needs a list of database file paths, not "*"')
+            if family is not None:
+                family.check_databases(table, None)
             return None
         if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
             table.add("databases", f'expected "*" or a non-empty list of names, got {_show(value)}')
             return None
         names: list[str] = []
-        by_file_name: dict[str, str] = {}
         for item in value:
             if not item.strip():
                 table.add("databases", "database names must not be empty")
             elif item in names:
                 table.add("databases", f"{_show(item)} is listed twice")
-            elif engine == "sqlite" and not item.startswith("/"):
-                table.add("databases", f"a sqlite database must be an absolute file path, got {_show(item)}")
-            elif engine == "sqlite" and os.path.basename(item) in by_file_name:
-                # a sqlite backup's folder is named after the file: both would be one series to retention
-                table.add(
-                    "databases",
-                    f"{_show(item)} and {_show(by_file_name[os.path.basename(item)])} have the same file name, "
-                    "so their backups would share one folder; put them in separate jobs",
-                )
             else:
                 names.append(item)
-                by_file_name[os.path.basename(item)] = item
+        if family is not None:
+            family.check_databases(table, tuple(names))
         return tuple(names)
 
     def read_exclude(self, databases: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -986,40 +964,11 @@ class _JobReader:
             self.table.add("exclude", 'only applies when databases = "*"')
         return exclude
 
-    def read_tool(self, engine: str | None) -> str | None:
-        tool = self.table.text("tool", None)
-        if tool is not None and engine == "mongodb" and tool not in MONGO_TOOL_WORDS and "/" not in tool:
-            self.table.add("tool", f'expected "auto", "mongodump", "builtin" or a path, got {_show(tool)}')
-            return None
-        return tool
-
-    def check_extra_args(self, engine: str | None, arguments: tuple[str, ...]) -> None:
+    def check_extra_args(self, family: EngineFamily | None, arguments: tuple[str, ...]) -> None:
         for argument in arguments:
-            problem = _forbidden_argument(engine, argument)
+            problem = family.refused_argument(argument) if family else refused_password_argument(argument)
             if problem:
                 self.table.add("extra_args", problem)
-
-    def read_uri(self) -> str | None:
-        uri = self.table.text("uri", None, secret=True)
-        if uri is None:
-            return None
-        parts = urlsplit(uri)
-        if parts.scheme not in ("mongodb", "mongodb+srv"):
-            self.table.add("uri", "expected a mongodb:// or mongodb+srv:// URI")
-            return None
-        if ":" in parts.netloc.rpartition("@")[0]:
-            self.table.add("uri", "contains a password; use password_file or password_env instead")
-            return None
-        return uri
-
-    def read_ssl_mode(self) -> str | None:
-        value = self.table.text("ssl_mode", None)
-        if value is None:
-            return None
-        if value.upper() not in MYSQL_SSL_MODES:
-            self.table.add("ssl_mode", f"expected one of {', '.join(MYSQL_SSL_MODES)}, got {_show(value)}")
-            return None
-        return value.upper()
 
     def read_password(self) -> SecretSource:
         table = self.table
@@ -1126,40 +1075,3 @@ def _parse_clock_time(value: object) -> time | None:
 def _is_http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-_MYSQL_FORBIDDEN = {
-    "--compact": "it removes the comments a restore and the verifier rely on",
-    "--skip-comments": "it removes the comments a restore and the verifier rely on",
-    "--databases": "the agent chooses the databases itself (use databases = [...])",
-    "-B": "the agent chooses the databases itself (use databases = [...])",
-    "--all-databases": 'the agent dumps one database per file (use databases = "*")',
-    "-A": 'the agent dumps one database per file (use databases = "*")',
-}
-_POSTGRES_FORBIDDEN = {
-    "--file": "the agent writes the dump file itself",
-    "-f": "the agent writes the dump file itself",
-    "--format": "the agent chooses the dump format",
-    "-F": "the agent chooses the dump format",
-    "--dbname": "the agent chooses the databases itself (use databases = [...])",
-    "-d": "the agent chooses the databases itself (use databases = [...])",
-    "-W": "the agent passes the password itself; use password_file or password_env",
-}
-_VISIBLE_ARGV_REASON = "a password on the command line is visible to every user; use password_file or password_env"
-
-
-def _forbidden_argument(engine: str | None, argument: str) -> str | None:
-    """Why `argument` may not be passed to the engine's dump tool, or None; never echoes a password."""
-    name = argument.split("=", 1)[0] if argument.startswith("--") else argument
-    if name.startswith("--pas") and "--password".startswith(name):
-        return f'"--password" is not allowed: {_VISIBLE_ARGV_REASON}'
-    if engine in ("mysql", "mongodb") and argument.startswith("-p") and not argument.startswith("--"):
-        return f'"-p" is not allowed: {_VISIBLE_ARGV_REASON}'
-    forbidden = {"mysql": _MYSQL_FORBIDDEN, "postgresql": _POSTGRES_FORBIDDEN}.get(engine or "", {})
-    if name in forbidden:
-        return f'"{name}" is not allowed: {forbidden[name]}'
-    if engine == "postgresql":
-        for short in ("-f", "-F", "-d"):
-            if argument.startswith(short) and len(argument) > 2:
-                return f'"{short}…" is not allowed: {forbidden[short]}'
-    return None

@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent import engines
 from agent.budget import headroom, measure, resolve_budget
 from agent.config import Config, JobConfig, load_config
-from agent.engines import engine_class
-from agent.engines.base import Engine, EngineContext, select_databases
+from agent.engines.base import EngineContext
 from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError
 from agent.log import register_secret
 from agent.process import StreamLimits
 from agent.storage import StorageLayout
 from agent.units import format_size
-
-MYSQL_NEEDED = ("SELECT", "SHOW VIEW", "TRIGGER", "LOCK TABLES", "EVENT")
-_GRANT = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<scope>\S+) TO ", re.IGNORECASE)
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_SHOWN_OBJECTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,15 +252,15 @@ def check_time_zones(config: Config) -> list[Finding]:
 def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[Finding]:
     topic = f"jobs.{job.name}"
     layout = StorageLayout(config.storage.path)
-    engine = engine_class(job.engine)(job, EngineContext(layout.root, layout.scratch(job.name), StreamLimits()))
+    engine = engines.engine_class(job.engine)(job, EngineContext(layout.root, layout.scratch(job.name), StreamLimits()))
     try:
         secret = job.password.read()
     except AgentError as error:
         return [Finding(False, topic, str(error))]
     if secret is not None:
         register_secret(secret.reveal())
-    if job.engine == "sqlite":
-        return _check_sqlite(job, topic)
+    if not engines.family(job.engine).connects:  # local files: nothing to probe, the files are the check
+        return [Finding(item.ok, topic, item.message) for item in engine.check_privileges()]
     if not connect:
         return []
     findings: list[Finding] = []
@@ -284,7 +277,7 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
             Finding(True, topic, f"{_first_line(info.tool_version)} for {info.server_version} at {info.server}")
         )
     try:
-        findings += _check_privileges(engine, job, topic)
+        findings += [Finding(item.ok, topic, item.message) for item in engine.check_privileges()]
     except ConnectionFailed as error:
         findings.append(Finding(False, topic, f"server: {error}; check host, port, user and password"))
     except AgentError as error:
@@ -296,138 +289,3 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
-
-
-def _databases(engine: Engine, job: JobConfig) -> list[str]:
-    if job.databases is not None:
-        return list(job.databases)
-    return select_databases(engine.discover(), job.exclude)
-
-
-def _check_privileges(engine: Engine, job: JobConfig, topic: str) -> list[Finding]:
-    if job.engine == "postgresql":
-        return _postgres_privileges(engine, job, topic)
-    if job.engine == "mysql":
-        return _mysql_privileges(engine, job, topic)
-    names = _databases(engine, job)
-    return [Finding(True, topic, f"connected; {len(names)} database(s) to dump: {', '.join(names)}")]
-
-
-_PG_UNREADABLE = r"""
-    SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'S')
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
-      AND (NOT has_schema_privilege(n.oid, 'USAGE') OR NOT has_table_privilege(c.oid, 'SELECT'))
-    ORDER BY 1
-"""
-
-
-def _postgres_privileges(engine: Any, job: JobConfig, topic: str) -> list[Finding]:
-    with engine.connect() as connection:
-        row = connection.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-        user, superuser = (str(row[0]), bool(row[1])) if row else ("?", False)
-        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_read_all_data'").fetchone()
-        read_all = False
-        if exists and not superuser:
-            member = connection.execute("SELECT pg_has_role(current_user, 'pg_read_all_data', 'USAGE')").fetchone()
-            read_all = bool(member and member[0])
-    findings: list[Finding] = []
-    names = _databases(engine, job)
-    for name in names:
-        try:
-            with engine.connect(name) as connection:
-                rows = [] if superuser or read_all else connection.execute(_PG_UNREADABLE).fetchall()
-        except ConnectionFailed as error:
-            findings.append(Finding(False, topic, f"database {name!r}: {error}; GRANT CONNECT ON DATABASE to {user}"))
-            continue
-        if rows:
-            shown = ", ".join(str(item[0]) for item in rows[:_SHOWN_OBJECTS])
-            more = f" and {len(rows) - _SHOWN_OBJECTS} more" if len(rows) > _SHOWN_OBJECTS else ""
-            findings.append(
-                Finding(
-                    False,
-                    topic,
-                    f"database {name!r}: role {user} cannot read {len(rows)} table(s)/sequence(s): {shown}{more}; "
-                    f"GRANT pg_read_all_data TO {user} (PostgreSQL 14+) or grant SELECT (and schema USAGE)",
-                )
-            )
-    if not findings:
-        how = "superuser" if superuser else "pg_read_all_data" if read_all else "SELECT on every table"
-        findings.append(Finding(True, topic, f"role {user} can read all {len(names)} database(s) ({how})"))
-    return findings
-
-
-def mysql_privileges(grants: list[str]) -> dict[str, set[str]]:
-    """Privileges by scope (`*.*`, `` `db`.* ``, `` `db`.`table` ``) from SHOW GRANTS lines (pure)."""
-    scopes: dict[str, set[str]] = {}
-    for line in grants:
-        match = _GRANT.match(line.strip())
-        if match is None:
-            continue
-        privileges = {part.strip().upper() for part in match["privileges"].split(",")}
-        if "ALL" in privileges or "ALL PRIVILEGES" in privileges:
-            privileges = {"ALL"}
-        scopes.setdefault(match["scope"].replace("`", ""), set()).update(privileges)
-    return scopes
-
-
-def mysql_missing(scopes: dict[str, set[str]], database: str) -> list[str]:
-    """The privileges a dump of `database` needs that the grants do not give (pure)."""
-    have = scopes.get("*.*", set()) | scopes.get(f"{database}.*", set())
-    if "ALL" in have:
-        missing: list[str] = []
-    else:
-        missing = [privilege for privilege in MYSQL_NEEDED if privilege not in have]
-    global_privileges = scopes.get("*.*", set())
-    routine_ok = {"ALL", "SELECT", "SHOW_ROUTINE"} & global_privileges or "SELECT" in scopes.get(
-        "mysql.*", set()
-    ) | scopes.get("mysql.proc", set())
-    if not routine_ok:
-        missing.append("routines (global SELECT, SHOW_ROUTINE, or SELECT on mysql.proc)")
-    return missing
-
-
-def _mysql_privileges(engine: Any, job: JobConfig, topic: str) -> list[Finding]:
-    with engine.connect() as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT CURRENT_USER()")
-        user = str(cursor.fetchone()[0])
-        cursor.execute("SHOW GRANTS")
-        grants = [str(row[0]) for row in cursor.fetchall()]
-    scopes = mysql_privileges(grants)
-    findings: list[Finding] = []
-    names = _databases(engine, job)
-    for name in names:
-        missing = mysql_missing(scopes, name)
-        if missing:
-            findings.append(
-                Finding(
-                    False,
-                    topic,
-                    f"database {name!r}: {user} lacks {', '.join(missing)}; e.g. "
-                    f"GRANT {', '.join(MYSQL_NEEDED)} ON *.* TO {user} (a global SELECT also covers routines)",
-                )
-            )
-    if not findings:
-        findings.append(Finding(True, topic, f"{user} has the privileges to dump all {len(names)} database(s)"))
-    return findings
-
-
-def _check_sqlite(job: JobConfig, topic: str) -> list[Finding]:
-    findings: list[Finding] = []
-    for name in job.databases or ():
-        try:
-            with open(name, "rb") as handle:
-                header = handle.read(16)
-        except OSError as error:
-            findings.append(Finding(False, topic, f"cannot read {name}: {error.strerror}"))
-            continue
-        if header and header != _SQLITE_MAGIC:
-            findings.append(Finding(False, topic, f"{name} is not an SQLite database file"))
-    if not findings:
-        findings.append(
-            Finding(
-                True, topic, f"{len(job.databases or ())} SQLite file(s) readable (SQLite {sqlite3.sqlite_version})"
-            )
-        )
-    return findings

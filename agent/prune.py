@@ -22,9 +22,8 @@ from typing import Any
 
 from structlog.stdlib import BoundLogger
 
-from agent import catalog, journal, pins, retention
+from agent import catalog, engines, journal, pins, retention
 from agent.budget import (
-    SCRATCH_COPY_ENGINES,
     Budget,
     DiskFigures,
     InsufficientSpaceError,
@@ -309,7 +308,7 @@ def prepare_dump(
     figures = measure(config.storage)
     budget = resolve_budget(config.storage, figures.total_bytes)
     history = inventory.history(job.name, folder)
-    scratch_copy = job.engine in SCRATCH_COPY_ENGINES
+    scratch_copy = engines.family(job.engine).scratch_copy
     estimate = _size_estimate(engine, target, log) if not history or scratch_copy else None
     prediction = predict(history, estimate, config.storage.compression)
     if scratch_copy:

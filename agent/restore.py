@@ -6,7 +6,6 @@ exactly what it would do. `--to-file` writes the plain decompressed dump for man
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from agent import catalog
+from agent import catalog, engines
 from agent.compression import open_decompressed
 from agent.config import Config, JobConfig
-from agent.engines import engine_class
 from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
 from agent.errors import AgentError, UsageError
 from agent.log import get_logger
@@ -85,31 +83,18 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
-_URL_ENGINES = {
-    "postgresql": "postgresql",
-    "postgres": "postgresql",
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    "mongodb": "mongodb",
-}
-
-
 def retarget(job: JobConfig, url: str) -> JobConfig:
     """The job pointed at another server (`--target-url`); the password still comes from the job's source."""
     parts = urlsplit(url)
-    engine = _URL_ENGINES.get(parts.scheme)
-    if engine is None or engine != job.engine:
+    family = engines.family(job.engine)
+    if parts.scheme not in family.url_schemes:
+        example = family.url_schemes[0] if family.url_schemes else job.engine
         raise UsageError(
-            f"--target-url: expected a {job.engine} URL such as "
-            f"{'mongodb' if job.engine == 'mongodb' else job.engine}://user@host:port, got scheme "
-            f"{parts.scheme!r}"
+            f"--target-url: expected a {job.engine} URL such as {example}://user@host:port, got scheme {parts.scheme!r}"
         )
     if parts.password is not None:
         raise UsageError("--target-url must not contain a password: it is read from the job's password source")
-    user = parts.username or job.user
-    if engine == "mongodb":
-        return dataclasses.replace(job, uri=url, host=None, port=None, socket=None, user=user)
-    return dataclasses.replace(job, host=parts.hostname, port=parts.port, socket=None, user=user)
+    return family.retarget(job, url)
 
 
 def engine_for(config: Config, job: str, target_url: str | None = None) -> Engine:
@@ -117,7 +102,9 @@ def engine_for(config: Config, job: str, target_url: str | None = None) -> Engin
         raise UsageError(f"no job named {job!r} in the config")
     layout = StorageLayout(config.storage.path)
     job_config = config.jobs[job] if target_url is None else retarget(config.jobs[job], target_url)
-    return engine_class(job_config.engine)(job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits()))
+    return engines.engine_class(job_config.engine)(
+        job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits())
+    )
 
 
 def reverify(chosen: Chosen) -> None:
@@ -160,17 +147,15 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
     return lines
 
 
-SERVER_WIDE_KINDS = {"postgresql": ("globals", "postgres"), "mysql": ("grants", "")}
-
-
 def restore_server_wide(
     config: Config, job: str, *, at: datetime | None = None, target_url: str | None = None
 ) -> Chosen:
     """Apply the job's roles/grants file (PostgreSQL globals, MySQL grants) before its databases."""
     engine = engine_for(config, job, target_url)
-    if engine.name not in SERVER_WIDE_KINDS:
+    server_wide = engines.family(engine.name).server_wide
+    if server_wide is None:
         raise UsageError(f"engine {engine.name} has no globals or grants to restore")
-    kind, database = SERVER_WIDE_KINDS[engine.name]
+    kind, database = server_wide.kind, server_wide.database
     chosen = choose_backup(config, job, "", at=at, kind=kind)
     reverify(chosen)
     log = get_logger(job=job, kind=kind)

@@ -7,7 +7,6 @@ A failure of one database never stops the others; each ends as exactly one log e
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import time
 import uuid
@@ -17,12 +16,11 @@ from pathlib import Path
 
 from structlog.stdlib import BoundLogger
 
-from agent import __version__, journal
+from agent import __version__, engines, journal
 from agent.budget import InsufficientSpaceError
 from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
-from agent.engines import engine_class
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError
 from agent.immutable import ImmutableUnsupported, set_immutable
@@ -43,8 +41,7 @@ def folder_for(target: DumpTarget, engine_name: str) -> str:
     """The folder (and file-name component) of a target: `_globals`, `_grants`, or the encoded name."""
     if target.kind != "database":
         return f"_{target.kind}"
-    name = os.path.basename(target.database) if engine_name == "sqlite" else target.database
-    return encode_name(name)
+    return encode_name(engines.family(engine_name).folder_name(target.database))
 
 
 def compression_of(config: Config) -> CompressionSettings:
@@ -156,7 +153,7 @@ class JobRun:
         sweep_partials(self.layout, self.job.name, self.run_id)
         scratch = self.layout.scratch(self.job.name)
         scratch.mkdir(mode=0o700, exist_ok=True)
-        engine = engine_class(self.job.engine)(self.job, EngineContext(self.layout.root, scratch, self.limits))
+        engine = engines.engine_class(self.job.engine)(self.job, EngineContext(self.layout.root, scratch, self.limits))
         try:
             secret = self.job.password.read()
             if secret is not None:

@@ -72,7 +72,7 @@ def _peak_rss() -> int:
 
 
 def _use_pg_restore_check() -> None:
-    from agent.engines import postgres
+    from agent.engines.postgres import engine as postgres
 
     def new_check(format_name: str, tool: str | None = None) -> object:
         if format_name == postgres.CUSTOM_FORMAT:

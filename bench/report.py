@@ -330,7 +330,7 @@ def changes_section(results: dict[str, Any]) -> list[str]:
     cost = results.get("check_cost")
     if agent_pg and old_check:
         text = (
-            f"- **PostgreSQL check in process** (agent/engines/pg_archive.py) instead of a `pg_restore "
+            f"- **PostgreSQL check in process** (agent/engines/postgres/archive.py) instead of a `pg_restore "
             f"--file=/dev/null` child fed every byte: backup {_s(old_check['wall'])} -> {_s(agent_pg['wall'])} "
             f"({_pct(agent_pg['wall'], old_check['wall'])}), client CPU {_s(old_check['cpu'])} -> "
             f"{_s(agent_pg['cpu'])}"

@@ -140,7 +140,7 @@ class Bench:
         if not options.exists():
             options.touch(mode=0o600)
             options.write_text(f'[client]\nuser="{server.user}"\npassword="{server.password}"\n')
-        # the agent's own options (agent/engines/mysql.py), so only the pipeline differs
+        # the agent's own options (agent/engines/mysql/engine.py), so only the pipeline differs
         return (
             f"mariadb-dump --defaults-file={options} --protocol=TCP --host={server.host} --port={server.port} "
             "--single-transaction --quick --routines --events --triggers --hex-blob "
@@ -241,9 +241,9 @@ class Bench:
         config = self.agent_config(storage, level=level, threads=threads)
         result = storage.parent / (storage.name + ".probe.json")
         module = {
-            "postgresql": "agent.engines.postgres",
-            "mysql": "agent.engines.mysql",
-            "mongodb": "agent.engines.mongo",
+            "postgresql": "agent.engines.postgres.engine",
+            "mysql": "agent.engines.mysql.engine",
+            "mongodb": "agent.engines.mongo.engine",
         }[engine]
         sample = run_timed(
             [*AGENT, str(result), "--", "-c", str(config), "backup", "--job", job],
@@ -521,8 +521,8 @@ def profile_run(bench: Bench, job: str, engine: str) -> dict[str, Any]:
 
 def check_cost(bench: Bench) -> dict[str, Any]:
     """Feed one raw custom-format dump through each PostgreSQL check; CPU per GB of archive."""
-    from agent.engines.pg_archive import CustomArchiveCheck
-    from agent.engines.postgres import PgRestoreCheck
+    from agent.engines.postgres.archive import CustomArchiveCheck
+    from agent.engines.postgres.engine import PgRestoreCheck
 
     raw = bench.work / "raw.pgdump"
     subprocess.run(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from agent.errors import UsageError
 from agent.process import StreamLimits
 
 if TYPE_CHECKING:
-    from agent.config import JobConfig
+    from agent.config import ConfigTable, JobConfig
     from agent.manifest import Manifest
 
 MISSING = "missing"
@@ -21,6 +24,107 @@ EMPTY = "empty"
 NOT_EMPTY = "not-empty"
 
 Sink = Callable[[bytes], None]
+_VISIBLE_ARGV_REASON = "a password on the command line is visible to every user; use password_file or password_env"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """A job's settings beyond the common keys; each engine subclasses it, one field per config key."""
+
+
+_Options = TypeVar("_Options", bound=EngineOptions)
+
+
+def options_of(job: JobConfig, expected: type[_Options]) -> _Options:
+    """The job's options as the engine's own type; a job built without any gets the defaults."""
+    if isinstance(job.options, expected):
+        return job.options
+    if type(job.options) is EngineOptions:
+        return expected()
+    raise TypeError(f"job {job.name}: {type(job.options).__name__} given where {expected.__name__} is needed")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerWide:
+    """A server-wide file (roles, grants) restored on its own: its target kind and where it is applied."""
+
+    kind: str
+    database: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrivilegeFinding:
+    """One line of `doctor` about what the job's account may read."""
+
+    ok: bool
+    message: str
+
+
+def refused_password_argument(argument: str, *, short_option: bool = False) -> str | None:
+    """Why a password option may not be in `extra_args` (never echoing the password), or None."""
+    name = argument.split("=", 1)[0] if argument.startswith("--") else argument
+    if name.startswith("--pas") and "--password".startswith(name):
+        return f'"--password" is not allowed: {_VISIBLE_ARGV_REASON}'
+    if short_option and argument.startswith("-p") and not argument.startswith("--"):
+        return f'"-p" is not allowed: {_VISIBLE_ARGV_REASON}'
+    return None
+
+
+class EngineFamily(ABC):
+    """What config, doctor, restore and the budget know of an engine without importing its driver.
+
+    Each engine package defines one instance as `FAMILY`; the registry finds it by the engine's name.
+    Its options are the fields of `options_type`, read by `read_options` with the config's own reader.
+    """
+
+    options_type: ClassVar[type[EngineOptions]] = EngineOptions
+    connects: ClassVar[bool] = True  # False: the job reads local files (no host, port, user or password)
+    scratch_copy: ClassVar[bool] = False  # copies each database under the storage path before streaming it
+    url_schemes: ClassVar[tuple[str, ...]] = ()  # what `restore --target-url` accepts
+    server_wide: ClassVar[ServerWide | None] = None
+    refused_arguments: ClassVar[Mapping[str, str]] = MappingProxyType({})  # extra_args option -> why
+    refused_prefixes: ClassVar[tuple[str, ...]] = ()  # short options also refused with a value attached
+    short_password_option: ClassVar[bool] = False  # the tool takes a password as -pSECRET
+
+    @abstractmethod
+    def engine_class(self) -> type[Engine]:
+        """The engine itself, imported only now (with its driver)."""
+
+    @property
+    def option_keys(self) -> tuple[str, ...]:
+        return tuple(item.name for item in dataclasses.fields(self.options_type))
+
+    def read_options(self, table: ConfigTable) -> EngineOptions:
+        """The engine's keys of a [jobs.NAME] table; problems go to the table with key path and line."""
+        return self.options_type()
+
+    def check_databases(self, table: ConfigTable, databases: tuple[str, ...] | None) -> None:
+        """Engine rules for the `databases` list (None: "*"), recorded as problems of the table."""
+        return
+
+    def refused_argument(self, argument: str) -> str | None:
+        """Why `argument` may not be passed to the engine's dump tool, or None; never echoes a password."""
+        problem = refused_password_argument(argument, short_option=self.short_password_option)
+        if problem:
+            return problem
+        name = argument.split("=", 1)[0] if argument.startswith("--") else argument
+        if name in self.refused_arguments:
+            return f'"{name}" is not allowed: {self.refused_arguments[name]}'
+        for short in self.refused_prefixes:
+            if argument.startswith(short) and len(argument) > len(short):
+                return f'"{short}…" is not allowed: {self.refused_arguments[short]}'
+        return None
+
+    def folder_name(self, database: str) -> str:
+        """The name a database's backups are filed under (before encoding)."""
+        return database
+
+    def retarget(self, job: JobConfig, url: str) -> JobConfig:
+        """The job pointed at the server `url` names (`restore --target-url`); the password is the job's."""
+        parts = urlsplit(url)
+        return dataclasses.replace(
+            job, host=parts.hostname, port=parts.port, socket=None, user=parts.username or job.user
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +177,13 @@ class EngineContext:
 class Engine(ABC):
     """One database family. Engines build commands and read servers; the runner does the rest."""
 
-    name: ClassVar[str]
-
     def __init__(self, job: JobConfig, context: EngineContext) -> None:
         self.job = job
         self.context = context
+
+    @property
+    def name(self) -> str:
+        return self.job.engine
 
     @abstractmethod
     def probe(self) -> ServerInfo:
@@ -134,13 +240,22 @@ class Engine(ABC):
         """Rows per table, keyed as in the manifest's `counts`, for drills."""
         raise UsageError(f"engine {self.name} cannot count rows")
 
+    # --- doctor ----------------------------------------------------------------------------------
+    def check_privileges(self) -> list[PrivilegeFinding]:
+        """Whether the job's account can read everything it dumps; engines with privileges override it."""
+        names = self.selected_databases()
+        return [PrivilegeFinding(True, f"connected; {len(names)} database(s) to dump: {', '.join(names)}")]
+
+    def selected_databases(self) -> list[str]:
+        """The job's databases: as listed, or every discovered one not excluded."""
+        wanted = self.job.databases
+        return select_databases(self.discover(), self.job.exclude) if wanted is None else list(wanted)
+
     def targets(self, only_database: str | None = None) -> list[DumpTarget]:
         """The files this run makes: server-wide ones first, then each selected database."""
         if only_database is not None:
             return [self.database_target(only_database)]
-        wanted = self.job.databases
-        names = select_databases(self.discover(), self.job.exclude) if wanted is None else list(wanted)
-        return [*self.extra_targets(), *(self.database_target(name) for name in names)]
+        return [*self.extra_targets(), *(self.database_target(name) for name in self.selected_databases())]
 
 
 def select_databases(available: Sequence[str], exclude: Sequence[str]) -> list[str]:

@@ -13,10 +13,23 @@ import sqlite3
 import struct
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from agent.engines.base import DumpDetails, DumpTarget, Engine, ServerInfo, Sink, StreamCheck
+from agent.engines.base import (
+    DumpDetails,
+    DumpTarget,
+    Engine,
+    EngineFamily,
+    PrivilegeFinding,
+    ServerInfo,
+    Sink,
+    StreamCheck,
+)
 from agent.errors import ConnectionFailed, DumpError, VerificationError
+
+if TYPE_CHECKING:
+    from agent.config import ConfigTable
 
 SQLITE_FORMAT = "sqlite3"
 _MAGIC = b"SQLite format 3\x00"
@@ -56,9 +69,41 @@ def _readonly_uri(path: str) -> str:
     return f"file:{quote(path)}?mode=ro"
 
 
-class SqliteEngine(Engine):
-    name = "sqlite"
+class SqliteFamily(EngineFamily):
+    """A sqlite job reads database files directly: no server, so no connection keys."""
 
+    connects = False
+    scratch_copy = True  # the consistent copy sits in the scratch folder, on the storage disk, while it streams
+
+    def engine_class(self) -> type[Engine]:
+        return SqliteEngine
+
+    def check_databases(self, table: ConfigTable, databases: tuple[str, ...] | None) -> None:
+        if databases is None:
+            table.add("databases", 'a sqlite job needs a list of database file paths, not "*"')
+            return
+        by_file_name: dict[str, str] = {}
+        for path in databases:
+            if not path.startswith("/"):
+                table.add("databases", f"a sqlite database must be an absolute file path, got {table.show(path)}")
+            elif os.path.basename(path) in by_file_name:
+                # a sqlite backup's folder is named after the file: both would be one series to retention
+                table.add(
+                    "databases",
+                    f"{table.show(path)} and {table.show(by_file_name[os.path.basename(path)])} have the same "
+                    "file name, so their backups would share one folder; put them in separate jobs",
+                )
+            else:
+                by_file_name[os.path.basename(path)] = path
+
+    def folder_name(self, database: str) -> str:
+        return os.path.basename(database)
+
+
+FAMILY = SqliteFamily()
+
+
+class SqliteEngine(Engine):
     def probe(self) -> ServerInfo:
         return ServerInfo("local files", sqlite3.sqlite_version, "sqlite3-backup-api", sqlite3.sqlite_version)
 
@@ -79,6 +124,25 @@ class SqliteEngine(Engine):
         if format_name != SQLITE_FORMAT:
             raise VerificationError(f"unknown SQLite format {format_name!r}")
         return SqliteCheck()
+
+    def check_privileges(self) -> list[PrivilegeFinding]:
+        """Each file can be opened and is an SQLite database (doctor needs no connection for this)."""
+        findings: list[PrivilegeFinding] = []
+        names = self.job.databases or ()
+        for name in names:
+            try:
+                with open(name, "rb") as handle:
+                    header = handle.read(len(_MAGIC))
+            except OSError as error:
+                findings.append(PrivilegeFinding(False, f"cannot read {name}: {error.strerror}"))
+                continue
+            if header and header != _MAGIC:
+                findings.append(PrivilegeFinding(False, f"{name} is not an SQLite database file"))
+        if not findings:
+            findings.append(
+                PrivilegeFinding(True, f"{len(names)} SQLite file(s) readable (SQLite {sqlite3.sqlite_version})")
+            )
+        return findings
 
     def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
         source_path = target.database

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent import cli
 from agent.engines.base import DumpDetails, DumpTarget, Sink
-from agent.engines.postgres import PostgresEngine
+from agent.engines.postgres.engine import PostgresEngine
 
 
 def main() -> int:

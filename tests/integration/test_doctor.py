@@ -18,8 +18,6 @@ from psycopg import sql
 from servers.common import skip_or_fail
 from servers.postgres import PostgresServer
 
-from agent.doctor import mysql_missing, mysql_privileges
-
 
 def sqlite_database(path: Path) -> Path:
     with sqlite3.connect(path) as connection:
@@ -231,19 +229,3 @@ def test_an_unknown_tz_variable_is_named(
     assert code == 1
     [problem] = problems(lines)
     assert "TZ environment variable" in problem and "Nowhere/Special" in problem
-
-
-def test_mysql_grants_are_read_per_database() -> None:
-    everything = mysql_privileges(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"])
-    assert mysql_missing(everything, "shop") == []
-    partial = mysql_privileges(
-        [
-            "GRANT USAGE ON *.* TO `backup`@`%`",
-            "GRANT SELECT, SHOW VIEW, LOCK TABLES ON `shop`.* TO `backup`@`%`",
-        ]
-    )
-    missing = mysql_missing(partial, "shop")
-    assert missing[:2] == ["TRIGGER", "EVENT"] and missing[2].startswith("routines")
-    assert "SELECT" in mysql_missing(partial, "other")
-    dumper = mysql_privileges(["GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT ON *.* TO `backup`@`%`"])
-    assert mysql_missing(dumper, "any") == []

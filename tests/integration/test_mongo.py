@@ -27,8 +27,8 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from servers.mongo import MongoServer
 
+from agent.engines.mongo.restore import restore_archive
 from agent.manifest import manifest_path, read_manifest
-from agent.mongo_restore import restore_archive
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 ODD_NAME = "name with spaces.and.dots"
@@ -241,7 +241,7 @@ def test_discovery_skips_system_databases_unless_asked(
 ) -> None:
     from agent.config import load_config
     from agent.engines.base import EngineContext
-    from agent.engines.mongo import MongoEngine
+    from agent.engines.mongo.engine import MongoEngine
     from agent.process import StreamLimits
 
     with mongo_server.client() as client:
@@ -264,7 +264,7 @@ def test_discovery_skips_system_databases_unless_asked(
 def test_size_estimate_comes_from_dbstats(mongo_server: MongoServer, mongo_database: str, tmp_path: Path) -> None:
     from agent.config import load_config
     from agent.engines.base import EngineContext
-    from agent.engines.mongo import MongoEngine
+    from agent.engines.mongo.engine import MongoEngine
     from agent.process import StreamLimits
 
     with mongo_server.client() as client:
@@ -304,7 +304,7 @@ def test_a_wrong_password_fails_clearly_and_leaves_no_file(
 STAND_IN = '''#!{python}
 """A stand-in mongodump: records what it was given, then writes an archive to stdout."""
 import json, os, stat, sys
-from agent.mongo_archive import ArchiveHeader, ArchiveWriter, PreludeEntry, collection_metadata
+from agent.engines.mongo.archive import ArchiveHeader, ArchiveWriter, PreludeEntry, collection_metadata
 import bson
 
 if sys.argv[1:] == ["--version"]:

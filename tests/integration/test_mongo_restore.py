@@ -15,8 +15,8 @@ from agent_helpers import events_named, run_cli, write_config
 from servers.mongo import MongoServer
 from test_mongo import collection_shapes, fill_rich_database, mongo_job
 
-from agent.mongo_archive import ArchiveError, ArchiveHeader, ArchiveWriter, PreludeEntry, collection_metadata
-from agent.mongo_restore import MongoRestoreError, restore_archive
+from agent.engines.mongo.archive import ArchiveError, ArchiveHeader, ArchiveWriter, PreludeEntry, collection_metadata
+from agent.engines.mongo.restore import MongoRestoreError, restore_archive
 
 
 def test_restore_through_the_cli_gives_back_the_same_collections(

@@ -27,9 +27,9 @@ from servers.mariadb import MariaDBServer
 
 from agent import catalog
 from agent.config import load_config
-from agent.engines.mysql import MysqlEngine
+from agent.engines.mysql.engine import MysqlEngine
 from agent.manifest import manifest_path, read_manifest
-from agent.restore import engine_for
+from agent.restore import RestoreError, choose_backup, decompressed_chunks, engine_for, restore_database
 
 REAL_TOOL = shutil.which("mariadb-dump") or "mariadb-dump"
 ALL_BYTES = bytes(range(256))
@@ -675,18 +675,17 @@ def test_ssl_mode_required_refuses_a_server_without_tls_and_a_missing_ca_is_name
 # --- restore ----------------------------------------------------------------------------------
 
 
-def test_restore_into_creates_the_database_and_refuses_one_that_holds_data(
+def test_a_restore_creates_the_database_and_refuses_one_that_holds_data(
     mariadb_server: MariaDBServer, mariadb_database: str, restored_name: str, tmp_path: Path
 ) -> None:
     create_shop(mariadb_server, mariadb_database)
     before = fingerprints(mariadb_server, mariadb_database)
     config = write_config(tmp_path, {"main": mysql_job(mariadb_server, tmp_path, [mariadb_database])})
     assert run_cli(config, "backup") == 0
-    dump = only_dump(tmp_path, mariadb_database)
-    engine = engine_for(load_config(config), "main")
-    assert isinstance(engine, MysqlEngine)
+    loaded = load_config(config)
+    chosen = choose_backup(loaded, "main", mariadb_database)
 
-    engine.restore_into(dump, restored_name)
+    restore_database(loaded, "main", chosen, restored_name)
 
     assert fingerprints(mariadb_server, restored_name) == before
     assert query(
@@ -695,14 +694,14 @@ def test_restore_into_creates_the_database_and_refuses_one_that_holds_data(
         "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
         restored_name,
     ) == [("utf8mb4_unicode_ci",)]
-    with pytest.raises(Exception, match="not empty"):
-        engine.restore_into(dump, restored_name)
+    with pytest.raises(RestoreError, match="already holds data"):
+        restore_database(loaded, "main", chosen, restored_name)
     execute(mariadb_server, restored_name, "DELETE FROM customer")
-    engine.restore_into(dump, restored_name, force=True)  # the dump drops and recreates each table
+    restore_database(loaded, "main", chosen, restored_name, force=True)  # the dump drops and recreates each table
     assert fingerprints(mariadb_server, restored_name) == before
 
 
-def test_drop_definers_restores_objects_whose_definer_does_not_exist_here(
+def test_a_drill_restore_drops_definers_so_objects_whose_definer_does_not_exist_here_work(
     mariadb_server: MariaDBServer, mariadb_database: str, restored_name: str, tmp_path: Path
 ) -> None:
     ghost = f"ghost_{secrets.token_hex(3)}"
@@ -732,7 +731,9 @@ def test_drop_definers_restores_objects_whose_definer_does_not_exist_here(
     engine = engine_for(load_config(config), "main")
     assert isinstance(engine, MysqlEngine)
 
-    engine.restore_into(dump, restored_name, drop_definers=True)
+    manifest = read_manifest(manifest_path(dump))
+    engine.create_database(restored_name)
+    engine.restore(decompressed_chunks(dump, manifest.compression), manifest, restored_name, drill=True)
 
     assert query(mariadb_server, restored_name, "SELECT SUM(a), twice(21) FROM v") == [(Decimal(3), 42)]
     definers = query(

@@ -20,6 +20,9 @@ from agent.config import (
     load_config,
     parse_config,
 )
+from agent.engines.mongo.options import MongoOptions
+from agent.engines.mysql.options import MysqlOptions
+from agent.engines.postgres.options import PostgresOptions
 from agent.errors import ConfigError
 from agent.secrets import Secret, SecretSource
 from agent.units import SizeSpec
@@ -94,10 +97,11 @@ def test_a_minimal_job_gets_every_default() -> None:
     assert (main.nice, main.ionice, main.tool, main.extra_args) == (10, "best-effort", None, ())
     assert main.max_backup_age is None
     assert main.retention == parse(MINIMAL).retention
-    assert main.include_globals is True
-    assert (main.include_grants, main.include_system, main.lock_for_consistency) == (False, False, False)
-    assert (main.ssl_ca, main.ssl_mode, main.uri, main.auth_source) == (None, None, None, None)
-    assert (main.tls, main.point_in_time) == (False, False)
+    assert main.options == PostgresOptions(include_globals=True)
+    assert (MysqlOptions().include_grants, MysqlOptions().include_system) == (False, False)
+    assert (MysqlOptions().lock_for_consistency, MysqlOptions().ssl_ca, MysqlOptions().ssl_mode) == (False, None, None)
+    assert (MongoOptions().uri, MongoOptions().auth_source) == (None, None)
+    assert (MongoOptions().tls, MongoOptions().point_in_time) == (False, False)
     assert main.hooks == HooksConfig(before=None, after=None, on_failure=None, timeout=timedelta(seconds=60))
     assert main.drill is None
 
@@ -229,7 +233,7 @@ def test_a_full_config_is_read_into_typed_values() -> None:
     assert shop.databases == ("shop", "auth")
     assert shop.schedule == ScheduleSpec("interval", every=timedelta(hours=6))
     assert shop.password.read() == Secret(PASSWORD)
-    assert shop.ssl_mode == "VERIFY_CA"
+    assert isinstance(shop.options, MysqlOptions) and shop.options.ssl_mode == "VERIFY_CA"
     assert config.jobs["events"].tool == "builtin"
     assert config.jobs["local"].schedule.every == timedelta(seconds=4)
 

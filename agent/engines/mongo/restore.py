@@ -21,8 +21,7 @@ from pymongo import InsertOne, MongoClient
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from agent.errors import AgentError
-from agent.mongo_archive import (
+from agent.engines.mongo.archive import (
     BUCKETS_PREFIX,
     ArchiveParser,
     ArchiveSummary,
@@ -31,6 +30,7 @@ from agent.mongo_archive import (
     PreludeEntry,
     parse_metadata,
 )
+from agent.errors import AgentError
 
 _READ_SIZE = 1 << 20
 _BATCH_BYTES = 8 << 20

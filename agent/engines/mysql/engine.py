@@ -4,8 +4,8 @@ Every file restores under any name (`mariadb NEWNAME < file`): no `--databases`,
 DATABASE or USE, and the `ALTER DATABASE `old` ...` collation switches the tool writes around
 routines are rewritten to name no database (they then apply to whichever database is being
 restored). DEFINER clauses stay as the server has them: a backup reproduces the server, the
-manifest lists the accounts they name, `include_grants` dumps those accounts, and `restore_into`
-can drop the clauses when restoring where the accounts do not exist.
+manifest lists the accounts they name, `include_grants` dumps those accounts, and a drill drops
+the clauses, restoring where the accounts do not exist.
 
 Credentials reach the tool in an anonymous 0600 memfd option file given as its only option file
 (`--defaults-file=/dev/fd/N`, the first option): never argv, never the environment, and no
@@ -22,18 +22,16 @@ import re
 import shutil
 import ssl
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 
 from agent import process
-from agent.compression import method_for_path, open_decompressed
 from agent.engines.base import (
     EMPTY,
     MISSING,
@@ -42,14 +40,36 @@ from agent.engines.base import (
     DumpTarget,
     Engine,
     EngineContext,
+    PrivilegeFinding,
     ServerInfo,
     Sink,
     StreamCheck,
     TrailerCheck,
+    options_of,
+)
+from agent.engines.mysql.grants import DUMP_PRIVILEGES, granted_roles, missing_privileges, parse_grants, privilege_gaps
+from agent.engines.mysql.option_file import option_file
+from agent.engines.mysql.options import MysqlOptions
+from agent.engines.mysql.sql_stream import (
+    INTERNAL_ACCOUNTS,
+    AlterDatabaseRewriter,
+    keep_own_password,
+    lines_of,
+    quote_identifier,
+    skip_builtin_accounts,
+    strip_definers,
+)
+from agent.engines.mysql.versions import (
+    MARIADB,
+    MYSQL,
+    Version,
+    compatibility_problem,
+    parse_server_version,
+    parse_tool_version,
+    supports_system_users,
 )
 from agent.errors import AgentError, ConfigError, ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
 from agent.log import get_logger
-from agent.secrets import Secret
 
 if TYPE_CHECKING:
     from agent.config import JobConfig
@@ -68,257 +88,10 @@ DEFAULT_SOCKETS = (
     "/var/lib/mysql/mysql.sock",
     "/tmp/mysql.sock",  # noqa: S108  # a path the clients themselves look at, only read
 )
-MARIADB = "MariaDB"
-MYSQL = "MySQL"
 MAX_ALLOWED_PACKET = 1 << 30
-# accounts every server creates for itself; restoring them elsewhere is never wanted
-_INTERNAL_ACCOUNTS = {
-    ("mariadb.sys", "localhost"),
-    ("mysql.sys", "localhost"),
-    ("mysql.session", "localhost"),
-    ("mysql.infoschema", "localhost"),
-}
 # engines that hold no data of their own: nothing to make consistent
 _DATALESS_ENGINES = {"BLACKHOLE", "FEDERATED", "CONNECT", "SPIDER"}
-# the first MariaDB release of each series whose dump tool has --system=users
-_SYSTEM_USERS_SINCE = {(10, 2): 37, (10, 3): 28, (10, 4): 18, (10, 5): 9}
 _COUNT_LOCK_WAIT_SECONDS = 5
-_RESTORE_CHUNK = 1 << 20
-_DEFINER = re.compile(rb" ?DEFINER=`(?:[^`]|``)*`(?:@`(?:[^`]|``)*`)?")
-
-
-# --------------------------------------------------------------------------------------------------
-# Versions: which tool may dump which server (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    vendor: str  # MariaDB | MySQL (Percona and other MySQL builds count as MySQL)
-    numbers: tuple[int, int, int]
-    text: str
-
-    @property
-    def family(self) -> tuple[int, int]:
-        """The release series (10.11, 8.0, 8.4): each adds features an older tool cannot dump."""
-        return self.numbers[0], self.numbers[1]
-
-    def label(self) -> str:
-        return f"{self.vendor} {self.numbers[0]}.{self.numbers[1]}"
-
-
-_TOOL_FROM = re.compile(r"\bfrom (\d+)\.(\d+)\.(\d+)(-MariaDB)?")  # mariadb-dump 11: "from 11.4.2-MariaDB, client"
-_TOOL_DISTRIB = re.compile(r"\bDistrib (\d+)\.(\d+)\.(\d+)(-MariaDB)?")  # MariaDB 10, MySQL 5.x
-_TOOL_VER = re.compile(r"\bVer (\d+)\.(\d+)\.(\d+)")  # MySQL 8: "mysqldump  Ver 8.0.36 for Linux"
-_SERVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
-
-
-def parse_tool_version(output: str) -> Version | None:
-    """The release a dump tool's `--version` line names, or None when it is not one we know."""
-    for pattern in (_TOOL_FROM, _TOOL_DISTRIB, _TOOL_VER):
-        match = pattern.search(output)
-        if match:
-            vendor = MARIADB if match.re is not _TOOL_VER and match[4] else MYSQL
-            return Version(vendor, (int(match[1]), int(match[2]), int(match[3])), output.strip())
-    return None
-
-
-def parse_server_version(text: str) -> Version:
-    """`SELECT VERSION()`: "10.11.19-MariaDB-0+deb12u1", "8.0.36", "8.0.35-27" (Percona)."""
-    match = _SERVER.match(text)
-    numbers = (int(match[1]), int(match[2]), int(match[3])) if match else (0, 0, 0)
-    return Version(MARIADB if "mariadb" in text.lower() else MYSQL, numbers, text)
-
-
-def compatibility_problem(tool_name: str, tool: Version, server: Version) -> str | None:
-    """Why `tool` cannot dump `server` correctly, or None.
-
-    The vendors must match (MySQL's mysqldump trips over MariaDB, and a MariaDB dump opens with a
-    line MySQL's client refuses), and the tool's series must be at least the server's.
-    """
-    if tool.vendor != server.vendor:
-        package = "mariadb-client" if server.vendor == MARIADB else "mysql-client"
-        return (
-            f"{tool_name} comes from {tool.label()} but the server is {server.label()}: it cannot dump "
-            f"it correctly; install {package} {server.family[0]}.{server.family[1]} or newer"
-        )
-    if tool.family < server.family:
-        return (
-            f"{tool_name} is {tool.label()}, older than the {server.label()} server: it cannot dump "
-            f"what the newer series added; install a {server.label()} (or newer) client"
-        )
-    return None
-
-
-def supports_system_users(tool: Version) -> bool:
-    """Whether `mariadb-dump --system=users` exists (MariaDB 10.2.37, 10.3.28, 10.4.18, 10.5.9, 10.6+)."""
-    if tool.vendor != MARIADB or tool.family < (10, 2):
-        return False
-    since = _SYSTEM_USERS_SINCE.get(tool.family)
-    return since is None or tool.numbers[2] >= since
-
-
-# --------------------------------------------------------------------------------------------------
-# Option files and quoting (pure, plus one small context manager)
-
-
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def option_file_value(value: str) -> str:
-    """A double-quoted option-file value: `#`, quotes, backslashes and edge spaces are kept literally."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def option_file_text(user: str | None, password: Secret | None) -> str:
-    lines = ["[client]"]
-    if user is not None:
-        lines.append(f"user={option_file_value(user)}")
-    if password is not None:
-        lines.append(f"password={option_file_value(password.reveal())}")
-    return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def option_file(user: str | None, password: Secret | None) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """The client's credentials as a 0600 file: a memfd the child opens as /dev/fd/N (gone on close
-    or crash), or where there is no memfd a file in a private 0700 temp dir removed afterwards."""
-    text = option_file_text(user, password).encode()
-    if not hasattr(os, "memfd_create"):
-        with tempfile.TemporaryDirectory(prefix="backup-agent-my-") as directory:
-            path = Path(directory) / "client.cnf"
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(text)
-            yield str(path), ()
-        return
-    descriptor = os.memfd_create("backup-agent-my-cnf")
-    try:
-        os.fchmod(descriptor, 0o600)  # the client ignores a world-writable option file
-        os.write(descriptor, text)
-        yield f"/dev/fd/{descriptor}", (descriptor,)
-    finally:
-        os.close(descriptor)
-
-
-class _AlterDatabaseRewriter:
-    """Drops the source database's name from the tool's `ALTER DATABASE `name` CHARACTER SET` lines.
-
-    mysqldump switches the database collation around each routine whose collation differs; named,
-    that statement fails on another server and alters the original database on this one.
-    Works on the stream in place: only the pattern's length minus one byte is ever held back.
-    """
-
-    def __init__(self, database: str, sink: Sink) -> None:
-        self._old = b"\nALTER DATABASE " + quote_identifier(database).encode() + b" CHARACTER SET "
-        self._new = b"\nALTER DATABASE CHARACTER SET "
-        self._keep = len(self._old) - 1
-        self._carry = b""
-        self._sink = sink
-        self.rewritten = 0
-
-    def feed(self, data: bytes) -> None:
-        buffer = self._carry + data if self._carry else data
-        found = buffer.count(self._old)
-        if found:
-            buffer = buffer.replace(self._old, self._new)
-            self.rewritten += found
-        if len(buffer) <= self._keep:
-            self._carry = buffer
-            return
-        self._carry = buffer[-self._keep :]
-        self._sink(buffer[: -self._keep])
-
-    def flush(self) -> None:
-        if self._carry:
-            self._sink(self._carry)
-            self._carry = b""
-
-
-def keep_own_password(lines: Iterable[bytes], user: str) -> Iterator[bytes]:
-    """Grants lines without the password clause of the agent's own account.
-
-    Restoring a grants dump on another server would otherwise reset the agent's account to the old
-    server's password and lock it out (its password file holds the new server's password).
-    """
-    own = re.compile(
-        rb"^(GRANT .* TO " + re.escape(quote_identifier(user).encode()) + rb"@`[^`]*`) IDENTIFIED BY PASSWORD '[^']*'"
-    )
-    for line in lines:
-        yield own.sub(rb"\1", line) if line.startswith(b"GRANT ") else line
-
-
-_BUILTIN_ON_RESTORE = {*_INTERNAL_ACCOUNTS, ("root", "localhost")}
-
-
-def skip_builtin_accounts(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """Grants lines without those for accounts every server already has (root@localhost, mariadb.sys).
-
-    Re-granting them needs privileges such as PROXY that the agent's account rarely holds, and a
-    new server has them already.
-    """
-    names = []
-    for user, host in _BUILTIN_ON_RESTORE:
-        names += [f"`{user}`@`{host}`".encode(), f"'{user}'@'{host}'".encode()]
-    for line in lines:
-        if not any(name in line for name in names):
-            yield line
-
-
-def strip_definers(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """Dump lines without DEFINER clauses (data lines untouched): objects then belong to the restorer."""
-    for line in lines:
-        yield line if line.startswith(b"INSERT INTO ") else _DEFINER.sub(b"", line)
-
-
-_GRANT_LINE = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<scope>\S+) TO ")
-_ROLE_GRANT = re.compile(r"^GRANT (?P<role>`(?:[^`]|``)*`(?:@`(?:[^`]|``)*`)?) TO ")
-
-
-def held_privileges(grant_lines: Iterable[str]) -> list[tuple[frozenset[str], str]]:
-    """(privileges, scope) of each `GRANT ... ON scope TO` line of SHOW GRANTS (role grants skipped)."""
-    held = []
-    for line in grant_lines:
-        match = _GRANT_LINE.match(line)
-        if match:
-            privileges = frozenset(part.strip().upper() for part in match["privileges"].split(","))
-            held.append((privileges, match["scope"]))
-    return held
-
-
-def _scope_covers(scope: str, database: str) -> bool:
-    """Whether a grant scope (`*.*`, or `db`.* where `_` and `%` are LIKE wildcards) covers the database."""
-    if scope == "*.*":
-        return True
-    match = re.fullmatch(r"`((?:[^`]|``)*)`\.\*", scope)
-    if match is None:
-        return False
-    pattern = ""
-    for token in re.findall(r"\\.|.", match[1].replace("``", "`"), flags=re.DOTALL):
-        pattern += re.escape(token[1]) if token.startswith("\\") else {"%": ".*", "_": "."}.get(token, re.escape(token))
-    return re.fullmatch(pattern, database) is not None
-
-
-def privilege_gaps(held: list[tuple[frozenset[str], str]], database: str) -> list[str]:
-    """What the account lacks to see every trigger and routine of `database`.
-
-    The dump tools leave out, without an error, the triggers and routines the account cannot see.
-    """
-
-    def granted(names: set[str], in_scope: Callable[[str], bool]) -> bool:
-        return any((names | {"ALL PRIVILEGES", "ALL"}) & privileges and in_scope(scope) for privileges, scope in held)
-
-    gaps = []
-    if not granted({"TRIGGER"}, lambda scope: _scope_covers(scope, database)):
-        gaps.append("the TRIGGER privilege on it (triggers)")
-    if not (
-        granted({"SELECT"}, lambda scope: scope in ("*.*", "`mysql`.*", "`mysql`.`proc`"))
-        or granted({"SHOW_ROUTINE"}, lambda scope: scope == "*.*")
-        or granted({"SHOW CREATE ROUTINE"}, lambda scope: _scope_covers(scope, database))
-    ):
-        gaps.append("global SELECT, SELECT on mysql.proc or SHOW_ROUTINE (stored routines)")
-    return gaps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,13 +122,15 @@ class _Endpoint:
 
 
 class MysqlEngine(Engine):
-    name = "mysql"
-
     def __init__(self, job: JobConfig, context: EngineContext) -> None:
         super().__init__(job, context)
         self._tool: str | None = None
         self._tool_version: Version | None = None
         self._server_version: Version | None = None
+
+    @property
+    def options(self) -> MysqlOptions:
+        return options_of(self.job, MysqlOptions)
 
     # --- connections ----------------------------------------------------------------------
     def _endpoint(self) -> _Endpoint:
@@ -373,9 +148,9 @@ class MysqlEngine(Engine):
 
     def _tls_mode(self) -> str | None:
         """The job's ssl_mode; a CA alone means VERIFY_CA, as in MySQL's own client."""
-        if self.job.ssl_mode:
-            return self.job.ssl_mode
-        return "VERIFY_CA" if self.job.ssl_ca else None
+        if self.options.ssl_mode:
+            return self.options.ssl_mode
+        return "VERIFY_CA" if self.options.ssl_ca else None
 
     def _driver_tls(self) -> dict[str, Any]:
         mode = self._tls_mode()
@@ -384,9 +159,9 @@ class MysqlEngine(Engine):
         if mode == "DISABLED":
             return {"ssl_disabled": True}
         try:
-            context = ssl.create_default_context(cafile=self.job.ssl_ca)
+            context = ssl.create_default_context(cafile=self.options.ssl_ca)
         except OSError as error:  # a missing or unreadable CA file is a setting to fix, not a crash
-            raise ConfigError(f"jobs.{self.job.name}.ssl_ca: cannot load {self.job.ssl_ca}: {error}") from None
+            raise ConfigError(f"jobs.{self.job.name}.ssl_ca: cannot load {self.options.ssl_ca}: {error}") from None
         if mode != "VERIFY_IDENTITY":
             context.check_hostname = False
         if mode == "REQUIRED":
@@ -397,7 +172,7 @@ class MysqlEngine(Engine):
         mode = self._tls_mode()
         if self._endpoint().socket or mode is None:
             return []
-        args = [f"--ssl-ca={self.job.ssl_ca}"] if self.job.ssl_ca else []
+        args = [f"--ssl-ca={self.options.ssl_ca}"] if self.options.ssl_ca else []
         if self._tool_version is not None and self._tool_version.vendor == MYSQL:
             return [f"--ssl-mode={mode}", *args]
         # MariaDB clients have no --ssl-mode; REQUIRED is also enforced by the driver's probe
@@ -505,14 +280,14 @@ class MysqlEngine(Engine):
 
     def discover(self) -> list[str]:
         """Every database but information_schema, performance_schema, sys (and mysql unless include_system)."""
-        hidden = {*SYSTEM_DATABASES, *(() if self.job.include_system else ("mysql",))}
+        hidden = {*SYSTEM_DATABASES, *(() if self.options.include_system else ("mysql",))}
         with self.connect() as connection, connection.cursor() as cursor:
             cursor.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
             names = [str(row[0]) for row in cursor.fetchall()]
         return sorted(name for name in names if name not in hidden and not name.startswith("#mysql50#"))
 
     def extra_targets(self) -> list[DumpTarget]:
-        if not self.job.include_grants:
+        if not self.options.include_grants:
             return []
         return [DumpTarget("", kind="grants", extension="sql", format=GRANTS_FORMAT)]
 
@@ -571,7 +346,7 @@ class MysqlEngine(Engine):
                 (database,) * 4,
             )
             definers = sorted({str(row[0]) for row in cursor.fetchall() if row[0]})
-            gaps = privilege_gaps(held_privileges(self._grant_lines(cursor)), database)
+            gaps = privilege_gaps(parse_grants(self._grant_lines(cursor)), database)
             missing: list[str] = []
             with contextlib.suppress(pymysql.MySQLError):  # reading mysql.user needs a privilege
                 cursor.execute("SELECT IF(Host = '', User, CONCAT(User, '@', Host)) FROM mysql.user")
@@ -593,7 +368,7 @@ class MysqlEngine(Engine):
         with contextlib.suppress(pymysql.MySQLError):
             cursor.execute("SHOW GRANTS")
             lines = [str(row[0]) for row in cursor.fetchall()]
-            for role in [match["role"] for line in lines if (match := _ROLE_GRANT.match(line))]:
+            for role in granted_roles(lines):
                 with contextlib.suppress(pymysql.MySQLError):
                     cursor.execute(f"SHOW GRANTS FOR {role}")
                     lines += [str(row[0]) for row in cursor.fetchall()]
@@ -628,7 +403,7 @@ class MysqlEngine(Engine):
         if facts is None:
             raise DumpError(f"database {database!r} does not exist on {self._endpoint().label()}", "unknown_database")
         details = DumpDetails()
-        lock_tables = bool(facts.non_transactional) and self.job.lock_for_consistency
+        lock_tables = bool(facts.non_transactional) and self.options.lock_for_consistency
         details.details.update(
             character_set=facts.character_set,
             collation=facts.collation,
@@ -656,7 +431,7 @@ class MysqlEngine(Engine):
                 f"database's name inside (restore those under the same name, or recreate the accounts)"
             )
         argv = self._dump_argv(tool, tool_version, database, lock_tables)
-        rewriter = _AlterDatabaseRewriter(database, sink)
+        rewriter = AlterDatabaseRewriter(database, sink)
         counter = _RowCounter(self.connect, database, facts.base_tables)
 
         def consume(data: bytes) -> None:
@@ -679,6 +454,29 @@ class MysqlEngine(Engine):
         if rewriter.rewritten:
             details.details["alter_database_rewritten"] = rewriter.rewritten
         return details
+
+    # --- doctor ---------------------------------------------------------------------------
+    def check_privileges(self) -> list[PrivilegeFinding]:
+        """The privileges each database's dump needs, read from the account's grants and its roles'."""
+        with self.connect() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT CURRENT_USER()")
+            user = str(cursor.fetchone()[0])
+            grants = parse_grants(self._grant_lines(cursor))
+        findings: list[PrivilegeFinding] = []
+        names = self.selected_databases()
+        for name in names:
+            missing = missing_privileges(grants, name)
+            if missing:
+                findings.append(
+                    PrivilegeFinding(
+                        False,
+                        f"database {name!r}: {user} lacks {', '.join(missing)}; e.g. "
+                        f"GRANT {', '.join(DUMP_PRIVILEGES)} ON *.* TO {user} (a global SELECT also covers routines)",
+                    )
+                )
+        if not findings:
+            findings.append(PrivilegeFinding(True, f"{user} has the privileges to dump all {len(names)} database(s)"))
+        return findings
 
     # --- grants ---------------------------------------------------------------------------
     def _dump_grants(self, sink: Sink) -> DumpDetails:
@@ -715,7 +513,7 @@ class MysqlEngine(Engine):
         accounts = [
             (str(user), str(host), role == "Y")
             for user, host, role in rows
-            if (str(user), str(host)) not in _INTERNAL_ACCOUNTS
+            if (str(user), str(host)) not in INTERNAL_ACCOUNTS
         ]
         return sorted(accounts, key=lambda account: (account[:2] not in granted_roles, not account[2]))
 
@@ -796,33 +594,13 @@ class MysqlEngine(Engine):
         if tables:
             raise UsageError("a MySQL/MariaDB dump is restored whole; use restore --to-file to pick tables")
         if manifest.kind == "grants":
-            self._load(keep_own_password(skip_builtin_accounts(_lines(chunks)), self.job.user or ""), None)
+            self._load(keep_own_password(skip_builtin_accounts(lines_of(chunks)), self.job.user or ""), None)
             return
         details = manifest.details
         collation = (details.get("character_set"), details.get("collation"))
         if self.database_state(database) == EMPTY and all(isinstance(value, str) for value in collation):
             self._adopt_collation(database, (str(collation[0]), str(collation[1])))
-        self._load(strip_definers(_lines(chunks)) if drill else chunks, database)
-
-    def restore_into(
-        self, source: Path | BinaryIO, new_database: str, *, force: bool = False, drop_definers: bool = False
-    ) -> None:
-        """Load one database dump (a stored file, or a stream of raw SQL) into `new_database`.
-
-        Creates the database, with the dumped one's character set when the manifest is beside the
-        file; refuses one that exists and holds anything unless `force`.
-        """
-        state = self.database_state(new_database)
-        if state == NOT_EMPTY and not force:
-            raise UsageError(f"database {new_database!r} already exists and is not empty; choose another name")
-        if state == MISSING:
-            self.create_database(new_database)
-        collation = _manifest_collation(source)
-        if collation is not None and state != NOT_EMPTY:
-            self._adopt_collation(new_database, collation)
-        with _opened(source) as stream:
-            chunks: Iterable[bytes] = iter(lambda: stream.read(_RESTORE_CHUNK), b"")
-            self._load(strip_definers(_lines(chunks)) if drop_definers else chunks, new_database)
+        self._load(strip_definers(lines_of(chunks)) if drill else chunks, database)
 
     def _load(self, chunks: Iterable[bytes], database: str | None) -> None:
         self._ensure_probed()
@@ -929,40 +707,3 @@ def _message(error: BaseException) -> str:
         return f"{args[1]} ({args[0]})"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _manifest_collation(source: Path | BinaryIO) -> tuple[str, str] | None:
-    if not isinstance(source, Path):
-        return None
-    from agent.manifest import ManifestError, manifest_path, read_manifest
-
-    try:
-        details = read_manifest(manifest_path(source)).details
-    except ManifestError:
-        return None
-    character_set, collation = details.get("character_set"), details.get("collation")
-    if isinstance(character_set, str) and isinstance(collation, str):
-        return character_set, collation
-    return None
-
-
-@contextlib.contextmanager
-def _opened(source: Path | BinaryIO) -> Iterator[BinaryIO]:
-    """The raw SQL of a stored file (decompressed by its extension), or the given stream as is."""
-    if not isinstance(source, Path):
-        yield source
-        return
-    with source.open("rb") as handle:
-        yield open_decompressed(handle, method_for_path(source.name))
-
-
-def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Whole lines (newline kept) from chunks; the decompressing readers have no readline."""
-    carry = b""
-    for chunk in chunks:
-        lines = (carry + chunk).split(b"\n")
-        carry = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if carry:
-        yield carry

@@ -29,12 +29,15 @@ from agent.engines.base import (
     DumpDetails,
     DumpTarget,
     Engine,
+    PrivilegeFinding,
     ServerInfo,
     Sink,
     StreamCheck,
     TrailerCheck,
+    options_of,
 )
-from agent.engines.pg_archive import CustomArchiveCheck
+from agent.engines.postgres.archive import CustomArchiveCheck
+from agent.engines.postgres.options import PostgresOptions
 from agent.errors import ConnectionFailed, ToolError, VerificationError
 from agent.manifest import Manifest
 from agent.secrets import Secret
@@ -134,7 +137,9 @@ class PgRestoreCheck:
 
 
 class PostgresEngine(Engine):
-    name = "postgresql"
+    @property
+    def options(self) -> PostgresOptions:
+        return options_of(self.job, PostgresOptions)
 
     # --- tools and connections -------------------------------------------------------------
     def _tool(self, name: str) -> str:
@@ -205,7 +210,7 @@ class PostgresEngine(Engine):
         return [str(row[0]) for row in rows]
 
     def extra_targets(self) -> list[DumpTarget]:
-        if not self.job.include_globals:
+        if not self.options.include_globals:
             return []
         return [DumpTarget("", kind="globals", extension="sql", format=GLOBALS_FORMAT)]
 
@@ -229,9 +234,6 @@ class PostgresEngine(Engine):
             restore_tool = _sibling(tool, "pg_restore")
             return CustomArchiveCheck(fallback=lambda: PgRestoreCheck(restore_tool))
         raise VerificationError(f"unknown PostgreSQL format {format_name!r}")
-
-    def check_tool(self) -> str:
-        return self._tool("pg_dump")
 
     def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
         if target.kind == "globals":
@@ -342,6 +344,11 @@ class PostgresEngine(Engine):
         with passfile(self.job.user, self.job.password.read()) as (env, fds):
             child = process.start(self._command(argv, env, fds), stdin=process.PIPE, stdout=process.DEVNULL)
             process.feed_stdin(child, chunks, f"{Path(argv[0]).name} into {database!r}")
+
+    def check_privileges(self) -> list[PrivilegeFinding]:
+        from agent.engines.postgres.privileges import check_privileges
+
+        return check_privileges(self)
 
     def count_rows(self, database: str) -> dict[str, int]:
         counts: dict[str, int] = {}

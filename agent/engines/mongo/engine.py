@@ -17,16 +17,12 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pymongo
-from bson.codec_options import CodecOptions
-from bson.raw_bson import RawBSONDocument
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from agent import __version__, process
@@ -40,88 +36,29 @@ from agent.engines.base import (
     ServerInfo,
     Sink,
     StreamCheck,
+    options_of,
     select_databases,
 )
-from agent.errors import ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
-from agent.mongo_archive import (
-    BUCKETS_PREFIX,
-    ArchiveCheck,
-    ArchiveHeader,
-    ArchiveParser,
-    ArchiveWriter,
-    PreludeEntry,
-    collection_metadata,
+from agent.engines.mongo.archive import ArchiveCheck, ArchiveParser
+from agent.engines.mongo.builtin_dump import BuiltinDump
+from agent.engines.mongo.options import BUILTIN, MongoOptions
+from agent.engines.mongo.server import (
+    CLEANUP_SECONDS,
+    dumpable_collection,
+    first_line,
+    read_topology,
 )
+from agent.errors import ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
 
 if TYPE_CHECKING:
     from agent.manifest import Manifest
     from agent.secrets import Secret
 
 ARCHIVE_FORMAT = "mongodump-archive"
-BUILTIN = "builtin"
 BUILTIN_TOOL = "backup-agent-builtin"
 SYSTEM_DATABASES = ("admin", "config", "local")
 _AUTHENTICATION_FAILED = 18
-_SNAPSHOT_TOO_OLD = 239
-_SNAPSHOT_WIRE_VERSION = 13  # MongoDB 5.0: snapshot reads outside transactions
-_BATCH_BYTES = 4 << 20  # aim for cursor batches of this size; the server caps each at 16 MiB
-_MAX_BATCH_DOCUMENTS = 100_000
-_CLEANUP_SECONDS = 2.0
 _VERSION = re.compile(r"version:?\s*r?(\d+)\.(\d+)(?:\.(\d+))?")
-_RAW = CodecOptions(document_class=RawBSONDocument)
-
-
-@dataclass(slots=True)
-class _Topology:
-    """What `hello` and `buildInfo` said about the server."""
-
-    version: str = ""
-    version_tuple: tuple[int, ...] = ()
-    replica_set: str | None = None
-    sharded: bool = False
-    wire_version: int = 0
-
-    @property
-    def snapshots(self) -> bool:
-        return (self.replica_set is not None or self.sharded) and self.wire_version >= _SNAPSHOT_WIRE_VERSION
-
-
-@dataclass(slots=True)
-class _Collection:
-    name: str
-    type: str
-    options: dict[str, Any]
-    uuid: bytes | None
-    indexes: list[Any] = field(default_factory=list)
-
-    @property
-    def has_data(self) -> bool:
-        return self.type != "view"
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's first line, without PyMongo's timeout settings and topology description."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    for noise in (" (configured timeouts", ", Timeout: ", ", full error: "):
-        line = line.split(noise, 1)[0]
-    return line
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = re.findall(r"\d+", text)
-    return tuple(int(part) for part in parts[:3])
-
-
-def dumpable_collection(name: str) -> bool:
-    """mongodump's rule: no `system.*` (except system.js and admin's users/roles), no `$` names."""
-    if "$" in name:
-        return False
-    return not name.startswith("system.") or name == "system.js"
-
-
-def _system_collection_kept(database: str, name: str) -> bool:
-    return database == "admin" and name in ("system.users", "system.roles", "system.version")
 
 
 def tool_version(tool: str) -> tuple[tuple[int, ...], str]:
@@ -171,11 +108,13 @@ class _CountingSink:
 
 
 class MongoEngine(Engine):
-    name = "mongodb"
+    @property
+    def options(self) -> MongoOptions:
+        return options_of(self.job, MongoOptions)
 
     # --- connections ---------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
-        job = self.job
+        job, settings = self.job, self.options
         timeout_ms = max(1000, int(job.connect_timeout.total_seconds() * 1000))
         options: dict[str, Any] = {
             "appname": "backup-agent",
@@ -183,15 +122,15 @@ class MongoEngine(Engine):
             "serverSelectionTimeoutMS": timeout_ms,
             "socketTimeoutMS": max(timeout_ms, int(job.stall_timeout.total_seconds() * 1000)),
         }
-        if job.uri is None:
+        if settings.uri is None:
             options["host"] = job.socket or job.host or "localhost"
             options["port"] = job.port or 27017
             options["directConnection"] = True  # dump from the node named, not whatever it points to
         if job.user:
             options["username"] = job.user
-        if job.auth_source:
-            options["authSource"] = job.auth_source
-        if job.tls:
+        if settings.auth_source:
+            options["authSource"] = settings.auth_source
+        if settings.tls:
             options["tls"] = True
         return options
 
@@ -202,14 +141,14 @@ class MongoEngine(Engine):
         if password is not None:
             options["password"] = password.reveal()
         try:
-            if self.job.uri is not None:
-                return pymongo.MongoClient(self.job.uri, **options)
+            if self.options.uri is not None:
+                return pymongo.MongoClient(self.options.uri, **options)
             return pymongo.MongoClient(**options)
         except PyMongoError as error:
             raise self._unreachable(error) from None
 
     @contextlib.contextmanager
-    def _connected(self) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    def connected(self) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
         client = self.client()
         try:
             yield client
@@ -223,31 +162,19 @@ class MongoEngine(Engine):
         except ConnectionFailure as error:
             raise self._unreachable(error) from None
         finally:
-            with contextlib.suppress(PyMongoError), pymongo.timeout(_CLEANUP_SECONDS):
+            with contextlib.suppress(PyMongoError), pymongo.timeout(CLEANUP_SECONDS):
                 client.close()  # ends sessions and kills cursors: bounded when the server is gone
 
     def _unreachable(self, error: PyMongoError) -> ConnectionFailed:
-        return ConnectionFailed(f"cannot connect to MongoDB at {self._server_label()}: {_first_line(error)}")
+        return ConnectionFailed(f"cannot connect to MongoDB at {self._server_label()}: {first_line(error)}")
 
     def _server_label(self) -> str:
-        if self.job.uri is not None:
-            hosts = urlsplit(self.job.uri).netloc.rpartition("@")[2]
-            return hosts or self.job.uri.split("?")[0]
+        if self.options.uri is not None:
+            hosts = urlsplit(self.options.uri).netloc.rpartition("@")[2]
+            return hosts or self.options.uri.split("?")[0]
         if self.job.socket:
             return f"{self.job.socket} (socket)"
         return f"{self.job.host or 'localhost'}:{self.job.port or 27017}"
-
-    def _topology(self, client: pymongo.MongoClient[dict[str, Any]]) -> _Topology:
-        hello = client.admin.command("hello")
-        build = client.admin.command("buildInfo")
-        version = str(build.get("version", ""))
-        return _Topology(
-            version=version,
-            version_tuple=_version_tuple(version),
-            replica_set=hello.get("setName"),
-            sharded=hello.get("msg") == "isdbgrid",
-            wire_version=int(hello.get("maxWireVersion", 0)),
-        )
 
     # --- tools -----------------------------------------------------------------------------------
     def resolve_tool(self) -> str:
@@ -269,8 +196,8 @@ class MongoEngine(Engine):
     # --- the engine interface --------------------------------------------------------------------
     def probe(self) -> ServerInfo:
         tool = self.resolve_tool()
-        with self._connected() as client:
-            topology = self._topology(client)
+        with self.connected() as client:
+            topology = read_topology(client)
             client.admin.command("listDatabases", nameOnly=True)  # proves the login works
         if tool == BUILTIN:
             return ServerInfo(self._server_label(), topology.version, BUILTIN_TOOL, f"backup-agent {__version__}")
@@ -283,9 +210,9 @@ class MongoEngine(Engine):
         return ServerInfo(self._server_label(), topology.version, tool, text)
 
     def discover(self) -> list[str]:
-        with self._connected() as client:
+        with self.connected() as client:
             names = client.list_database_names()
-        if self.job.include_system:
+        if self.options.include_system:
             return sorted(names)
         return sorted(name for name in names if name not in SYSTEM_DATABASES)
 
@@ -300,15 +227,15 @@ class MongoEngine(Engine):
         return super().targets(only_database)
 
     def _whole_server_oplog(self) -> bool:
-        if not self.job.point_in_time or self.job.databases is not None or self.resolve_tool() == BUILTIN:
+        if not self.options.point_in_time or self.job.databases is not None or self.resolve_tool() == BUILTIN:
             return False
-        with self._connected() as client:
-            return self._topology(client).replica_set is not None
+        with self.connected() as client:
+            return read_topology(client).replica_set is not None
 
     def size_estimate(self, database: str) -> int | None:
         """`dbStats.dataSize`: the uncompressed BSON the archive will carry (storage sizes are compressed)."""
         try:
-            with self._connected() as client:
+            with self.connected() as client:
                 stats = client[database].command("dbStats")
         except (PyMongoError, ConnectionFailed):
             return None
@@ -327,7 +254,7 @@ class MongoEngine(Engine):
             if tool == BUILTIN:
                 if target.kind != "database":
                     raise DumpError("the built-in dumper writes one database per archive", "unsupported")
-                return _BuiltinDump(self, target.database, sink).run()
+                return BuiltinDump(self, target.database, sink).run()
             return self._mongodump(tool, target, sink)
         except ConnectionFailed as error:
             raise DumpError(str(error), "connection_failed") from None
@@ -335,19 +262,19 @@ class MongoEngine(Engine):
     # --- mongodump -------------------------------------------------------------------------------
     def mongodump_argv(self, tool: str, target: DumpTarget, config_path: Path | None) -> list[str]:
         """The command as data; the password is only ever in the --config file."""
-        job = self.job
+        job, options = self.job, self.options
         argv = [tool, "--archive"]
-        if job.uri is not None:
-            argv.append(f"--uri={job.uri}")
+        if options.uri is not None:
+            argv.append(f"--uri={options.uri}")
         else:
             argv.append(f"--host={job.socket or job.host or 'localhost'}")
             if job.port:
                 argv.append(f"--port={job.port}")
         if job.user:
             argv.append(f"--username={job.user}")
-        if job.auth_source:
-            argv.append(f"--authenticationDatabase={job.auth_source}")
-        if job.tls:
+        if options.auth_source:
+            argv.append(f"--authenticationDatabase={options.auth_source}")
+        if options.tls:
             argv.append("--ssl")
         if config_path is not None:
             argv.append(f"--config={config_path}")
@@ -363,9 +290,9 @@ class MongoEngine(Engine):
         """Databases a whole-server dump must leave out: system ones unless asked, and `exclude`.
 
         mongodump skips `local` by itself; `admin` may hold users without being listed."""
-        with self._connected() as client:
+        with self.connected() as client:
             names = set(client.list_database_names())
-        if not self.job.include_system:
+        if not self.options.include_system:
             names.update(("admin", "config"))
         wanted = set(select_databases(self.discover(), self.job.exclude))
         return sorted(name for name in names if name not in wanted and name != "local")
@@ -392,7 +319,7 @@ class MongoEngine(Engine):
             details.counts[f"{database}.{collection}" if per_database else collection] = count
         details.point_in_time = target.kind == "server"
         details.details.update(tool="mongodump", server_version=summary.header.server_version if summary.header else "")
-        if self.job.point_in_time and target.kind != "server":
+        if self.options.point_in_time and target.kind != "server":
             details.warnings.append(
                 'point_in_time needs a whole-server job (databases = "*") on a replica set; '
                 "this database was dumped without --oplog"
@@ -401,7 +328,7 @@ class MongoEngine(Engine):
 
     # --- restore (the runner's restore/drill interface) ------------------------------------------
     def database_state(self, database: str) -> str:
-        with self._connected() as client:
+        with self.connected() as client:
             if database not in client.list_database_names():
                 return MISSING
             names = client[database].list_collection_names()
@@ -411,7 +338,7 @@ class MongoEngine(Engine):
         """MongoDB creates a database with its first collection; nothing to do ahead of the restore."""
 
     def drop_database(self, database: str) -> None:
-        with self._connected() as client:
+        with self.connected() as client:
             client.drop_database(database)
 
     def restore(
@@ -423,164 +350,18 @@ class MongoEngine(Engine):
         tables: Sequence[str] = (),
         drill: bool = False,
     ) -> None:
-        from agent.mongo_restore import ChunkStream, restore_archive
+        from agent.engines.mongo.restore import ChunkStream, restore_archive
 
         if tables:
             raise UsageError("a MongoDB restore loads whole databases; --table is not supported")
-        with self._connected() as client:
+        with self.connected() as client:
             restore_archive(ChunkStream(chunks), client, database, source_database=manifest.database or None)
 
     def count_rows(self, database: str) -> dict[str, int]:
-        with self._connected() as client:
+        with self.connected() as client:
             target = client[database]
             return {
                 info["name"]: target[info["name"]].count_documents({})
                 for info in target.list_collections()
                 if info.get("type", "collection") != "view" and dumpable_collection(info["name"])
             }
-
-
-class _BuiltinDump:
-    """Writes one database as a mongodump archive from raw cursor batches (no decoding)."""
-
-    def __init__(self, engine: MongoEngine, database: str, sink: Sink) -> None:
-        self.engine = engine
-        self.database = database
-        self.writer = ArchiveWriter(sink)
-        self.details = DumpDetails(counts_consistent=True)
-        self.limits = engine.context.limits
-        self.started = time.monotonic()
-
-    def run(self) -> DumpDetails:
-        with self.engine._connected() as client:
-            topology = self.engine._topology(client)  # connection and login problems surface here, as such
-            try:
-                self._dump(client, topology)
-            except OperationFailure as error:
-                if error.code == _SNAPSHOT_TOO_OLD:
-                    raise DumpError(
-                        f"the dump of {self.database!r} took longer than the server keeps snapshot history "
-                        "(minSnapshotHistoryWindowInSeconds, 300 s by default): raise it on the server",
-                        "snapshot_too_old",
-                    ) from None
-                raise DumpError(f"reading {self.database!r} failed: {_first_line(error)}", "server_error") from None
-            except ConnectionFailure as error:
-                raise DumpError(
-                    f"lost the connection to MongoDB while dumping {self.database!r}: {_first_line(error)}",
-                    "connection_lost",
-                ) from None
-            except PyMongoError as error:
-                raise DumpError(f"reading {self.database!r} failed: {_first_line(error)}", "server_error") from None
-        return self.details
-
-    def _dump(self, client: pymongo.MongoClient[dict[str, Any]], topology: _Topology) -> None:
-        database = client[self.database]
-        collections = self._collections(database, topology)
-        entries = [
-            PreludeEntry(
-                database=self.database,
-                collection=item.name,
-                metadata=collection_metadata(
-                    item.name, options=item.options, indexes=item.indexes, uuid=item.uuid, collection_type=item.type
-                ),
-                type=item.type,
-            )
-            for item in collections
-        ]
-        header = ArchiveHeader(server_version=topology.version, tool_version=f"backup-agent {__version__} (builtin)")
-        self.writer.begin(header, entries)
-        self.batch_size = self._batch_size(database)
-        use_snapshot = topology.snapshots
-        session_context = client.start_session(snapshot=True) if use_snapshot else contextlib.nullcontext()
-        with session_context as session:
-            for item in collections:
-                self._collection(database, item, session)
-            snapshot_time = getattr(session, "_snapshot_time", None) if session is not None else None
-        self.writer.close()
-        self.details.point_in_time = use_snapshot
-        self.details.details.update(
-            tool=BUILTIN,
-            collections=sum(1 for item in collections if item.type != "view"),
-            views=sum(1 for item in collections if item.type == "view"),
-            indexes=sum(len(item.indexes) for item in collections),
-            read_in_one_snapshot=use_snapshot,
-        )
-        if snapshot_time is not None:
-            self.details.details["snapshot_time"] = {"t": snapshot_time.time, "i": snapshot_time.inc}
-        if topology.replica_set is not None:
-            self.details.details["replica_set"] = topology.replica_set
-        if not use_snapshot:
-            self.details.warnings.append(
-                "the server does not offer snapshot reads (not a replica set, or older than 5.0): "
-                "collections were read one after another, not at one point in time"
-            )
-        if self.engine.job.point_in_time and self.engine.job.databases is None:
-            self.details.warnings.append(
-                "the built-in dumper reads each database in its own snapshot; point in time across "
-                "databases needs mongodump --oplog"
-            )
-
-    def _collections(self, database: Any, topology: _Topology) -> list[_Collection]:
-        listed = list(database.list_collections())
-        found: list[_Collection] = []
-        for info in sorted(listed, key=lambda item: item["name"]):
-            name = info["name"]
-            if not dumpable_collection(name) and not _system_collection_kept(self.database, name):
-                continue
-            kind = str(info.get("type", "collection"))
-            uuid = info.get("info", {}).get("uuid")
-            item = _Collection(
-                name=name,
-                type=kind,
-                options=dict(info.get("options", {})),
-                uuid=bytes(uuid) if getattr(uuid, "subtype", None) == 4 else None,
-            )
-            if kind == "timeseries" and topology.version_tuple >= (8, 3):
-                raise DumpError(
-                    f"time-series collection {self.database}.{name}: on MongoDB 8.3+ its buckets can only "
-                    "be read with rawData, which the built-in dumper does not do; install mongodump",
-                    "unsupported",
-                )
-            if item.has_data:
-                item.indexes = list(database[name].list_indexes())
-            found.append(item)
-        return found
-
-    def _collection(self, database: Any, item: _Collection, session: Any) -> None:
-        if not item.has_data:
-            self.writer.end(self.database, item.name)
-            return
-        data_name = BUCKETS_PREFIX + item.name if item.type == "timeseries" else item.name
-        collection = database.get_collection(data_name, codec_options=_RAW)
-        cursor = collection.find_raw_batches({}, session=session, hint=[("$natural", 1)], batch_size=self.batch_size)
-        documents = 0
-        try:
-            for batch in cursor:
-                self._check_limits()
-                documents += self.writer.write(self.database, data_name, batch)
-        finally:
-            with contextlib.suppress(PyMongoError), pymongo.timeout(_CLEANUP_SECONDS):
-                cursor.close()
-        self.writer.end(self.database, data_name)
-        self.details.counts[item.name] = documents
-
-    @staticmethod
-    def _batch_size(database: Any) -> int:
-        """Documents per cursor batch for about _BATCH_BYTES each: memory follows the batch, not the data."""
-        try:
-            average = float(database.command("dbStats").get("avgObjSize") or 0)
-        except PyMongoError:
-            average = 0
-        if average <= 0:
-            return 1000
-        return max(1, min(_MAX_BATCH_DOCUMENTS, int(_BATCH_BYTES / average)))
-
-    def _check_limits(self) -> None:
-        limits = self.limits
-        if limits.should_stop():
-            raise DumpError(f"the dump of {self.database!r} was stopped: the agent is shutting down", "shutdown")
-        now = time.monotonic()
-        if limits.timeout is not None and now - self.started > limits.timeout:
-            raise DumpError(
-                f"the dump of {self.database!r} ran longer than its timeout of {limits.timeout:.0f}s", "timeout"
-            )

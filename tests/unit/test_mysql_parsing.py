@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-from agent.engines.mysql import (
+from agent.engines.mysql.engine import TRAILER, MysqlEngine
+from agent.engines.mysql.grants import parse_grants, privilege_gaps
+from agent.engines.mysql.option_file import option_file_text
+from agent.engines.mysql.sql_stream import AlterDatabaseRewriter, keep_own_password, strip_definers
+from agent.engines.mysql.versions import (
     MARIADB,
     MYSQL,
-    TRAILER,
-    MysqlEngine,
     Version,
-    _AlterDatabaseRewriter,
     compatibility_problem,
-    held_privileges,
-    keep_own_password,
-    option_file_text,
     parse_server_version,
     parse_tool_version,
-    privilege_gaps,
-    strip_definers,
     supports_system_users,
 )
 from agent.errors import VerificationError
@@ -97,7 +93,7 @@ def test_option_file_values_are_quoted_and_escaped() -> None:
 
 def _rewrite(database: str, chunks: list[bytes]) -> tuple[bytes, int]:
     out: list[bytes] = []
-    rewriter = _AlterDatabaseRewriter(database, out.append)
+    rewriter = AlterDatabaseRewriter(database, out.append)
     for chunk in chunks:
         rewriter.feed(chunk)
     rewriter.flush()
@@ -160,7 +156,7 @@ def test_the_check_wants_the_completion_line_among_the_last_lines() -> None:
 
 
 def _gaps(lines: list[str], database: str = "shop_1") -> list[str]:
-    return privilege_gaps(held_privileges(lines), database)
+    return privilege_gaps(parse_grants(lines), database)
 
 
 def test_an_account_that_sees_every_trigger_and_routine_has_no_privilege_gaps() -> None:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 from servers.postgres import PostgresServer
 
-from agent.engines.pg_archive import CustomArchiveCheck, UnsupportedArchiveError
-from agent.engines.postgres import CUSTOM_FORMAT, PgRestoreCheck, PostgresEngine
+from agent.engines.postgres.archive import CustomArchiveCheck, UnsupportedArchiveError
+from agent.engines.postgres.engine import CUSTOM_FORMAT, PgRestoreCheck, PostgresEngine
 from agent.errors import VerificationError
 
 pytestmark = pytest.mark.postgres

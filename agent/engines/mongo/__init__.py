@@ -1,0 +1,41 @@
+"""MongoDB: the engine's family (options, refused extra_args, restore facts), light to import.
+
+The engine (engine.py) and the built-in dumper (builtin_dump.py) need PyMongo and are imported only
+when a job runs; archive.py writes and parses the mongodump archive format, restore.py loads one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from agent.engines.base import EngineFamily, options_of
+from agent.engines.mongo.options import MongoOptions, read_options
+
+if TYPE_CHECKING:
+    from agent.config import ConfigTable, JobConfig
+    from agent.engines.base import Engine
+
+
+class MongoFamily(EngineFamily):
+    options_type = MongoOptions
+    url_schemes = ("mongodb",)
+    short_password_option = True
+
+    def engine_class(self) -> type[Engine]:
+        from agent.engines.mongo.engine import MongoEngine
+
+        return MongoEngine
+
+    def read_options(self, table: ConfigTable) -> MongoOptions:
+        return read_options(table)
+
+    def retarget(self, job: JobConfig, url: str) -> JobConfig:
+        """The whole URL becomes the job's `uri` (its options, such as replicaSet, count)."""
+        options = dataclasses.replace(options_of(job, MongoOptions), uri=url)
+        user = urlsplit(url).username or job.user
+        return dataclasses.replace(job, options=options, host=None, port=None, socket=None, user=user)
+
+
+FAMILY = MongoFamily()

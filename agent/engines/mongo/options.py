@@ -1,0 +1,54 @@
+"""The MongoDB keys of a job beyond the common ones, and the checks that tie them to the common keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from agent.engines.base import EngineOptions
+
+if TYPE_CHECKING:
+    from agent.config import ConfigTable
+
+BUILTIN = "builtin"
+TOOL_WORDS = ("auto", "mongodump", BUILTIN)
+
+
+@dataclass(frozen=True, slots=True)
+class MongoOptions(EngineOptions):
+    uri: str | None = None  # instead of host/port/socket; never with a password in it
+    auth_source: str | None = None
+    tls: bool = False
+    point_in_time: bool = False  # a whole-server job on a replica set: one archive with --oplog
+    include_system: bool = False  # admin and config too
+
+
+def read_options(table: ConfigTable) -> MongoOptions:
+    uri = _read_uri(table)
+    if uri is not None and any(table.has(key) for key in ("host", "socket", "port")):
+        table.add("uri", "set either uri or host/port/socket, not both")
+    tool = table.data.get("tool")
+    if isinstance(tool, str) and tool.strip() and tool not in TOOL_WORDS and "/" not in tool:
+        table.add("tool", f'expected "auto", "mongodump", "builtin" or a path, got {table.show(tool)}')
+    return MongoOptions(
+        uri=uri,
+        auth_source=table.text("auth_source", None),
+        tls=table.flag("tls", False),
+        point_in_time=table.flag("point_in_time", False),
+        include_system=table.flag("include_system", False),
+    )
+
+
+def _read_uri(table: ConfigTable) -> str | None:
+    uri = table.text("uri", None, secret=True)
+    if uri is None:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("mongodb", "mongodb+srv"):
+        table.add("uri", "expected a mongodb:// or mongodb+srv:// URI")
+        return None
+    if ":" in parts.netloc.rpartition("@")[0]:
+        table.add("uri", "contains a password; use password_file or password_env instead")
+        return None
+    return uri

@@ -1,0 +1,45 @@
+"""MySQL and MariaDB: the engine's family (options, refused extra_args, restore facts), light to import.
+
+The engine (engine.py) needs PyMySQL and is imported only when a job runs. grants.py is the one
+reading of SHOW GRANTS that both `doctor` and the dump's warnings use.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from agent.engines.base import EngineFamily, ServerWide
+from agent.engines.mysql.options import MysqlOptions, read_options
+
+if TYPE_CHECKING:
+    from agent.config import ConfigTable
+    from agent.engines.base import Engine
+
+_REFUSED = {
+    "--compact": "it removes the comments a restore and the verifier rely on",
+    "--skip-comments": "it removes the comments a restore and the verifier rely on",
+    "--databases": "the agent chooses the databases itself (use databases = [...])",
+    "-B": "the agent chooses the databases itself (use databases = [...])",
+    "--all-databases": 'the agent dumps one database per file (use databases = "*")',
+    "-A": 'the agent dumps one database per file (use databases = "*")',
+}
+
+
+class MysqlFamily(EngineFamily):
+    options_type = MysqlOptions
+    url_schemes = ("mysql", "mariadb")
+    server_wide = ServerWide(kind="grants", database="")
+    refused_arguments = MappingProxyType(_REFUSED)
+    short_password_option = True
+
+    def engine_class(self) -> type[Engine]:
+        from agent.engines.mysql.engine import MysqlEngine
+
+        return MysqlEngine
+
+    def read_options(self, table: ConfigTable) -> MysqlOptions:
+        return read_options(table)
+
+
+FAMILY = MysqlFamily()

@@ -1,0 +1,46 @@
+"""PostgreSQL: the engine's family (options, refused extra_args, restore facts), light to import.
+
+The engine (agent/engines/postgres/engine.py) needs psycopg and is imported only when a job runs;
+archive.py reads the custom-format archive, privileges.py is what `doctor` asks.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from agent.engines.base import EngineFamily, ServerWide
+from agent.engines.postgres.options import PostgresOptions, read_options
+
+if TYPE_CHECKING:
+    from agent.config import ConfigTable
+    from agent.engines.base import Engine
+
+_REFUSED = {
+    "--file": "the agent writes the dump file itself",
+    "-f": "the agent writes the dump file itself",
+    "--format": "the agent chooses the dump format",
+    "-F": "the agent chooses the dump format",
+    "--dbname": "the agent chooses the databases itself (use databases = [...])",
+    "-d": "the agent chooses the databases itself (use databases = [...])",
+    "-W": "the agent passes the password itself; use password_file or password_env",
+}
+
+
+class PostgresFamily(EngineFamily):
+    options_type = PostgresOptions
+    url_schemes = ("postgresql", "postgres")
+    server_wide = ServerWide(kind="globals", database="postgres")
+    refused_arguments = MappingProxyType(_REFUSED)
+    refused_prefixes = ("-f", "-F", "-d")
+
+    def engine_class(self) -> type[Engine]:
+        from agent.engines.postgres.engine import PostgresEngine
+
+        return PostgresEngine
+
+    def read_options(self, table: ConfigTable) -> PostgresOptions:
+        return read_options(table)
+
+
+FAMILY = PostgresFamily()

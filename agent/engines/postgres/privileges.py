@@ -1,0 +1,56 @@
+"""What `doctor` shows for a PostgreSQL job: can its role read every table and sequence it dumps?"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.engines.base import PrivilegeFinding
+from agent.errors import ConnectionFailed
+
+if TYPE_CHECKING:
+    from agent.engines.postgres.engine import PostgresEngine
+
+_SHOWN_OBJECTS = 5
+_UNREADABLE = r"""
+    SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'S')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+      AND (NOT has_schema_privilege(n.oid, 'USAGE') OR NOT has_table_privilege(c.oid, 'SELECT'))
+    ORDER BY 1
+"""
+
+
+def check_privileges(engine: PostgresEngine) -> list[PrivilegeFinding]:
+    """A superuser or pg_read_all_data member reads everything; anyone else is checked table by table."""
+    with engine.connect() as connection:
+        row = connection.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        user, superuser = (str(row[0]), bool(row[1])) if row else ("?", False)
+        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_read_all_data'").fetchone()
+        read_all = False
+        if exists and not superuser:
+            member = connection.execute("SELECT pg_has_role(current_user, 'pg_read_all_data', 'USAGE')").fetchone()
+            read_all = bool(member and member[0])
+    findings: list[PrivilegeFinding] = []
+    names = engine.selected_databases()
+    for name in names:
+        try:
+            with engine.connect(name) as connection:
+                rows = [] if superuser or read_all else connection.execute(_UNREADABLE).fetchall()
+        except ConnectionFailed as error:
+            findings.append(PrivilegeFinding(False, f"database {name!r}: {error}; GRANT CONNECT ON DATABASE to {user}"))
+            continue
+        if rows:
+            shown = ", ".join(str(item[0]) for item in rows[:_SHOWN_OBJECTS])
+            more = f" and {len(rows) - _SHOWN_OBJECTS} more" if len(rows) > _SHOWN_OBJECTS else ""
+            findings.append(
+                PrivilegeFinding(
+                    False,
+                    f"database {name!r}: role {user} cannot read {len(rows)} table(s)/sequence(s): {shown}{more}; "
+                    f"GRANT pg_read_all_data TO {user} (PostgreSQL 14+) or grant SELECT (and schema USAGE)",
+                )
+            )
+    if not findings:
+        how = "superuser" if superuser else "pg_read_all_data" if read_all else "SELECT on every table"
+        findings.append(PrivilegeFinding(True, f"role {user} can read all {len(names)} database(s) ({how})"))
+    return findings
