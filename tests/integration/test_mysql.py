@@ -916,3 +916,38 @@ def test_restore_with_globals_applies_the_grants_file_before_the_database(
         assert mariadb_server.mysql(target, "SELECT count(*) FROM t").strip() == "2"
     finally:
         mariadb_server.mysql(None, f"DROP USER IF EXISTS 'reader_wg'@'%'; DROP DATABASE IF EXISTS `{target}`;")
+
+
+def test_doctor_and_the_dump_agree_that_a_grant_on_an_escaped_pattern_covers_the_database(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_shop(mariadb_server, mariadb_database)
+    pattern = mariadb_database[:-4].replace("_", "\\_") + "%"  # `t\_test\_..%`: `\_` literal, `%` a wildcard
+    user, password = f"pattern_{secrets.token_hex(3)}", "pattern-grant"
+    execute(
+        mariadb_server,
+        None,
+        f"CREATE USER `{user}`@`%` IDENTIFIED BY '{password}'",
+        f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON `{pattern}`.* TO `{user}`@`%`",
+        f"GRANT SELECT ON `mysql`.`proc` TO `{user}`@`%`",
+        root=True,
+    )
+    try:
+        secret = tmp_path / "pattern.password"
+        secret.write_text(password)
+        secret.chmod(0o600)
+        job = mysql_job(mariadb_server, tmp_path, [mariadb_database], user=user, password_file=str(secret))
+        config = write_config(tmp_path, {"main": job})
+        capsys.readouterr()
+        run_cli(config, "doctor")  # its exit status also judges storage; the job's own lines are what count here
+        doctor_lines = capsys.readouterr().out.splitlines()
+        assert run_cli(config, "backup") == 0
+    finally:
+        execute(mariadb_server, None, f"DROP USER `{user}`@`%`", root=True)
+    job_lines = [line for line in doctor_lines if "jobs.main" in line]
+    assert any("has the privileges to dump all 1 database(s)" in line for line in job_lines), job_lines
+    assert not any("lacks" in line for line in job_lines)
+    sql = decompressed(only_dump(tmp_path, mariadb_database))
+    assert b"TRIGGER order_audit" in sql and b"count_customers" in sql
+    warnings = read_manifest(manifest_path(only_dump(tmp_path, mariadb_database))).warnings
+    assert not [warning for warning in warnings if "lacks" in warning]
