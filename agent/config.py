@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import stat
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from agent import engines
+from agent import engines, trust
 from agent.compression import COMPRESSIONS, Compression
 from agent.engines.base import EngineFamily, EngineOptions, refused_password_argument
 from agent.errors import ConfigError
@@ -288,6 +288,8 @@ def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: boo
     config = _ConfigReader(document, source, file_mode, problems).read()
     if check_storage and config is not None:
         _check_storage_path(config.storage.path, problems)
+        for key, problem in unsafe_paths(config):
+            problems.add(key, problem)
     if problems.messages or config is None:
         raise ConfigError(problems.messages)
     return config
@@ -323,25 +325,35 @@ def _check_storage_path(path: Path, problems: _Problems) -> None:
     Every existing folder on the way counts, not only the nearest: whoever may write a parent
     may rename the storage folder away and put their own in its place.
     """
-    key = ("storage", "path")
-    try:
-        if path.is_symlink():
-            problems.add(key, f"{path} is a symbolic link; point storage.path at the real directory")
-            return
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        folders = [existing, *existing.parents]
-        statuses = [(folder, folder.stat()) for folder in folders]
-    except OSError as error:
-        problems.add(key, f"cannot inspect {path}: {error.strerror}")
-        return
-    for folder, status in statuses:
-        world_writable = bool(status.st_mode & stat.S_IWOTH)
-        root_sticky = bool(status.st_mode & stat.S_ISVTX) and status.st_uid == 0
-        if world_writable and not root_sticky:
-            problems.add(key, f"{folder} is writable by others; chmod o-w {folder}")
-            return
+    problem = trust.check_place(path)
+    if problem is not None:
+        problems.add(("storage", "path"), problem.replace("point the setting", "point storage.path"))
+
+
+def unsafe_paths(config: Config) -> list[tuple[_KeyPath, str]]:
+    """Everything the agent opens, runs or writes outside storage that someone else may have planted.
+
+    The log and metrics files, password files, hooks and tools, each by the key that names it;
+    used when the config is loaded (refused) and by `doctor` (reported).
+    """
+    found: list[tuple[_KeyPath, str | None]] = []
+    if config.log.file is not None:
+        found.append((("log", "file"), trust.check_written_file(config.log.file, "the log file")))
+    if config.metrics.textfile is not None:
+        found.append((("metrics", "textfile"), trust.check_written_file(config.metrics.textfile, "the metrics file")))
+    for name, job in config.jobs.items():
+        key = ("jobs", name)
+        if job.password.kind == "file":
+            found.append(((*key, "password_file"), trust.check_secret_file(job.password.reference)))
+        for hook in ("before", "after", "on_failure"):
+            argv = getattr(job.hooks, hook)
+            program = shutil.which(argv[0]) if argv and argv[0] else None
+            if program is not None:
+                found.append(((*key, "hooks", hook), trust.check_program(program)))
+        program = shutil.which(job.tool) if job.tool and job.tool not in ("auto", "builtin") else None
+        if program is not None:
+            found.append(((*key, "tool"), trust.check_program(program)))
+    return [(key, problem) for key, problem in found if problem is not None]
 
 
 # --------------------------------------------------------------------------------------------------

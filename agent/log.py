@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agent import trust
+
 if TYPE_CHECKING:
     from agent.config import LogConfig
 
@@ -120,7 +122,12 @@ LOG_DIRECTORY_MODE = 0o750
 
 
 def _make_directories(directory: Path) -> None:
-    """Create the log's missing folders 0750 whatever the umask; existing ones are left as they are."""
+    """Create the log's missing folders 0750 whatever the umask; existing ones are left as they are.
+
+    Only in a place nobody else may write (agent/trust.py): a folder made in someone's reach
+    could be swapped for theirs.
+    """
+    trust.require_safe(trust.check_place(directory))
     missing: list[Path] = []
     while not directory.exists():
         missing.append(directory)
@@ -131,7 +138,8 @@ def _make_directories(directory: Path) -> None:
 
 
 def _open_private(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_CLOEXEC, LOG_FILE_MODE)
+    """Never through a planted link, never into someone else's file (checked again on the descriptor)."""
+    return trust.open_private_file(Path(path), flags, LOG_FILE_MODE, "the log file")
 
 
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from agent import trust
 from agent.config import Config
 from agent.log import get_logger
 from agent.status import collect
@@ -139,9 +140,10 @@ def write_textfile(config: Config) -> bool:
     if path is None:
         return False
     try:
+        trust.require_safe(trust.check_written_file(path, "the metrics file"))
         text = render(collect(config))
         replace_file_atomically(path, text.encode("utf-8", "backslashreplace"), mode=TEXTFILE_MODE)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, trust.UnsafePath) as error:
         get_logger().error("metrics.write_failed", path=str(path), error=str(error))
         return False
     return True

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from agent import trust
 from agent.errors import DumpError, ToolError
 
 PIPE = subprocess.PIPE
@@ -40,6 +41,13 @@ _STDERR_TAIL_BYTES = 8192
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a child must stop
 # variables that carry passwords for database clients; never inherited by a child
 _SECRET_VARIABLES = ("PGPASSWORD", "MYSQL_PWD", "MONGODB_PASSWORD")
+# variables that would let a client send a password in clear text or load other auth plugins
+_WEAKENING_VARIABLES = (
+    "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN",
+    "LIBMYSQL_PLUGINS",
+    "LIBMYSQL_PLUGIN_DIR",
+    "MARIADB_PLUGIN_DIR",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,8 @@ class StderrTail:
 
 
 def _child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in _SECRET_VARIABLES}
+    refused = (*_SECRET_VARIABLES, *_WEAKENING_VARIABLES)
+    env = {key: value for key, value in os.environ.items() if key not in refused}
     env.update(extra)
     return env
 
@@ -95,6 +104,15 @@ def _priority_prefix(nice: int, ionice: str) -> list[str]:
     if nice > 0:
         prefix += ["nice", "-n", str(nice)]
     return prefix
+
+
+def _refuse_unsafe_programs(*names: str) -> None:
+    """Run nothing that someone other than root or the agent's user could have changed or planted."""
+    for name in dict.fromkeys(names):
+        resolved = shutil.which(name)
+        problem = trust.check_program(resolved) if resolved is not None else None
+        if problem is not None:
+            raise ToolError(f"refusing to run {name}: {problem}")
 
 
 class Child:
@@ -112,6 +130,7 @@ class Child:
         if shutil.which(executable) is None:
             raise ToolError(f"{executable} not found on PATH; install it or set the job's `tool`")
         argv = [*_priority_prefix(command.nice, command.ionice), *command.argv]
+        _refuse_unsafe_programs(argv[0], executable)
         self.popen = subprocess.Popen(
             argv,
             stdin=stdin,
@@ -262,6 +281,7 @@ def run(
     """Run a short command (a version check, a restore client) to completion."""
     if shutil.which(argv[0]) is None:
         raise ToolError(f"{argv[0]} not found on PATH")
+    _refuse_unsafe_programs(argv[0])
     try:
         completed = subprocess.run(
             list(argv),

@@ -151,8 +151,7 @@ class JobRun:
         if self._before_dumps is not None and not self._before_dumps(database, outcome):
             return
         sweep_partials(self.layout, self.job.name, self.run_id)
-        scratch = self.layout.scratch(self.job.name)
-        scratch.mkdir(mode=0o700, exist_ok=True)
+        scratch = self.layout.prepare_scratch(self.job.name)
         engine = engines.engine_class(self.job.engine)(self.job, EngineContext(self.layout.root, scratch, self.limits))
         try:
             secret = self.job.password.read()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from agent import trust
 from agent.errors import ConfigError
 
 
@@ -53,11 +53,18 @@ class SecretSource:
                 raise ConfigError(f"{self.key_path}: environment variable {self.reference} is not set")
             return Secret(value)
         try:
-            text = Path(self.reference).read_text(encoding="utf-8")
+            data = trust.read_secret_file(self.reference)
+        except trust.UnsafePath as error:
+            raise ConfigError(f"{self.key_path}: {error}") from None
         except OSError as error:
             raise ConfigError(
                 f"{self.key_path}: cannot read password file {self.reference}: {error.strerror}"
             ) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            problem = f"password file {self.reference} is not UTF-8 (byte {error.start})"
+            raise ConfigError(f"{self.key_path}: {problem}") from None
         return Secret(text.rstrip("\r\n"))
 
     def describe(self) -> str:

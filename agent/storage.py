@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import LockedError
+from agent import trust
+from agent.errors import DumpError, LockedError
 from agent.writer import DIRECTORY_MODE, PRIVATE_DIRECTORY_MODE, ensure_directory
 
 
@@ -37,10 +38,22 @@ class StorageLayout:
     def prepare(self) -> StorageLayout:
         """Create the tree with its documented modes (folders 0750, `.agent` 0700) whatever the umask."""
         ensure_directory(self.root, DIRECTORY_MODE)
-        ensure_directory(self.agent_directory, PRIVATE_DIRECTORY_MODE)
-        ensure_directory(self.agent_directory / "locks", PRIVATE_DIRECTORY_MODE)
-        ensure_directory(self.agent_directory / "tmp", PRIVATE_DIRECTORY_MODE)
+        for folder in (self.agent_directory, self.agent_directory / "locks", self.agent_directory / "tmp"):
+            private_folder(folder)
         return self
+
+    def prepare_scratch(self, job: str) -> Path:
+        """The job's private scratch folder, created 0700 (its locks and temp files live there)."""
+        return private_folder(self.scratch(job))
+
+
+def private_folder(path: Path) -> Path:
+    """A 0700 folder of the agent's own; one someone else owns or may write is refused, not used."""
+    ensure_directory(path, PRIVATE_DIRECTORY_MODE)
+    problem = trust.check_private_folder(path)
+    if problem is not None:
+        raise DumpError(problem, "unsafe_path")
+    return path
 
 
 @contextlib.contextmanager

@@ -221,7 +221,9 @@ def write_small_file(directory: Path, name: str, data: bytes, mode: int = FILE_M
 def replace_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """For the agent's own state (state.json, metrics): write a temp file, fsync, rename over."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a crashed run's leftover; a name planted there is removed, never opened
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(descriptor, mode)
         view = memoryview(data)

@@ -315,7 +315,7 @@ config = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--con
 seen = {{"argv": sys.argv, "config": config}}
 if config is not None:
     seen["config_mode"] = stat.S_IMODE(os.stat(config).st_mode)
-    seen["folder_mode"] = stat.S_IMODE(os.stat(os.path.dirname(config)).st_mode)
+    seen["config_target"] = os.readlink(config.replace("/dev/fd/", "/proc/self/fd/"))
     seen["config_text"] = open(config, encoding="utf-8").read()
 with open({record!r}, "w", encoding="utf-8") as out:
     json.dump(seen, out)
@@ -366,7 +366,7 @@ def needs_auth(server: MongoServer) -> None:
         pytest.skip("the MongoDB server under test runs without auth, so there is no password to hand over")
 
 
-def test_mongodump_gets_the_password_only_through_a_private_config_file(
+def test_mongodump_gets_the_password_only_through_an_in_memory_config_file(
     mongo_server: MongoServer, mongo_database: str, tmp_path: Path
 ) -> None:
     needs_auth(mongo_server)
@@ -383,10 +383,10 @@ def test_mongodump_gets_the_password_only_through_a_private_config_file(
     assert f"--username={mongo_server.user}" in argv and f"--authenticationDatabase={job['auth_source']}" in argv
     assert all(mongo_server.password not in argument for argument in argv)
     assert seen["config_text"] == f"password: {json.dumps(mongo_server.password)}\n"
-    assert (seen["config_mode"], seen["folder_mode"]) == (0o600, 0o700)
-    scratch = tmp_path / "storage" / ".agent" / "tmp" / "docs"
-    assert Path(seen["config"]).parent.parent == scratch
-    assert not Path(seen["config"]).parent.exists()
+    assert seen["config"].startswith("/dev/fd/") and seen["config_mode"] == 0o600
+    assert seen["config_target"].startswith("/memfd:")  # anonymous memory: no snapshot of any disk holds it
+    stored = [path for path in (tmp_path / "storage").rglob("*") if path.is_file()]
+    assert all(mongo_server.password.encode() not in path.read_bytes() for path in stored)
     manifest = read_manifest(manifest_path(the_dump(tmp_path, mongo_database)))
     assert (manifest.tool, manifest.tool_version) == (str(script), "mongodump version: 100.10.0")
     assert manifest.counts == {"things": 3}

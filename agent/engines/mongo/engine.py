@@ -1,9 +1,9 @@
 """MongoDB: one mongodump archive per database, from `mongodump --archive` or a built-in dumper.
 
 With mongodump available (on PATH, or `tool` names it) the agent streams `mongodump --archive --db`
-into the writer; the password reaches mongodump in a `--config` YAML file (0600, in a private folder
-under the job's scratch space, removed afterwards), never in argv. Without it (or `tool = "builtin"`)
-the agent writes the same archive format itself from PyMongo raw batches: the bytes are copied from
+into the writer; the password reaches mongodump in a `--config` YAML file that is an anonymous
+0600 memfd (`/dev/fd/N`, never on disk, so no snapshot captures it), never in argv. Without it (or
+`tool = "builtin"`) the agent writes the same archive format itself from PyMongo raw batches: the bytes are copied from
 the cursor without decoding, so memory is bounded by one batch whatever the collection's size, and
 on a replica set every collection of a database is read in one snapshot session. Either way the
 stream is parsed as it passes, so the manifest records documents per collection as written.
@@ -16,9 +16,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -78,21 +76,22 @@ def yaml_config(password: str) -> str:
 
 
 @contextlib.contextmanager
-def private_config(scratch: Path, password: Secret | None) -> Iterator[Path | None]:
-    """The --config YAML in a fresh 0700 folder under scratch, 0600, removed on exit (even on error)."""
+def private_config(password: Secret | None) -> Iterator[tuple[str | None, tuple[int, ...]]]:
+    """The --config YAML as an anonymous 0600 memfd the child opens as /dev/fd/N.
+
+    Never a file on disk, so no filesystem snapshot, crash or other reader finds the password; it
+    is gone when the descriptor closes.
+    """
     if password is None:
-        yield None
+        yield None, ()
         return
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="mongodump-", dir=scratch))
+    descriptor = os.memfd_create("backup-agent-mongodump")  # close-on-exec: only the tool inherits it
     try:
-        path = folder / "mongodump.yaml"
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(yaml_config(password.reveal()))
-        yield path
+        os.fchmod(descriptor, 0o600)
+        os.write(descriptor, yaml_config(password.reveal()).encode())
+        yield f"/dev/fd/{descriptor}", (descriptor,)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        os.close(descriptor)
 
 
 class _CountingSink:
@@ -260,7 +259,7 @@ class MongoEngine(Engine):
             raise DumpError(str(error), "connection_failed") from None
 
     # --- mongodump -------------------------------------------------------------------------------
-    def mongodump_argv(self, tool: str, target: DumpTarget, config_path: Path | None) -> list[str]:
+    def mongodump_argv(self, tool: str, target: DumpTarget, config_path: str | None) -> list[str]:
         """The command as data; the password is only ever in the --config file."""
         job, options = self.job, self.options
         argv = [tool, "--archive"]
@@ -301,9 +300,12 @@ class MongoEngine(Engine):
         details = DumpDetails(counts_consistent=True)
         what = "mongodump of the whole server" if target.kind == "server" else f"mongodump of {target.database!r}"
         counting = _CountingSink(sink)
-        with private_config(self.context.scratch, self.job.password.read()) as config_path:
+        with private_config(self.job.password.read()) as (config_path, fds):
             command = process.Command(
-                tuple(self.mongodump_argv(tool, target, config_path)), nice=self.job.nice, ionice=self.job.ionice
+                tuple(self.mongodump_argv(tool, target, config_path)),
+                pass_fds=fds,
+                nice=self.job.nice,
+                ionice=self.job.ionice,
             )
             child = process.start(command)
             process.stream_stdout(child, counting, self.context.limits, what)

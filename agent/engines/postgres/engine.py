@@ -70,7 +70,7 @@ def passfile(user: str | None, password: Secret | None) -> Iterator[tuple[dict[s
     if password is None:
         yield {}, ()
         return
-    descriptor = os.memfd_create("backup-agent-pgpass", 0)
+    descriptor = os.memfd_create("backup-agent-pgpass")  # close-on-exec: only the tool inherits it
     try:
         os.fchmod(descriptor, 0o600)
         line = f"*:*:*:{_passfile_field(user or '*')}:{_passfile_field(password.reveal())}\n"
