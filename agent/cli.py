@@ -48,10 +48,11 @@ class _StopFlag:
         signal.signal(signal.SIGINT, handle)
 
 
-def _load(args: argparse.Namespace, *, configure_logging: bool = True) -> Any:
+def _load(args: argparse.Namespace, *, configure_logging: bool = True, runs_programs: bool = True) -> Any:
+    """The config, refused when unsafe; commands that run no hook or tool skip only that check."""
     from agent.config import config_path_from, load_config
 
-    config = load_config(config_path_from(args.config))
+    config = load_config(config_path_from(args.config), check_programs=runs_programs)
     args.loaded_config = config  # for main's last resort: where the log of an unexpected error goes
     if configure_logging:
         from agent import log
@@ -110,7 +111,7 @@ def command_run(args: argparse.Namespace) -> int:
 def command_list(args: argparse.Namespace) -> int:
     from agent import catalog
 
-    config = _load(args)
+    config = _load(args, runs_programs=False)
     if args.job is not None:
         _job_names(config, args.job)
     records = catalog.scan(config.storage.path, args.job)
@@ -143,7 +144,7 @@ def command_list(args: argparse.Namespace) -> int:
 def command_verify(args: argparse.Namespace) -> int:
     from agent import verify
 
-    config = _load(args)
+    config = _load(args, runs_programs=False)
     if args.paths:
         findings = [verify.verify_file(Path(path).absolute(), config.storage.path.absolute()) for path in args.paths]
     else:
@@ -187,7 +188,7 @@ def command_check_config(args: argparse.Namespace) -> int:
 def command_status(args: argparse.Namespace) -> int:
     from agent import log, status
 
-    config = _load(args, configure_logging=False)
+    config = _load(args, configure_logging=False, runs_programs=False)
     log.configure(level="warning", console=True)  # read-only: never needs the agent's log file
     picture = status.collect(config)
     if args.json:
@@ -269,7 +270,7 @@ def command_prune(args: argparse.Namespace) -> int:
     from agent.prune import prune
     from agent.units import format_size
 
-    config = _load(args)
+    config = _load(args, runs_programs=False)
     if args.job is not None:
         _job_names(config, args.job)
     result = prune(config, args.job, dry_run=args.dry_run)
@@ -298,7 +299,7 @@ def command_prune(args: argparse.Namespace) -> int:
 def command_pin(args: argparse.Namespace) -> int:
     from agent.pins import pin
 
-    config = _load(args)
+    config = _load(args, runs_programs=False)
     relative = pin(config.storage.path, Path(args.path))
     print(f"pinned {relative}: retention will never delete it (undo with `backup-agent unpin`)")
     return EXIT_OK
@@ -307,7 +308,7 @@ def command_pin(args: argparse.Namespace) -> int:
 def command_unpin(args: argparse.Namespace) -> int:
     from agent.pins import relative_backup_path, unpin
 
-    config = _load(args)
+    config = _load(args, runs_programs=False)
     if not unpin(config.storage.path, Path(args.path)):
         print(f"{relative_backup_path(config.storage.path, Path(args.path))} was not pinned")
     else:

@@ -253,8 +253,10 @@ def config_path_from(argv_value: str | None) -> Path:
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path, *, check_permissions: bool = True) -> Config:
-    """Read and validate the config file; with check_permissions, also refuse unsafe storage paths."""
+def load_config(path: Path, *, check_permissions: bool = True, check_programs: bool = True) -> Config:
+    """Read and validate the config file; with check_permissions, also refuse unsafe storage paths,
+    and paths outside storage someone else may have planted (hooks and tools only with check_programs:
+    commands that run none, such as `status`, need not refuse them)."""
     try:
         with path.open("rb") as handle:
             file_mode = os.fstat(handle.fileno()).st_mode
@@ -271,7 +273,7 @@ def load_config(path: Path, *, check_permissions: bool = True) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    return _parse(text, path, file_mode=file_mode, check_storage=check_permissions)
+    return _parse(text, path, file_mode=file_mode, check_storage=check_permissions, check_programs=check_programs)
 
 
 def parse_config(text: str, source: Path, *, file_mode: int | None = None) -> Config:
@@ -279,7 +281,9 @@ def parse_config(text: str, source: Path, *, file_mode: int | None = None) -> Co
     return _parse(text, source, file_mode=file_mode, check_storage=False)
 
 
-def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: bool) -> Config:
+def _parse(
+    text: str, source: Path, *, file_mode: int | None, check_storage: bool, check_programs: bool = True
+) -> Config:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -288,7 +292,7 @@ def _parse(text: str, source: Path, *, file_mode: int | None, check_storage: boo
     config = _ConfigReader(document, source, file_mode, problems).read()
     if check_storage and config is not None:
         _check_storage_path(config.storage.path, problems)
-        for key, problem in unsafe_paths(config):
+        for key, problem in unsafe_paths(config, programs=check_programs):
             problems.add(key, problem)
     if problems.messages or config is None:
         raise ConfigError(problems.messages)
@@ -330,7 +334,7 @@ def _check_storage_path(path: Path, problems: _Problems) -> None:
         problems.add(("storage", "path"), problem.replace("point the setting", "point storage.path"))
 
 
-def unsafe_paths(config: Config) -> list[tuple[_KeyPath, str]]:
+def unsafe_paths(config: Config, *, programs: bool = True) -> list[tuple[_KeyPath, str]]:
     """Everything the agent opens, runs or writes outside storage that someone else may have planted.
 
     The log and metrics files, password files, hooks and tools, each by the key that names it;
@@ -345,6 +349,8 @@ def unsafe_paths(config: Config) -> list[tuple[_KeyPath, str]]:
         key = ("jobs", name)
         if job.password.kind == "file":
             found.append(((*key, "password_file"), trust.check_secret_file(job.password.reference)))
+        if not programs:
+            continue
         for hook in ("before", "after", "on_failure"):
             argv = getattr(job.hooks, hook)
             program = shutil.which(argv[0]) if argv and argv[0] else None

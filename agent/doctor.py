@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent import engines
 from agent.budget import headroom, measure, resolve_budget
-from agent.config import Config, JobConfig, load_config
+from agent.config import Config, JobConfig, load_config, render_key_path, unsafe_paths
 from agent.engines.base import EngineContext
 from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError
 from agent.log import register_secret
@@ -54,6 +54,7 @@ def diagnose(config_path: Path, *, connect: bool = True) -> Diagnosis:
     findings += check_config_file(config_path)
     findings += check_storage(config)
     findings += check_log(config)
+    findings += check_planted_paths(config)
     findings += check_time_zones(config)
     for job in config.jobs.values():
         findings += check_job(config, job, connect=connect)
@@ -215,6 +216,19 @@ def check_log(config: Config) -> list[Finding]:
             )
         ]
     return [Finding(True, "log", f"{file} will be created")]
+
+
+def check_planted_paths(config: Config) -> list[Finding]:
+    """What the agent opens, runs or writes outside storage, judged by the rule a run enforces."""
+    findings = [
+        Finding(False, ".".join(key[:2]) if key[0] == "jobs" else key[0], f"{render_key_path(key)}: {problem}")
+        for key, problem in unsafe_paths(config)
+    ]
+    if not findings:
+        findings.append(
+            Finding(True, "paths", "log, metrics, password files, hooks and tools: nobody else can plant or swap them")
+        )
+    return findings
 
 
 def check_time_zones(config: Config) -> list[Finding]:

@@ -209,39 +209,42 @@ def program_problem(walk: Walk, trusted: Trusted) -> str | None:
 
 
 def written_file_problem(walk: Walk, trusted: Trusted, what: str) -> str | None:
-    """A file the agent appends to or replaces: no link to follow, nobody else's file, no second name."""
+    """A file the agent appends to or replaces: no link to follow, no second name, nobody else's folder."""
     problem = walk_problem(walk, trusted, strict=False)
+    if problem is not None:
+        return problem
+    # the folder it is (or will be) in: whoever may write there could put a link or their file in its place
+    folder = walk.final.folder if walk.final is not None else walk.steps[-1].entry
+    problem = folder_problem(folder, trusted, strict=True) if folder is not None else None
     if problem is not None or walk.final is None:
         return problem
-    return opened_file_problem(walk.final.entry, trusted, what)
+    return opened_file_problem(walk.final.entry, what)
 
 
-def opened_file_problem(entry: Entry, trusted: Trusted, what: str) -> str | None:
-    """The checks repeated on an opened descriptor (no race with a swap between check and open)."""
+def opened_file_problem(entry: Entry, what: str) -> str | None:
+    """The checks repeated on an opened descriptor (no race with a swap between check and open).
+
+    Its owner does not matter: a file someone else made in a folder only trusted accounts write
+    was made there by them on purpose (in /tmp, `entry_problem` has refused it already).
+    """
     if entry.is_link:
         return f"{what} {entry.path} is a symbolic link; point the setting at the real file"
     if not stat.S_ISREG(entry.mode):
         return f"{what} {entry.path} is not a regular file"
-    if entry.uid not in trusted.uids:
-        return f"{what} {entry.path} belongs to {account_name(entry.uid)}, not {trusted.describe()}"
     if entry.links > 1:
         return f"{what} {entry.path} has {entry.links} names (hard links): another name may be someone else's file"
     return None
 
 
-def secret_file_problem(entry: Entry, trusted: Trusted) -> str | None:
-    """A password file: a regular file of a trusted account that others can neither read nor write."""
+def secret_file_problem(entry: Entry) -> str | None:
+    """A password file: a regular file others can neither read nor write (as a config with an inline password).
+
+    Its owner and group may read it (0640 with the agent's group is the container pattern).
+    """
     if not stat.S_ISREG(entry.mode):
         return f"password file {entry.path} is not a regular file"
-    if entry.uid not in trusted.uids:
-        return (
-            f"password file {entry.path} belongs to {account_name(entry.uid)}, who can read it; "
-            f"chown it to root or the agent's user"
-        )
     if entry.mode & (stat.S_IROTH | stat.S_IWOTH):
         return f"password file {entry.path} is readable by others; chmod o-rw {entry.path} (0600 or 0640)"
-    if entry.mode & stat.S_IWGRP and entry.gid not in trusted.gids:
-        return f"password file {entry.path} is writable by group {group_name(entry.gid)}; chmod g-w {entry.path}"
     return None
 
 
@@ -418,7 +421,7 @@ def check_secret_file(path: str | os.PathLike[str]) -> str | None:
     problem = walk_problem(found, trusted, strict=False)
     if problem is not None or found.final is None:
         return problem
-    return secret_file_problem(found.final.entry, trusted)
+    return secret_file_problem(found.final.entry)
 
 
 def check_socket(path: str | os.PathLike[str], server_users: Sequence[str]) -> str | None:
@@ -501,7 +504,7 @@ def open_private_file(path: Path, flags: int, mode: int, what: str) -> int:
     require_safe(written_file_problem(walk(path, follow_final=False), trusted, what))
     descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        require_safe(opened_file_problem(Entry.of(str(path), os.fstat(descriptor)), trusted, what))
+        require_safe(opened_file_problem(Entry.of(str(path), os.fstat(descriptor)), what))
     except BaseException:
         os.close(descriptor)
         raise
@@ -520,7 +523,7 @@ def read_secret_file(path: str) -> bytes:
     real = found.final.entry.path
     descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        require_safe(secret_file_problem(Entry.of(path, os.fstat(descriptor)), trusted))
+        require_safe(secret_file_problem(Entry.of(path, os.fstat(descriptor))))
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             return handle.read()
     finally:
