@@ -38,7 +38,8 @@ def sqlite_job(directory: Path, **extra: object) -> dict[str, object]:
 
 
 def config_with(directory: Path, job: dict[str, object], **sections: dict[str, object]) -> Path:
-    config = write_config(directory, {"app": job}, sections={key: value for key, value in sections.items() if key != "log"})
+    others = {key: value for key, value in sections.items() if key != "log"}
+    config = write_config(directory, {"app": job}, sections=others)
     if "log" in sections:
         text = config.read_text().replace(f'file = "{directory / "agent.log"}"', f'file = "{sections["log"]["file"]}"')
         config.write_text(text)

@@ -25,7 +25,7 @@ from servers.common import free_port, make_base_dir, skip_or_fail
 IMPOSTOR_USER = "nobody"
 IMPOSTOR_GROUP = "nogroup"
 
-_SOURCE = r'''
+_SOURCE = r"""
 import socket, struct, sys
 
 protocol, where, record_path = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -100,7 +100,7 @@ while True:
         pass
     finally:
         connection.close()
-'''
+"""
 
 
 @dataclass
