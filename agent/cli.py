@@ -182,7 +182,8 @@ def command_check_config(args: argparse.Namespace) -> int:
         from agent.plan import render_plan
 
         print(render_plan(plan))
-    return EXIT_OK
+    refused = any(entry.get("untrusted_server") for entry in plan["jobs"].values())
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 def command_status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pwd
 import re
 import shutil
 import tomllib
@@ -158,6 +159,7 @@ class JobConfig:
     host: str | None = None
     port: int | None = None
     socket: str | None = None
+    server_user: str | None = None  # who owns the server's socket or loopback port, if not its usual account
     user: str | None = None
     password: SecretSource = _NO_PASSWORD
     exclude: tuple[str, ...] = ()
@@ -649,12 +651,12 @@ _STORAGE_KEYS = (
 _LOG_KEYS = ("file", "level", "format", "rotate", "max_size", "keep")
 _RETENTION_KEYS = (*RETENTION_COUNTS, "max_age", "keep_min")
 _COMMON_JOB_KEYS = (
-    "engine", "host", "port", "socket", "user", "password", "password_file", "password_env",
+    "engine", "host", "port", "socket", "server_user", "user", "password", "password_file", "password_env",
     "databases", "exclude", "schedule", "every", "timezone", "jitter", "timeout", "stall_timeout",
     "connect_timeout", "lock_wait_timeout", "nice", "ionice", "tool", "extra_args", "max_backup_age",
     "retention", "hooks", "drill",
 )  # fmt: skip
-_CONNECTION_KEYS = ("host", "port", "socket", "user", "password", "password_file", "password_env")
+_CONNECTION_KEYS = ("host", "port", "socket", "server_user", "user", "password", "password_file", "password_env")
 _PASSWORD_KEYS = {"password": "inline", "password_file": "file", "password_env": "env"}
 
 
@@ -893,6 +895,7 @@ class _JobReader:
             host=host,
             port=table.integer("port", None, minimum=1, maximum=65535),
             socket=socket,
+            server_user=self.read_server_user(),
             user=table.text("user", None),
             password=self.read_password(),
             exclude=exclude,
@@ -950,6 +953,18 @@ class _JobReader:
                 for key in _CONNECTION_KEYS
             )
         self.table.reject_unknown(known, hints)
+
+    def read_server_user(self) -> str | None:
+        """The account the server runs as when it is not the engine's usual one (postgres, mysql...)."""
+        name = self.table.text("server_user", None)
+        if name is None:
+            return None
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            self.table.add("server_user", f"no account named {_show(name)} on this machine")
+            return None
+        return name
 
     def read_databases(self, family: EngineFamily | None) -> tuple[str, ...] | None:
         table = self.table

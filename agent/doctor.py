@@ -20,7 +20,7 @@ from agent import engines
 from agent.budget import headroom, measure, resolve_budget
 from agent.config import Config, JobConfig, load_config, render_key_path, unsafe_paths
 from agent.engines.base import EngineContext
-from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError
+from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError, UntrustedServer
 from agent.log import register_secret
 from agent.process import StreamLimits
 from agent.storage import StorageLayout
@@ -279,11 +279,13 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
         return []
     findings: list[Finding] = []
     try:
+        engine.check_server()  # before the tool: an impostor matters more than a missing pg_dump
         info = engine.probe()
     except ToolError as error:
         findings.append(Finding(False, topic, f"tool: {error}"))
     except ConnectionFailed as error:
-        return [Finding(False, topic, f"server: {error}; check host, port, user and password")]
+        advice = "" if isinstance(error, UntrustedServer) else "; check host, port, user and password"
+        return [Finding(False, topic, f"server: {error}{advice}")]
     except AgentError as error:
         return [Finding(False, topic, str(error))]
     else:

@@ -57,3 +57,13 @@ class LockedError(AgentError):
 
 class ConnectionFailed(AgentError):  # noqa: N818 - names the event users see, like LockedError
     """The database server could not be reached or refused the credentials."""
+
+
+class UntrustedServer(ConnectionFailed):
+    """What answers at the server's socket or port may be an impostor: no password is sent to it.
+
+    The socket or port belongs to another user, or the server asked for the password in clear text
+    over a connection that does not verify it is the real server.
+    """
+
+    reason = "untrusted_server"

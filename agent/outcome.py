@@ -33,6 +33,7 @@ class Reason(StrEnum):
     """The reason words the runner and observer give themselves; engines add their own (`DumpError.reason`)."""
 
     CONNECTION_FAILED = "connection_failed"  # the server could not be reached; the daemon retries
+    UNTRUSTED_SERVER = "untrusted_server"  # not the server's socket or port, or it asked for clear text (no retry)
     INTERNAL_ERROR = "internal_error"  # a bug or an unexpected library error; the traceback is in the log
     HOOK_FAILED = "hook_failed"
     LOCKED = "locked"

@@ -7,7 +7,7 @@ from typing import Any
 from agent.config import Config
 from agent.engines import engine_class
 from agent.engines.base import EngineContext
-from agent.errors import AgentError
+from agent.errors import AgentError, UntrustedServer
 from agent.process import StreamLimits
 from agent.runner import folder_for
 from agent.storage import StorageLayout
@@ -20,7 +20,12 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"engine": job.engine, "targets": [], "error": None}
         engine = engine_class(job.engine)(job, EngineContext(layout.root, layout.scratch(name), StreamLimits()))
         try:
+            engine.check_server()  # local facts only (socket and port owners): also offline
             targets = engine.targets() if discover or job.databases is not None else engine.extra_targets()
+        except UntrustedServer as error:
+            targets = []
+            entry["error"] = str(error)
+            entry["untrusted_server"] = True
         except AgentError as error:
             targets = []
             entry["error"] = f"cannot list databases: {error}"

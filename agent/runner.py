@@ -22,7 +22,7 @@ from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
-from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError
+from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
@@ -52,7 +52,7 @@ def compression_of(config: Config) -> CompressionSettings:
 def _reason_for(error: BaseException) -> str:
     if not isinstance(error, AgentError | OSError):
         return Reason.INTERNAL_ERROR
-    if isinstance(error, DumpError):
+    if isinstance(error, DumpError | UntrustedServer):
         return error.reason
     if isinstance(error, ConnectionFailed):
         return Reason.CONNECTION_FAILED

@@ -12,7 +12,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from agent.errors import UsageError
+from agent import trust
+from agent.errors import UntrustedServer, UsageError
 from agent.process import StreamLimits
 
 if TYPE_CHECKING:
@@ -177,6 +178,9 @@ class EngineContext:
 class Engine(ABC):
     """One database family. Engines build commands and read servers; the runner does the rest."""
 
+    # the accounts the engine's server runs as on common systems; `server_user` replaces them
+    server_users: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, job: JobConfig, context: EngineContext) -> None:
         self.job = job
         self.context = context
@@ -184,6 +188,23 @@ class Engine(ABC):
     @property
     def name(self) -> str:
         return self.job.engine
+
+    def endpoints(self) -> list[trust.Endpoint]:
+        """Where the driver and the tools will connect (sockets, hosts and ports); none for a local file."""
+        return []
+
+    def trusted_server_users(self) -> tuple[str, ...]:
+        return (self.job.server_user,) if self.job.server_user else self.server_users
+
+    def check_server(self) -> None:
+        """Refuse a socket or loopback port someone else holds, before any password is sent (template method).
+
+        Called by every connection the engine opens and right before every tool it starts.
+        """
+        for endpoint in self.endpoints():
+            problem = endpoint.problem()
+            if problem is not None:
+                raise UntrustedServer(f"refusing to connect to the {self.name} server: {problem}")
 
     @abstractmethod
     def probe(self) -> ServerInfo:
