@@ -12,6 +12,7 @@ filesystem and /proc/net/tcp.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import ipaddress
 import os
@@ -262,6 +263,21 @@ def private_folder_problem(entry: Entry, trusted: Trusted) -> str | None:
 def check_private_folder(path: Path) -> str | None:
     """lstat the folder (a link in its place is refused) and judge it as a private folder."""
     return private_folder_problem(Entry.of(str(path), os.lstat(path)), agent_accounts())
+
+
+def private_folder(path: Path) -> Path:
+    """Create `path` (and missing parents) 0700 whatever the umask; refuse one someone else owns or may write."""
+    missing = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700, follow_symlinks=False)
+    require_safe(check_private_folder(path))
+    return path
 
 
 def socket_problem(walk: Walk, trusted: Trusted) -> str | None:

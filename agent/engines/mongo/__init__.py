@@ -7,6 +7,7 @@ when a job runs; archive.py writes and parses the mongodump archive format, rest
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -22,6 +23,12 @@ class MongoFamily(EngineFamily):
     options_type = MongoOptions
     url_schemes = ("mongodb",)
     short_password_option = True
+    refused_arguments = MappingProxyType(
+        {
+            "--authenticationMechanism": "set authMechanism in uri (PLAIN only over TLS that verifies the server)",
+            "--uri": "set the job's uri instead (checked for PLAIN and for a password)",
+        }
+    )
 
     def engine_class(self) -> type[Engine]:
         from agent.engines.mongo.engine import MongoEngine

@@ -18,12 +18,12 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pymongo
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from agent import __version__, process
+from agent import __version__, process, trust
 from agent.engines.base import (
     EMPTY,
     MISSING,
@@ -46,12 +46,13 @@ from agent.engines.mongo.server import (
     first_line,
     read_topology,
 )
-from agent.errors import ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
+from agent.errors import ConnectionFailed, DumpError, ToolError, UntrustedServer, UsageError, VerificationError
 
 if TYPE_CHECKING:
     from agent.manifest import Manifest
     from agent.secrets import Secret
 
+DEFAULT_PORT = 27017
 ARCHIVE_FORMAT = "mongodump-archive"
 BUILTIN_TOOL = "backup-agent-builtin"
 SYSTEM_DATABASES = ("admin", "config", "local")
@@ -107,9 +108,28 @@ class _CountingSink:
 
 
 class MongoEngine(Engine):
+    server_users = ("mongodb", "mongod")  # Debian/Ubuntu packages, MongoDB's own RHEL packages
+
     @property
     def options(self) -> MongoOptions:
         return options_of(self.job, MongoOptions)
+
+    def endpoints(self) -> list[trust.Endpoint]:
+        """The socket or host and port, or each host of a mongodb:// URI (an SRV name is remote)."""
+        users = self.trusted_server_users()
+        if self.options.uri is not None:
+            parts = urlsplit(self.options.uri)
+            if parts.scheme != "mongodb":
+                return []
+            hosts = [_host_and_port(item) for item in unquote(parts.netloc.rpartition("@")[2]).split(",") if item]
+        else:
+            hosts = [(self.job.socket or self.job.host or "localhost", self.job.port or DEFAULT_PORT)]
+        return [
+            trust.Endpoint(socket=host, server_users=users)
+            if host.startswith("/")
+            else trust.Endpoint(host=host, port=port, server_users=users)
+            for host, port in hosts
+        ]
 
     # --- connections ---------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -123,7 +143,7 @@ class MongoEngine(Engine):
         }
         if settings.uri is None:
             options["host"] = job.socket or job.host or "localhost"
-            options["port"] = job.port or 27017
+            options["port"] = job.port or DEFAULT_PORT
             options["directConnection"] = True  # dump from the node named, not whatever it points to
         if job.user:
             options["username"] = job.user
@@ -134,7 +154,17 @@ class MongoEngine(Engine):
         return options
 
     def client(self) -> pymongo.MongoClient[dict[str, Any]]:
-        """A client for the job's server; credentials are keywords, never part of a URI."""
+        """A client for the job's server; credentials are keywords, never part of a URI.
+
+        The socket or port is checked first, and PLAIN is refused without TLS that verifies the
+        server (the config refuses it too; PyMongo never picks PLAIN on its own).
+        """
+        self.check_server()
+        if self.options.clear_text_auth and not self.options.verifies_server:
+            raise UntrustedServer(
+                f"refusing MongoDB at {self._server_label()}: authMechanism=PLAIN would send the password in "
+                f"clear text over a connection that does not verify the server"
+            )
         options = self._client_options()
         password = self.job.password.read()
         if password is not None:
@@ -173,7 +203,7 @@ class MongoEngine(Engine):
             return hosts or self.options.uri.split("?")[0]
         if self.job.socket:
             return f"{self.job.socket} (socket)"
-        return f"{self.job.host or 'localhost'}:{self.job.port or 27017}"
+        return f"{self.job.host or 'localhost'}:{self.job.port or DEFAULT_PORT}"
 
     # --- tools -----------------------------------------------------------------------------------
     def resolve_tool(self) -> str:
@@ -307,6 +337,7 @@ class MongoEngine(Engine):
                 nice=self.job.nice,
                 ionice=self.job.ionice,
             )
+            self.check_server()  # right before the tool: the socket or port may have changed hands
             child = process.start(command)
             process.stream_stdout(child, counting, self.context.limits, what)
         summary = counting.parser.finish()
@@ -367,3 +398,15 @@ class MongoEngine(Engine):
                 for info in target.list_collections()
                 if info.get("type", "collection") != "view" and dumpable_collection(info["name"])
             }
+
+
+def _host_and_port(item: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]:port` or a socket path from a URI's host list."""
+    if item.startswith("/"):
+        return item, DEFAULT_PORT
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = item.partition(":")
+    return host, int(port) if port.isdigit() else DEFAULT_PORT

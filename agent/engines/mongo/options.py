@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from agent.engines.base import EngineOptions
 
@@ -15,6 +15,15 @@ BUILTIN = "builtin"
 TOOL_WORDS = ("auto", "mongodump", BUILTIN)
 
 
+_TRUE = ("true", "1", "yes")
+_INSECURE_TLS = (
+    "tlsinsecure",
+    "tlsallowinvalidcertificates",
+    "tlsallowinvalidhostnames",
+    "sslallowinvalidcertificates",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MongoOptions(EngineOptions):
     uri: str | None = None  # instead of host/port/socket; never with a password in it
@@ -22,6 +31,24 @@ class MongoOptions(EngineOptions):
     tls: bool = False
     point_in_time: bool = False  # a whole-server job on a replica set: one archive with --oplog
     include_system: bool = False  # admin and config too
+
+    def uri_options(self) -> dict[str, str]:
+        """The URI's query options, names lower-cased (MongoDB treats them case-insensitively)."""
+        if self.uri is None:
+            return {}
+        return {key.lower(): value for key, value in parse_qsl(urlsplit(self.uri).query)}
+
+    @property
+    def verifies_server(self) -> bool:
+        """TLS on, with certificate and host checks left on: only then may a password go in clear text."""
+        options = self.uri_options()
+        tls = self.tls or options.get("tls", options.get("ssl", "")).lower() in _TRUE
+        return tls and not any(options.get(name, "").lower() in _TRUE for name in _INSECURE_TLS)
+
+    @property
+    def clear_text_auth(self) -> bool:
+        """authMechanism=PLAIN (LDAP): the password goes to the server as it is."""
+        return self.uri_options().get("authmechanism", "").upper() == "PLAIN"
 
 
 def read_options(table: ConfigTable) -> MongoOptions:
@@ -31,13 +58,20 @@ def read_options(table: ConfigTable) -> MongoOptions:
     tool = table.data.get("tool")
     if isinstance(tool, str) and tool.strip() and tool not in TOOL_WORDS and "/" not in tool:
         table.add("tool", f'expected "auto", "mongodump", "builtin" or a path, got {table.show(tool)}')
-    return MongoOptions(
+    options = MongoOptions(
         uri=uri,
         auth_source=table.text("auth_source", None),
         tls=table.flag("tls", False),
         point_in_time=table.flag("point_in_time", False),
         include_system=table.flag("include_system", False),
     )
+    if options.clear_text_auth and not options.verifies_server:
+        table.add(
+            "uri",
+            "authMechanism=PLAIN sends the password in clear text: only over TLS that verifies the server "
+            "(tls = true, no tlsInsecure or tlsAllowInvalid* options)",
+        )
+    return options
 
 
 def _read_uri(table: ConfigTable) -> str | None:

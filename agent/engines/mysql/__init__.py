@@ -23,6 +23,10 @@ _REFUSED = {
     "-B": "the agent chooses the databases itself (use databases = [...])",
     "--all-databases": 'the agent dumps one database per file (use databases = "*")',
     "-A": 'the agent dumps one database per file (use databases = "*")',
+    "--plugin-dir": "the agent chooses the client plugins (no clear-text ones without verified TLS)",
+    "--default-auth": "the agent chooses the client plugins (no clear-text ones without verified TLS)",
+    "--enable-cleartext-plugin": "it sends the password in clear text to whatever asks; use verified TLS",
+    "--get-server-public-key": "it encrypts the password with a key whatever answers provides; use verified TLS",
 }
 
 

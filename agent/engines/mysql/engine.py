@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import ssl
-import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from agent import process
+from agent import process, trust
 from agent.engines.base import (
     EMPTY,
     MISSING,
@@ -47,6 +46,7 @@ from agent.engines.base import (
     TrailerCheck,
     options_of,
 )
+from agent.engines.mysql import auth
 from agent.engines.mysql.grants import DUMP_PRIVILEGES, granted_roles, missing_privileges, parse_grants, privilege_gaps
 from agent.engines.mysql.option_file import option_file
 from agent.engines.mysql.options import MysqlOptions
@@ -68,7 +68,16 @@ from agent.engines.mysql.versions import (
     parse_tool_version,
     supports_system_users,
 )
-from agent.errors import AgentError, ConfigError, ConnectionFailed, DumpError, ToolError, UsageError, VerificationError
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    ConnectionFailed,
+    DumpError,
+    ToolError,
+    UntrustedServer,
+    UsageError,
+    VerificationError,
+)
 from agent.log import get_logger
 
 if TYPE_CHECKING:
@@ -81,12 +90,12 @@ TRAILER = b"\n-- Dump completed"
 DEFAULT_PORT = 3306
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys")
 DUMP_TOOLS = ("mariadb-dump", "mysqldump")
-# where the clients look when no host or socket is given (Debian/Ubuntu, RHEL, macOS builds)
+# where the server's socket is when no host or socket is given (Debian/Ubuntu, RHEL); never a folder
+# others may write such as /tmp, and each used only when agent/trust.py finds it the server's
 DEFAULT_SOCKETS = (
     "/run/mysqld/mysqld.sock",
     "/var/run/mysqld/mysqld.sock",
     "/var/lib/mysql/mysql.sock",
-    "/tmp/mysql.sock",  # noqa: S108  # a path the clients themselves look at, only read
 )
 MAX_ALLOWED_PACKET = 1 << 30
 # engines that hold no data of their own: nothing to make consistent
@@ -122,6 +131,8 @@ class _Endpoint:
 
 
 class MysqlEngine(Engine):
+    server_users = ("mysql",)
+
     def __init__(self, job: JobConfig, context: EngineContext) -> None:
         super().__init__(job, context)
         self._tool: str | None = None
@@ -141,10 +152,19 @@ class MysqlEngine(Engine):
         if self.job.host or self.job.port:
             return _Endpoint(None, self.job.host or "localhost", port)
         for candidate in DEFAULT_SOCKETS:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.stat(candidate).st_mode):
-                    return _Endpoint(candidate, "localhost", port)
+            if os.path.exists(candidate) and trust.check_socket(candidate, self.trusted_server_users()) is None:
+                return _Endpoint(candidate, "localhost", port)
         return _Endpoint(None, "localhost", port)
+
+    def endpoints(self) -> list[trust.Endpoint]:
+        endpoint, users = self._endpoint(), self.trusted_server_users()
+        if endpoint.socket:
+            return [trust.Endpoint(socket=endpoint.socket, server_users=users)]
+        return [trust.Endpoint(host=endpoint.host, port=endpoint.port, server_users=users)]
+
+    def _verifies_server(self) -> bool:
+        """TLS that proves the server is the real one: only then may a password go in clear text."""
+        return not self._endpoint().socket and self._tls_mode() in auth.VERIFYING_SSL_MODES
 
     def _tls_mode(self) -> str | None:
         """The job's ssl_mode; a CA alone means VERIFY_CA, as in MySQL's own client."""
@@ -185,10 +205,23 @@ class MysqlEngine(Engine):
             base = ["--protocol=SOCKET", f"--socket={endpoint.socket}"]
         else:
             base = ["--protocol=TCP", f"--host={endpoint.host}", f"--port={endpoint.port}"]
-        return [*base, *self._tool_tls()]
+        return [*base, *self._tool_tls(), *self._tool_plugins()]
+
+    def _tool_plugins(self) -> list[str]:
+        """MariaDB's tools load any client plugin a server names, clear-text ones included: only safe ones here.
+
+        MySQL's tools refuse mysql_clear_password on their own (without --enable-cleartext-plugin).
+        """
+        if self._verifies_server() or (self._tool_version is not None and self._tool_version.vendor == MYSQL):
+            return []
+        return [f"--plugin-dir={auth.plugin_folder(self.context.scratch)}"]
 
     def connect(self, database: str | None = None) -> Any:
-        """A PyMySQL autocommit connection as the job's account (password as a keyword, never argv)."""
+        """A PyMySQL autocommit connection as the job's account (password as a keyword, never argv).
+
+        The socket or port is checked first; a clear-text login is refused unless TLS verifies the server.
+        """
+        self.check_server()
         endpoint = self._endpoint()
         password = self.job.password.read()
         options: dict[str, Any] = {
@@ -201,12 +234,20 @@ class MysqlEngine(Engine):
             "program_name": "backup-agent",
             **self._driver_tls(),
         }
+        if not self._verifies_server():
+            options["auth_plugin_map"] = auth.refusing_plugin_map()
         if endpoint.socket:
             options["unix_socket"] = endpoint.socket
         else:
             options.update(host=endpoint.host, port=endpoint.port)
         try:
             return pymysql.connect(**options)
+        except auth.ClearTextRefused as error:
+            raise UntrustedServer(
+                f"refusing MySQL/MariaDB at {endpoint.label()}: {error.args[1]} over a connection that does not "
+                f'verify the server; the password was not sent (use ssl_mode = "VERIFY_IDENTITY" with ssl_ca, '
+                f"or an account with mysql_native_password or ed25519)"
+            ) from None
         except pymysql.MySQLError as error:
             raise ConnectionFailed(
                 f"cannot connect to MySQL/MariaDB at {endpoint.label()}: {_message(error)}"
@@ -217,7 +258,9 @@ class MysqlEngine(Engine):
 
     @contextlib.contextmanager
     def _options(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """The credentials for a tool about to start: its socket or port is checked again right now."""
         with option_file(self.job.user, self.job.password.read()) as (path, fds):
+            self.check_server()
             yield f"--defaults-file={path}", fds
 
     # --- tools ----------------------------------------------------------------------------

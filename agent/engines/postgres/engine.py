@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from agent import process
+from agent import process, trust
 from agent.engines.base import (
     EMPTY,
     MISSING,
@@ -36,12 +36,18 @@ from agent.engines.base import (
     TrailerCheck,
     options_of,
 )
+from agent.engines.postgres import handshake
 from agent.engines.postgres.archive import CustomArchiveCheck
 from agent.engines.postgres.options import PostgresOptions
-from agent.errors import ConnectionFailed, ToolError, VerificationError
+from agent.errors import ConnectionFailed, ToolError, UntrustedServer, VerificationError
 from agent.manifest import Manifest
 from agent.secrets import Secret
 
+DEFAULT_PORT = 5432
+# where the server's socket is on Debian/Ubuntu and RHEL builds (never /tmp: anyone may create names there)
+DEFAULT_SOCKET_FOLDERS = ("/run/postgresql", "/var/run/postgresql")
+REFUSE_CLEAR_TEXT = "!password"  # libpq's require_auth: any method but the clear-text one
+REQUIRE_AUTH_SINCE = 160000  # libpq 16
 CUSTOM_FORMAT = "postgresql-custom"
 GLOBALS_FORMAT = "postgresql-globals-sql"
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
@@ -137,6 +143,8 @@ class PgRestoreCheck:
 
 
 class PostgresEngine(Engine):
+    server_users = ("postgres",)
+
     @property
     def options(self) -> PostgresOptions:
         return options_of(self.job, PostgresOptions)
@@ -149,40 +157,109 @@ class PostgresEngine(Engine):
             return configured
         return _sibling(configured, name)
 
+    def _host(self) -> str:
+        """The socket folder or host, always explicit: libpq's built-in default may be /tmp.
+
+        With neither `socket` nor `host`, the first standard socket folder whose socket is the
+        server's (agent/trust.py), else TCP localhost.
+        """
+        if self.job.socket or self.job.host:
+            return str(self.job.socket or self.job.host)
+        for folder in DEFAULT_SOCKET_FOLDERS:
+            path = f"{folder}/.s.PGSQL.{self._port()}"
+            if os.path.exists(path) and trust.check_socket(path, self.trusted_server_users()) is None:
+                return folder
+        return "localhost"
+
+    def _port(self) -> int:
+        return self.job.port or DEFAULT_PORT
+
+    def endpoints(self) -> list[trust.Endpoint]:
+        """Each host of the (libpq, comma-separated) list: a socket folder's socket, or host and port."""
+        users = self.trusted_server_users()
+        found = []
+        for host in self._host().split(","):
+            if host.startswith("/"):
+                found.append(trust.Endpoint(socket=f"{host}/.s.PGSQL.{self._port()}", server_users=users))
+            else:
+                found.append(trust.Endpoint(host=host, port=self._port(), server_users=users))
+        return found
+
     def _connection_args(self) -> list[str]:
-        args: list[str] = []
-        host = self.job.socket or self.job.host
-        if host:
-            args.append(f"--host={host}")
-        if self.job.port:
-            args.append(f"--port={self.job.port}")
+        args = [f"--host={self._host()}", f"--port={self._port()}"]
         if self.job.user:
             args.append(f"--username={self.job.user}")
         return [*args, "--no-password"]
 
+    def _tool_environment(self) -> dict[str, str]:
+        """TLS settings (paths and a mode: no secret) and, for a libpq 16+ tool, the clear-text refusal."""
+        environment = {f"PG{key.upper()}": value for key, value in self.options.tls_settings().items()}
+        if not self.options.verifies_server:
+            environment["PGREQUIREAUTH"] = REFUSE_CLEAR_TEXT  # ignored by libpq < 16: see connect()
+        return environment
+
     def _server_label(self) -> str:
-        if self.job.socket:
-            return f"{self.job.socket} (socket)"
-        return f"{self.job.host or 'localhost'}:{self.job.port or 5432}"
+        host = self._host()
+        if host.startswith("/"):
+            return f"{host} (socket)"
+        return f"{host}:{self._port()}"
 
     def connect(self, database: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A psycopg connection; the server's socket or port and its way of asking for the password are
+        checked first, so no password reaches an impostor (also right before each tool: see `_driver_check`)."""
+        self.check_server()
         password = self.job.password.read()
         params: dict[str, Any] = {
             "dbname": database,
-            "host": self.job.socket or self.job.host,
-            "port": self.job.port,
+            "host": self._host(),
+            "port": self._port(),
             "user": self.job.user,
             "connect_timeout": max(1, int(self.job.connect_timeout.total_seconds())),
             "application_name": "backup-agent",
+            **self.options.tls_settings(),
         }
+        if not self.options.verifies_server:
+            if psycopg.pq.version() >= REQUIRE_AUTH_SINCE:
+                params["require_auth"] = REFUSE_CLEAR_TEXT
+            else:
+                self._refuse_clear_text_by_handshake(database)
         if password is not None:
             params["password"] = password.reveal()
         try:
             return psycopg.connect(autocommit=autocommit, **{k: v for k, v in params.items() if v is not None})
         except psycopg.OperationalError as error:
+            if "authentication method requirement" in str(error) and "cleartext" in str(error):
+                raise self._clear_text_refused() from None
             raise ConnectionFailed(
                 f"cannot connect to PostgreSQL at {self._server_label()}: {_first_line(error)}"
             ) from None
+
+    def _driver_check(self, database: str = "postgres") -> None:
+        """Right before a tool starts: the driver connects as the tool will, refusing what the tool cannot.
+
+        pg_dump, pg_dumpall, pg_restore and psql of PostgreSQL 15 link the system's libpq 15, which
+        sends the password in clear text to whatever asks for it.
+        """
+        self.connect(database).close()
+
+    def _refuse_clear_text_by_handshake(self, database: str) -> None:
+        """For a driver whose libpq has no require_auth: ask each endpoint how it wants the password."""
+        timeout = max(1.0, self.job.connect_timeout.total_seconds())
+        for endpoint in self.endpoints():
+            address = endpoint.socket or (str(endpoint.host), self._port())
+            try:
+                method = handshake.asked_method(address, self.job.user or "postgres", database, timeout)
+            except OSError:
+                continue  # unreachable: the driver's own connection says so
+            if method == handshake.AUTH_CLEARTEXT:
+                raise self._clear_text_refused()
+
+    def _clear_text_refused(self) -> UntrustedServer:
+        return UntrustedServer(
+            f"the PostgreSQL server at {self._server_label()} asked for the password in clear text (libpq's "
+            f"password method) over a connection that does not verify the server: refused, the password was "
+            f'not sent; use sslmode = "verify-full" (or verify-ca) with sslrootcert, or a scram-sha-256 account'
+        )
 
     # --- the engine interface --------------------------------------------------------------
     def probe(self) -> ServerInfo:
@@ -241,7 +318,8 @@ class PostgresEngine(Engine):
         return self._dump_database(target.database, sink)
 
     def _command(self, argv: list[str], env: dict[str, str], fds: tuple[int, ...]) -> process.Command:
-        return process.Command(tuple(argv), env=env, pass_fds=fds, nice=self.job.nice, ionice=self.job.ionice)
+        environment = {**self._tool_environment(), **env}
+        return process.Command(tuple(argv), env=environment, pass_fds=fds, nice=self.job.nice, ionice=self.job.ionice)
 
     def _dump_globals(self, sink: Sink) -> DumpDetails:
         details = DumpDetails()
@@ -252,6 +330,7 @@ class PostgresEngine(Engine):
             argv.append("--no-role-passwords")
             details.warnings.append("not a superuser: role passwords are not in the globals dump")
         with passfile(self.job.user, self.job.password.read()) as (env, fds):
+            self._driver_check()
             child = process.start(self._command(argv, env, fds))
             process.stream_stdout(child, sink, self.context.limits, "pg_dumpall")
         return details
@@ -274,6 +353,7 @@ class PostgresEngine(Engine):
                 f"--dbname=dbname={_conninfo_value(database)}",
             ]
             with passfile(self.job.user, self.job.password.read()) as (env, fds):
+                self.check_server()  # the snapshot holder has just connected through the driver's checks
                 child = process.start(self._command(argv, env, fds))
                 counter = _RowCounter(snapshot_holder)
                 counter.start()
@@ -342,6 +422,7 @@ class PostgresEngine(Engine):
                 argv += ["--no-owner", "--no-privileges"]
             argv += [f"--table={table}" for table in tables]
         with passfile(self.job.user, self.job.password.read()) as (env, fds):
+            self._driver_check(database)
             child = process.start(self._command(argv, env, fds), stdin=process.PIPE, stdout=process.DEVNULL)
             process.feed_stdin(child, chunks, f"{Path(argv[0]).name} into {database!r}")
 
