@@ -350,21 +350,33 @@ def _reaches(listener: Listener, address: ipaddress.IPv4Address | ipaddress.IPv6
     return bound == address or bound.is_unspecified
 
 
+@dataclass(frozen=True, slots=True)
+class ServerProblem:
+    """Why no password may go to an endpoint; `down` when simply nothing is there (not an impostor)."""
+
+    message: str
+    down: bool = False
+
+
 def port_problem(
     listeners: Iterable[Listener],
     addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
     port: int,
     trusted: Trusted,
     label: str,
-) -> str | None:
-    """For a server on this machine's loopback: every socket that could take the connection is the server's."""
+) -> ServerProblem | None:
+    """For a server on this machine's loopback: every socket that could take the connection is the server's.
+
+    When nothing listens the server is down; the caller reports that as a failed connection
+    rather than letting the driver try (someone could bind the port in between).
+    """
     reaching = [item for item in listeners if item.port == port and any(_reaches(item, a) for a in addresses)]
     if not reaching:
-        return f"nothing listens on {label}: the server is not running (or listens elsewhere)"
+        return ServerProblem(f"nothing listens on {label}: the server is not running (or listens elsewhere)", True)
     strangers = sorted({item.uid for item in reaching if item.uid not in trusted.uids})
     if strangers:
         owners = ", ".join(account_name(uid) for uid in strangers)
-        return (
+        return ServerProblem(
             f"{label} is held by {owners}, not {trusted.describe()}: not the server's, the password is not "
             f"sent (set server_user if the server runs under another account)"
         )
@@ -475,7 +487,7 @@ def read_listeners(tables: Sequence[Path] = PROC_NET_TCP) -> list[Listener] | No
     return listeners if readable else None
 
 
-def check_port(host: str, port: int, server_users: Sequence[str]) -> str | None:
+def check_port(host: str, port: int, server_users: Sequence[str]) -> ServerProblem | None:
     """A server on this machine's loopback (by name or address): the port must be held by the server's user.
 
     A remote host is not checked (its ports are not this machine's); use TLS that verifies it.
@@ -485,7 +497,7 @@ def check_port(host: str, port: int, server_users: Sequence[str]) -> str | None:
         return None
     listeners = read_listeners()
     if listeners is None:
-        return f"cannot tell who listens on {host}:{port}: /proc/net/tcp is not readable"
+        return ServerProblem(f"cannot tell who listens on {host}:{port}: /proc/net/tcp is not readable")
     return port_problem(listeners, addresses, port, server_accounts(server_users), f"{host}:{port}")
 
 
@@ -498,9 +510,10 @@ class Endpoint:
     port: int | None = None
     server_users: tuple[str, ...] = field(default=())
 
-    def problem(self) -> str | None:
+    def problem(self) -> ServerProblem | None:
         if self.socket is not None:
-            return check_socket(self.socket, self.server_users)
+            problem = check_socket(self.socket, self.server_users)
+            return ServerProblem(problem) if problem is not None else None
         if self.host is not None and self.port is not None:
             return check_port(self.host, self.port, self.server_users)
         return None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from agent import trust
-from agent.errors import UntrustedServer, UsageError
+from agent.errors import ConnectionFailed, UntrustedServer, UsageError
 from agent.process import StreamLimits
 
 if TYPE_CHECKING:
@@ -203,8 +203,10 @@ class Engine(ABC):
         """
         for endpoint in self.endpoints():
             problem = endpoint.problem()
+            if problem is not None and problem.down:
+                raise ConnectionFailed(f"cannot connect to the {self.name} server: {problem.message}")
             if problem is not None:
-                raise UntrustedServer(f"refusing to connect to the {self.name} server: {problem}")
+                raise UntrustedServer(f"refusing to connect to the {self.name} server: {problem.message}")
 
     @abstractmethod
     def probe(self) -> ServerInfo:

@@ -67,13 +67,14 @@ def test_a_port_held_by_the_servers_account_passes() -> None:
 def test_a_port_another_user_holds_is_refused_naming_the_owner(port: int, addresses: list[object]) -> None:
     problem = trust.port_problem(listeners(), addresses, port, TRUSTED, f"localhost:{port}")  # type: ignore[arg-type]
 
-    assert problem is not None and f"localhost:{port} is held by" in problem and "not the server's" in problem
+    assert problem is not None and not problem.down
+    assert f"localhost:{port} is held by" in problem.message and "not the server's" in problem.message
 
 
 def test_a_port_nobody_listens_on_is_named_as_such() -> None:
     problem = trust.port_problem(listeners(), LOOPBACK_4, 6000, TRUSTED, "localhost:6000")
 
-    assert problem is not None and "nothing listens on localhost:6000" in problem
+    assert problem is not None and problem.down and "nothing listens on localhost:6000" in problem.message
 
 
 def test_an_established_connection_is_not_a_listener() -> None:

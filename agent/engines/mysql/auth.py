@@ -14,6 +14,7 @@ VERIFY_IDENTITY):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from pathlib import Path
@@ -61,10 +62,10 @@ def _refuser(plugin: str) -> type:
 def plugin_folder(scratch: Path) -> Path:
     """A private folder of the client plugins the tools may load: links to the system's safe ones.
 
-    Under the job's scratch folder (created 0700 if missing); a plugin someone else could have
-    changed is not linked.
+    Beside the jobs' scratch folders (whose leftovers each run sweeps), created 0700 if missing;
+    a plugin someone else could have changed is not linked.
     """
-    folder = trust.private_folder(scratch / _PLUGIN_FOLDER)
+    folder = trust.private_folder(scratch.parent / _PLUGIN_FOLDER)
     for name in SAFE_TOOL_PLUGINS:
         link = folder / f"{name}.so"
         source = _system_plugin(name)
@@ -74,9 +75,10 @@ def plugin_folder(scratch: Path) -> Path:
             continue
         if link.is_symlink() and os.readlink(link) == str(source):
             continue
-        if link.is_symlink() or link.exists():
+        with contextlib.suppress(FileNotFoundError):
             link.unlink()
-        link.symlink_to(source)
+        with contextlib.suppress(FileExistsError):  # another job's run made it at the same moment
+            link.symlink_to(source)
     return folder
 
 
