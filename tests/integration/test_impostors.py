@@ -150,14 +150,19 @@ def test_a_mysql_socket_in_a_folder_others_can_write_is_never_used(
         assert_no_password(fake)
 
 
-def test_no_socket_in_tmp_is_tried_when_the_job_names_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    planted = Path("/tmp/mysql.sock")  # the name the old fixed list ended with
-    if planted.exists() or planted.is_symlink():
-        pytest.skip(f"{planted} exists on this machine; not replacing it")
+def test_a_standard_socket_someone_else_planted_is_never_tried(
+    tmp_path: Path, shared_folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no host or socket, only a standard socket that is the server's is used (never /tmp/mysql.sock)."""
+    from agent.engines.mysql import engine as mysql_engine
+
+    assert all(not path.startswith("/tmp/") for path in mysql_engine.DEFAULT_SOCKETS)
+    planted = shared_folder / "mysql.sock"
+    monkeypatch.setattr(mysql_engine, "DEFAULT_SOCKETS", (str(tmp_path / "missing.sock"), str(planted)))
     with impostor("mysql", socket_path=planted) as fake:
         config = write_config(tmp_path, {"shop": job("mariadb", tmp_path)})
 
-        run(config, capsys, "backup")
+        run(config, capsys, "backup")  # then TCP localhost:3306, whoever holds it (checked the same way)
 
         assert fake.connections() == 0
         assert_no_password(fake)
