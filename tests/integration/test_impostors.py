@@ -207,13 +207,9 @@ def test_a_postgres_server_asking_for_clear_text_gets_no_password_from_driver_or
 def test_restore_onto_a_server_asking_for_clear_text_sends_no_password(
     pg_server: PostgresServer, pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = {
-        "host": pg_server.host,
-        "port": pg_server.port,
-        "include_globals": False,
-        "password_file": str(password_file(tmp_path, pg_server.password)),
-    }
-    config = write_config(tmp_path, {"main": {**job("postgresql", tmp_path, **source), "databases": [pg_database]}})
+    source = job("postgresql", tmp_path, host=pg_server.host, port=pg_server.port, include_globals=False)
+    password_file(tmp_path, pg_server.password)  # the real server's, in the job's password file
+    config = write_config(tmp_path, {"main": {**source, "databases": [pg_database]}})
     assert run_cli(config, "backup") == 0
     config.write_text(config.read_text().replace("[jobs.main]", f'[jobs.main]\nserver_user = "{IMPOSTOR_USER}"'))
     with impostor("postgres") as fake:
@@ -223,6 +219,8 @@ def test_restore_onto_a_server_asking_for_clear_text_sends_no_password(
             "restore",
             "--job",
             "main",
+            "--database",
+            pg_database,
             "--into",
             "copy",
             "--target-url",

@@ -68,6 +68,7 @@ class PostgresServer:
     bin_dir: str
     data_dir: str
     _process: ServerProcess = field(repr=False, compare=False)
+    tls_ca: str | None = None  # the server's self-signed certificate, as a CA for sslmode=verify-ca
 
     def connect(self, database: str = "postgres", **kw: Any) -> psycopg.Connection[Any]:
         """An autocommit connection as ``user`` over TCP with the password."""
@@ -191,6 +192,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         socket_dir = base / "socket"
         port = free_port()
         _init_cluster(bin_dir, data_dir, socket_dir, port, base, run_as)
+        tls_ca = _enable_tls(data_dir, base, run_as)
         process = ServerProcess(
             [str(Path(bin_dir) / "postgres"), "-D", str(data_dir)],
             log_path=base / "postgres.log",
@@ -208,6 +210,7 @@ def running_postgres() -> Iterator[PostgresServer]:
             bin_dir=bin_dir,
             data_dir=str(data_dir),
             _process=process,
+            tls_ca=tls_ca,
         )
         try:
             server.start()
@@ -222,6 +225,27 @@ def running_postgres() -> Iterator[PostgresServer]:
             process.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _enable_tls(data_dir: Path, base: Path, run_as: str | None) -> str | None:
+    """A self-signed certificate for 127.0.0.1 and `ssl = on` (clients that do not ask still connect
+    without TLS); None without openssl. Returns the certificate, readable by anyone, as the CA."""
+    if shutil.which("openssl") is None:
+        return None
+    certificate, key = data_dir / "server.crt", data_dir / "server.key"
+    run_command(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+    )  # fmt: skip
+    key.chmod(0o600)
+    for path in (certificate, key):
+        give_to(path, run_as)
+    authority = base / "ca.pem"
+    shutil.copyfile(certificate, authority)
+    authority.chmod(0o644)
+    with (data_dir / "postgresql.conf").open("a") as config:
+        config.write("ssl = on\n")
+    return str(authority)
 
 
 def _init_cluster(bin_dir: str, data_dir: Path, socket_dir: Path, port: int, base: Path, run_as: str | None) -> None:
