@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent import engines
 from agent.config import Config
 from agent.engines import engine_class
 from agent.engines.base import EngineContext
@@ -21,6 +22,8 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
         engine = engine_class(job.engine)(job, EngineContext(layout.root, layout.scratch(name), StreamLimits()))
         try:
             engine.check_server()  # local facts only (socket and port owners): also offline
+            if discover and job.databases is not None and engines.family(job.engine).connects:
+                engine.discover()  # a listed job connects too: a server that asks for clear text is named
             targets = engine.targets() if discover or job.databases is not None else engine.extra_targets()
         except UntrustedServer as error:
             targets = []

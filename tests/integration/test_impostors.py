@@ -105,6 +105,8 @@ def test_a_mysql_server_asking_for_clear_text_gets_no_password_from_the_driver(
         assert "asked for the password in clear text (mysql_clear_password)" in output
         code, output = run(config, capsys, "doctor")
         assert code == 1 and "in clear text" in output
+        code, output = run(config, capsys, "check-config")
+        assert code == 1 and "in clear text" in output
 
         assert fake.connections() >= 2  # it was asked, twice, and answered nothing
         assert_no_password(fake)
@@ -198,6 +200,8 @@ def test_a_postgres_server_asking_for_clear_text_gets_no_password_from_driver_or
         assert code == 1
         assert "asked for the password in clear text" in output
         code, output = run(config, capsys, "doctor")
+        assert code == 1 and "in clear text" in output
+        code, output = run(config, capsys, "check-config")
         assert code == 1 and "in clear text" in output
 
         assert fake.connections() >= 1
