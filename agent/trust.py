@@ -388,18 +388,29 @@ def port_problem(
 
 
 def _components(path: str) -> list[str]:
-    return [part for part in os.path.normpath(path).split("/") if part]
+    """Path components as written (`..` kept: it is resolved against the real folder reached so far)."""
+    return [part for part in path.split("/") if part and part != "."]
 
 
 def walk(path: str | os.PathLike[str], *, follow_final: bool) -> Walk:
-    """lstat every entry from `/` to `path`, following links on the way (and the last one if asked)."""
-    pending = _components(os.path.abspath(path))
+    """lstat every entry from `/` to `path`, following links on the way (and the last one if asked).
+
+    The folders reached are always real (links resolved), so `..` means what the kernel makes of it.
+    """
+    text = os.fspath(path)
+    pending = _components(text if text.startswith("/") else os.path.join(os.getcwd(), text))
     root = Entry.of("/", os.lstat("/"))
     steps: list[Step] = [Step(root, None)]
-    folder, current, hops = root, "/", 0
+    trail: list[Step] = [steps[0]]  # the real folders from / to the current one
+    hops = 0
     while pending:
         name = pending.pop(0)
-        candidate = os.path.join(current, name)
+        if name == "..":
+            if len(trail) > 1:
+                trail.pop()
+            continue
+        folder = trail[-1].entry
+        candidate = os.path.join(folder.path, name)
         try:
             status = os.lstat(candidate)
         except FileNotFoundError:
@@ -410,19 +421,21 @@ def walk(path: str | os.PathLike[str], *, follow_final: bool) -> Walk:
         if stat.S_ISLNK(status.st_mode) and (pending or follow_final):
             hops += 1
             if hops > _MAX_LINK_HOPS:
-                return Walk(tuple(steps), None, f"{path}: too many levels of symbolic links")
+                return Walk(tuple(steps), None, f"{text}: too many levels of symbolic links")
             steps.append(step)
-            target = os.path.join(current, os.readlink(candidate))
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                del trail[1:]
             pending = _components(target) + pending
-            folder, current = root, "/"
             continue
         if not pending:
             return Walk(tuple(steps), step)
         if not stat.S_ISDIR(status.st_mode):
             return Walk(tuple(steps), None, f"{candidate} is not a folder")
         steps.append(step)
-        folder, current = step.entry, candidate
-    return Walk(tuple(steps[:-1]), steps[-1]) if len(steps) > 1 else Walk((), steps[0])
+        trail.append(step)
+    final = trail[-1]
+    return Walk(tuple(item for item in steps if item is not final), final)
 
 
 def check_place(path: Path, *, trusted: Trusted | None = None) -> str | None:
