@@ -277,3 +277,20 @@ def test_a_good_setup_has_no_planted_path_problems(tmp_path: Path, capsys: pytes
     assert code == 0, output
     assert run_cli(config, "backup") == 0
     assert (tmp_path / "agent.prom").exists()
+
+
+@pytest.mark.parametrize("folder", [".agent/locks", ".agent/tmp", ".agent/tmp/app"])
+def test_a_lock_or_scratch_folder_someone_else_could_write_is_not_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], folder: str
+) -> None:
+    config = config_with(tmp_path, sqlite_job(tmp_path))
+    assert run_cli(config, "backup") == 0
+    shared = tmp_path / "storage" / folder
+    shared.chmod(0o777)  # a lock or a scratch file planted here would be the agent's to trust
+    capsys.readouterr()
+
+    code = run_cli(config, "backup")
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{shared} is writable by group or others" in captured.out + captured.err
