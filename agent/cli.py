@@ -89,6 +89,8 @@ def command_backup(args: argparse.Namespace) -> int:
             label = target.database or f"({target.kind})"
             if target.status == Status.OK:
                 print(f"ok      {name} {label} -> {target.path}")
+            elif target.status == Status.INTERRUPTED:
+                print(f"INTERRUPTED {name} {label}: {target.message}")
             else:
                 print(f"FAILED  {name} {label}: {target.message}")
         if not outcome.ok:

@@ -36,7 +36,7 @@ from agent.drill import run_drills
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
 from agent.observed import run_job
 from agent.outcome import Reason, RunOutcome, Status
-from agent.records import recent_durations, record_next_runs
+from agent.records import read_history, recent_durations, record_next_runs
 from agent.schedule import (
     BEFORE_SNAPSHOTS,
     Plan,
@@ -96,6 +96,12 @@ def last_good_backup(storage: Path, job: str) -> datetime | None:
         if moment is not None and (newest is None or moment > newest):
             newest = moment
     return newest
+
+
+def was_interrupted(storage: Path, job: str) -> bool:
+    """Whether a planned stop cut the job's last attempt at some database short."""
+    history = read_history(storage).get(job)
+    return history is not None and any(record.last_status == Status.INTERRUPTED for record in history.databases)
 
 
 class PlanTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no type hints
@@ -343,6 +349,8 @@ class Daemon:
 
     def _add(self, config: Config, name: str, plan: Plan, now: datetime, *, check_catch_up: bool) -> None:
         last_good = last_good_backup(config.storage.path, name) if check_catch_up else None
+        if check_catch_up and was_interrupted(config.storage.path, name):
+            last_good = None  # the last run was cut short by a stop: its databases are owed a run
         owed = catch_up(plan, now, last_good) if check_catch_up else None
         trigger = PlanTrigger(functools.partial(self.plan, name), owed.run_at if owed else None)
         scheduled = self.scheduler.add_job(
@@ -480,7 +488,7 @@ class Daemon:
         else:
             reasons = [outcome.reason] if outcome.reason else []
             reasons += [target.reason for target in outcome.targets if target.status != Status.OK]
-            level = logger.warning if outcome.status == Status.SKIPPED else logger.error
+            level = logger.warning if outcome.status == Status.SKIPPED or outcome.interrupted else logger.error
             level("job.finished", reason=",".join(dict.fromkeys(reasons)) or outcome.status, **fields)
         return outcome
 
@@ -520,9 +528,11 @@ class Daemon:
 
 
 def _status_of(outcome: RunOutcome) -> Status:
-    """ok, skipped, or failed (also when only some databases failed)."""
+    """ok, skipped, interrupted (a planned stop), or failed (also when only some databases failed)."""
     if outcome.ok:
         return Status.OK
+    if outcome.interrupted:
+        return Status.INTERRUPTED
     return Status.SKIPPED if outcome.status == Status.SKIPPED else Status.FAILED
 
 

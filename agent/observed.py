@@ -85,7 +85,7 @@ class ObservedRun:
         record_databases(storage, outcome, requested=self.requested, configured=self.job.databases)
         if self.config.metrics.textfile is not None:
             metrics.write_textfile(self.config)
-        if self.started_notified:
+        if self.started_notified and not outcome.interrupted and outcome.reason != Reason.NOT_FOUND:
             self._notify_end(outcome)
             self.notifier.wait()
         record_job(storage, outcome, next_run=self.next_run())
@@ -93,6 +93,8 @@ class ObservedRun:
     def _run_result_hooks(self, outcome: RunOutcome) -> None:
         settings = self.job.hooks
         for target in outcome.targets:
+            if target.status == Status.INTERRUPTED:  # a planned stop is not a failure
+                continue
             argv = settings.after if target.status == Status.OK else settings.on_failure
             name = hooks.AFTER if target.status == Status.OK else hooks.ON_FAILURE
             if argv is None:
@@ -101,7 +103,12 @@ class ObservedRun:
                 name, target.status, target.database, target.kind, target=target, reason=target.reason
             )
             hooks.run_hook(name, argv, timeout=settings.timeout, environment=environment, log=self.log)
-        if not outcome.targets and outcome.status == Status.FAILED and settings.on_failure is not None:
+        if (
+            not outcome.targets
+            and outcome.status == Status.FAILED
+            and outcome.reason != Reason.NOT_FOUND
+            and settings.on_failure is not None
+        ):
             environment = self._environment(
                 hooks.ON_FAILURE,
                 Status.FAILED,

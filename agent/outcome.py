@@ -27,6 +27,7 @@ class Status(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"  # another run of the job held its lock
     REFUSED = "refused"  # the dump would not fit the disk budget (see agent/prune.py)
+    INTERRUPTED = "interrupted"  # a planned stop (SIGTERM/SIGINT): not a failure, rerun at the next start
 
 
 class Reason(StrEnum):
@@ -38,6 +39,8 @@ class Reason(StrEnum):
     HOOK_FAILED = "hook_failed"
     LOCKED = "locked"
     INTERRUPTED = "interrupted"
+    SHUTDOWN = "shutdown"  # the agent was told to stop while a dump ran
+    NOT_FOUND = "not_found"  # the database asked for does not exist on the server: no series is made
     NO_SPACE = "no_space"
     IO_ERROR = "io_error"
 
@@ -69,6 +72,18 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.status == Status.OK and all(target.status == Status.OK for target in self.targets)
+
+    @property
+    def interrupted(self) -> bool:
+        """A planned stop ended the run: nothing failed, but something was left undone."""
+        if self.status == Status.INTERRUPTED:
+            return True
+        unfinished = [target for target in self.targets if target.status != Status.OK]
+        return (
+            self.status == Status.OK
+            and bool(unfinished)
+            and all(target.status == Status.INTERRUPTED for target in unfinished)
+        )
 
     @property
     def finished_at(self) -> datetime:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from agent.log import get_logger
-from agent.outcome import RunOutcome, Status, TargetKind, TargetOutcome
+from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
 from agent.schedule import RECENT_DURATIONS_KEPT
 from agent.storage import StorageLayout, waiting_lock
 from agent.writer import replace_file_atomically
@@ -35,7 +35,7 @@ class JobState(msgspec.Struct):
     """What the agent remembers about one job; times are ISO 8601 UTC strings."""
 
     last_start: str | None = None
-    last_status: Status | None = None  # ok | failed | skipped
+    last_status: Status | None = None  # ok | failed | skipped | interrupted
     last_reason: str | None = None
     last_duration: float | None = None
     last_success: str | None = None
@@ -52,7 +52,7 @@ class DatabaseRecord(msgspec.Struct):
     kind: TargetKind
     database: str
     last_attempt: str | None = None
-    last_status: Status | None = None  # ok | failed | refused
+    last_status: Status | None = None  # ok | failed | refused | interrupted
     last_success: str | None = None
     last_duration: float | None = None
     last_failure: str | None = None
@@ -162,12 +162,17 @@ def apply_to_state(state: JobState, outcome: RunOutcome, next_run: datetime | No
     if outcome.status == Status.SKIPPED:
         state.last_status, state.last_reason = Status.SKIPPED, outcome.reason or None
         return state
+    if outcome.reason == Reason.NOT_FOUND:  # `backup --database TYPO`: nothing about the job changed
+        return state
     state.last_start = _iso(outcome.started_at)
     state.last_duration = outcome.duration_seconds
     if outcome.ok:
         state.last_status, state.last_reason = Status.OK, None
         state.last_success = _iso(outcome.finished_at)
         state.recent_durations = [*state.recent_durations, outcome.duration_seconds][-RECENT_DURATIONS_KEPT:]
+        return state
+    if outcome.interrupted:  # a planned stop: not a failure
+        state.last_status, state.last_reason = Status.INTERRUPTED, Reason.SHUTDOWN
         return state
     reason, message = outcome.failure()
     state.last_status, state.last_reason = Status.FAILED, reason
@@ -184,19 +189,19 @@ def apply_to_history(
     A run that failed before it reached any database (probe, hook) counts against every database it
     meant to dump: `requested`, else the `configured` list, else those of the last full run.
     """
-    if outcome.status == Status.SKIPPED:
+    if outcome.status == Status.SKIPPED or outcome.reason == Reason.NOT_FOUND:  # no series for a typo
         return
     finished = outcome.finished_at.isoformat()
     for target in outcome.targets:
         _apply_target(history.record(target.kind, target.database), target, finished)
-    if not outcome.targets and outcome.status == Status.FAILED:
+    if not outcome.targets and outcome.status in (Status.FAILED, Status.INTERRUPTED):
         if requested is not None:
             names: list[str] = [requested]
         elif configured is not None:
             names = list(configured)
         else:
             names = list(history.last_full_run_databases or [])
-        failed = TargetOutcome("", TargetKind.DATABASE, Status.FAILED, reason=outcome.reason, message=outcome.message)
+        failed = TargetOutcome("", TargetKind.DATABASE, outcome.status, reason=outcome.reason, message=outcome.message)
         for name in names:
             _apply_target(history.record(TargetKind.DATABASE, name), failed, finished)
     elif requested is None and outcome.targets:
@@ -212,6 +217,8 @@ def _apply_target(record: DatabaseRecord, target: TargetOutcome, finished: str) 
     if target.status == Status.OK:
         record.last_success = finished
         record.last_duration = target.manifest.duration_seconds if target.manifest else None
+        return
+    if target.status == Status.INTERRUPTED:  # a planned stop is no failure: rerun at the next start
         return
     record.last_failure = finished
     record.last_failure_reason = target.reason or target.status

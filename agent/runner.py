@@ -63,10 +63,16 @@ def _reason_for(error: BaseException) -> str:
     return type(error).__name__.removesuffix("Error").lower() or "error"
 
 
-def _failed(target: DumpTarget, error: Exception, log: BoundLogger) -> TargetOutcome:
+def _failed(target: DumpTarget, error: Exception, log: BoundLogger, *, stopping: bool = False) -> TargetOutcome:
     """Log one target's failure (reason, message, the tool's stderr tail; the traceback of an
-    unexpected error) and return its outcome."""
+    unexpected error) and return its outcome. A dump cut short by a planned stop (`stopping`, or
+    the tool stopped for shutdown) is interrupted, not failed: a warning, rerun at the next start."""
     reason = _reason_for(error)
+    if stopping or reason == Reason.SHUTDOWN:
+        log.warning("backup.interrupted", reason=Reason.SHUTDOWN, error=str(error))
+        return TargetOutcome(
+            target.database, TargetKind(target.kind), Status.INTERRUPTED, reason=Reason.SHUTDOWN, message=str(error)
+        )
     message = str(error) if reason != Reason.INTERNAL_ERROR else f"{type(error).__name__}: {error}"
     tail = error.stderr_tail if isinstance(error, DumpError) else ""
     traceback = error if reason == Reason.INTERNAL_ERROR else None
@@ -160,10 +166,25 @@ class JobRun:
             info = engine.probe()
             targets = engine.targets(database)
         except AgentError as error:
+            if self.limits.should_stop():
+                outcome.status, outcome.reason, outcome.message = Status.INTERRUPTED, Reason.SHUTDOWN, str(error)
+                self.log.warning("backup.interrupted", reason=Reason.SHUTDOWN, error=str(error))
+                return
             outcome.status, outcome.reason, outcome.message = Status.FAILED, _reason_for(error), str(error)
             self.log.error("backup.failed", reason=outcome.reason, error=str(error))
             return
         for target in targets:
+            if self.limits.should_stop():  # a planned stop: what is left is interrupted, not failed
+                outcome.targets.append(
+                    TargetOutcome(
+                        target.database,
+                        TargetKind(target.kind),
+                        Status.INTERRUPTED,
+                        reason=Reason.SHUTDOWN,
+                        message="not started: the agent is shutting down",
+                    )
+                )
+                continue
             outcome.targets.append(self.dump_target(engine, info, target))
         self._apply_retention(outcome)
 
@@ -230,13 +251,13 @@ class JobRun:
                 check.abort()
             if writer is not None:
                 writer.abort()
-            return _failed(target, error, log)
+            return _failed(target, error, log, stopping=self.limits.should_stop())
         except BaseException:
             if check is not None:
                 check.abort()
             if writer is not None:
                 writer.abort()
-            log.warning("backup.failed", reason=Reason.INTERRUPTED, error="the run was interrupted")
+            log.warning("backup.interrupted", reason=Reason.INTERRUPTED, error="the run was interrupted")
             raise
         finished_at = datetime.now(UTC)
         manifest = Manifest(

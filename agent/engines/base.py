@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from agent import trust
-from agent.errors import ConnectionFailed, UntrustedServer, UsageError
+from agent.errors import ConnectionFailed, DumpError, UntrustedServer, UsageError
 from agent.process import StreamLimits
 
 if TYPE_CHECKING:
@@ -216,6 +216,10 @@ class Engine(ABC):
     def discover(self) -> list[str]:
         """Every database on the server the job could dump (before include/exclude)."""
 
+    def database_exists(self, database: str) -> bool:
+        """Whether `database` is one the job could dump (`backup --database`)."""
+        return database in self.discover()
+
     def extra_targets(self) -> list[DumpTarget]:
         """Server-wide files (globals, grants) dumped once per run."""
         return []
@@ -277,6 +281,8 @@ class Engine(ABC):
     def targets(self, only_database: str | None = None) -> list[DumpTarget]:
         """The files this run makes: server-wide ones first, then each selected database."""
         if only_database is not None:
+            if not self.database_exists(only_database):  # a typo must not start a series of its own
+                raise DumpError(f"there is no database {only_database!r} on the server", reason="not_found")
             return [self.database_target(only_database)]
         return [*self.extra_targets(), *(self.database_target(name) for name in self.selected_databases())]
 

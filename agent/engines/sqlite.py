@@ -110,6 +110,9 @@ class SqliteEngine(Engine):
     def discover(self) -> list[str]:
         return list(self.job.databases or ())
 
+    def database_exists(self, database: str) -> bool:
+        return os.path.isfile(database)
+
     def database_target(self, database: str) -> DumpTarget:
         return DumpTarget(database, kind="database", extension="sqlite", format=SQLITE_FORMAT)
 

@@ -243,7 +243,7 @@ def test_sigterm_escalates_to_sigkill_for_a_tool_ignoring_sigterm_within_the_shu
     assert code == (0 if verb == "run" else 128 + signal.SIGTERM)
     assert process_gone(tool_pid), "the tool that ignores SIGTERM outlived the agent"
     assert partial_files(tmp_path / "storage") == []
-    assert "shutdown" in [event["reason"] for event in events_named(tmp_path, "backup.failed")]
+    assert "shutdown" in [event["reason"] for event in events_named(tmp_path, "backup.interrupted")]
     if verb == "run":
         assert events_named(tmp_path, "daemon.stopped")[-1]["clean"] is True
     use_real_tool(tmp_path)

@@ -375,7 +375,7 @@ def test_sigterm_during_a_dump_exits_zero_in_time_without_partials_and_keeps_ear
     assert took < 5
     assert partial_files(storage) == []
     assert process_gone(int((tmp_path / "hang.pid").read_text()))
-    assert "shutdown" in [event["reason"] for event in daemon.events("backup.failed")]
+    assert "shutdown" in [event["reason"] for event in daemon.events("backup.interrupted")]
     assert daemon.events("daemon.stopped")[-1]["clean"] is True
     verify = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(config), "verify", "--job", "main"],
