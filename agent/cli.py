@@ -256,16 +256,18 @@ def command_restore(args: argparse.Namespace) -> int:
 
 
 def command_drill(args: argparse.Namespace) -> int:
-    from agent.drill import PASSED, run_drills
+    from agent.drill import PASSED
+    from agent.observed import drill_job
 
     config = _load(args)
     failed = False
-    for job in _job_names(config, args.job):
-        for result in run_drills(config, job):
+    for job in _job_names(config, args.job):  # a failed job's drill never stops the next job's
+        for result in drill_job(config, job):
             failed |= result.status != PASSED
-            detail = "; ".join(result.differences) or result.reason
-            suffix = f": {detail}" if detail else ""
-            print(f"{result.status.upper():8} {job}/{result.database} {result.path}{suffix}")
+            detail = f"{result.reason}: {result.message}" if result.reason else ""
+            suffix = f" {detail}" if detail else ""
+            where = f"{job}/{result.database} {result.path}" if result.database else job
+            print(f"{result.status.upper():8} {where}{suffix}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -31,10 +31,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from agent import __version__, catalog, log, process
+from agent.activity import DaemonRecord, remove_daemon_record, write_daemon_record
 from agent.config import Config, JobConfig, load_config
-from agent.drill import run_drills
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
-from agent.observed import run_job
+from agent.observed import drill_job, run_job
 from agent.outcome import Reason, RunOutcome, Status
 from agent.records import read_history, recent_durations, record_next_runs
 from agent.schedule import (
@@ -194,6 +194,7 @@ class Daemon:
                 self._on_scheduler_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
             )
             self.scheduler.start(paused=True)
+            self._write_record()
             self.log.info(
                 "daemon.started",
                 pid=os.getpid(),
@@ -218,8 +219,23 @@ class Daemon:
                     self._clock_jumped(jump)
             return self._shutdown(started)
         finally:
+            remove_daemon_record(self.layout.root)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+
+    def _write_record(self) -> None:
+        """`.agent/daemon.json` for `status` (pid, since, config); running only while the lock is held."""
+        record = DaemonRecord(
+            pid=os.getpid(),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            config=str(self.config_path),
+            version=__version__,
+            host=self.host,
+        )
+        try:
+            write_daemon_record(self.layout.root, record)
+        except OSError as error:
+            self.log.error("daemon.record_failed", error=str(error))
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -343,9 +359,9 @@ class Daemon:
             if self.stopping:
                 return
             try:
-                run_drills(config, name)
-            except AgentError as error:
-                logger.error("drill.failed", error=str(error))
+                drill_job(config, name)  # records, alerts, and never raises for a failed drill
+            except Exception as error:  # a bug: one structured line, never APScheduler's job.error
+                logger.error("drill.failed", reason="internal_error", error=f"{type(error).__name__}: {error}")
 
     def _add(self, config: Config, name: str, plan: Plan, now: datetime, *, check_catch_up: bool) -> None:
         last_good = last_good_backup(config.storage.path, name) if check_catch_up else None

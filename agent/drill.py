@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from agent import catalog, journal
 from agent.config import Config
-from agent.errors import AgentError
+from agent.errors import AgentError, ConnectionFailed
 from agent.log import get_logger
 from agent.restore import Chosen, decompressed_chunks, engine_for, reverify
 
@@ -23,6 +23,7 @@ _SCRATCH = re.compile(r"__drill_\d{8}T\d{6}Z$")  # only names the agent made; ne
 PASSED = "passed"
 FAILED = "failed"
 SKIPPED = "skipped"
+NO_PRIVILEGE = "no_privilege"
 
 
 @dataclass(slots=True)
@@ -31,7 +32,8 @@ class DrillResult:
     status: str
     path: str = ""
     differences: list[str] = field(default_factory=list)
-    reason: str = ""
+    reason: str = ""  # a word: no_privilege, restore_failed, counts_differ, tables_differ, connection_failed, ...
+    message: str = ""
     notes: list[str] = field(default_factory=list)  # row drift where counts were not in the dump's snapshot
 
 
@@ -54,16 +56,56 @@ def scratch_name(database: str, now: datetime, limit: int = 63) -> str:
     return head + suffix
 
 
+def failure_reason(error: BaseException, step: str) -> str:
+    """The reason word of a drill that raised during `step` (create, restore, count, verify).
+
+    The engines' own reason words win; a refused privilege reads the same on every engine
+    (PostgreSQL SQLSTATE 42501, MySQL access-denied codes, or the servers' wording).
+    """
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    if isinstance(error, ConnectionFailed):
+        return "connection_failed"
+    code = error.args[0] if error.args else None
+    text = str(error).lower()
+    if (
+        getattr(error, "sqlstate", None) == "42501"
+        or code in _ACCESS_DENIED_CODES
+        or "permission denied" in text
+        or "access denied" in text
+    ):
+        return NO_PRIVILEGE
+    if step == "verify":
+        return "backup_invalid"
+    if not isinstance(error, AgentError | OSError):
+        return "internal_error"
+    return f"{step}_failed"
+
+
+_ACCESS_DENIED_CODES = frozenset({1044, 1045, 1142, 1227})  # MySQL/MariaDB: access denied for this user
+
+
 def run_drills(config: Config, job: str, *, now: datetime | None = None) -> list[DrillResult]:
-    """Drill the newest good backup of every database of `job`."""
+    """Drill the newest good backup of every database of `job`; never raises.
+
+    A drill that cannot start (no server, no engine) is one failed result with an empty database
+    name; a failed database never stops the others.
+    """
     now = now or datetime.now(UTC)
-    engine = engine_for(config, job)
     log = get_logger(job=job)
-    with contextlib.suppress(AgentError):
-        for leftover in [name for name in engine.discover() if _SCRATCH.search(name)]:
-            engine.drop_database(leftover)
-            log.warning("drill.leftover_dropped", database=leftover)
-    records = catalog.scan(config.storage.path, job)
+    try:
+        engine = engine_for(config, job)
+        with contextlib.suppress(AgentError):
+            for leftover in [name for name in engine.discover() if _SCRATCH.search(name)]:
+                engine.drop_database(leftover)
+                log.warning("drill.leftover_dropped", database=leftover)
+        records = catalog.scan(config.storage.path, job)
+    except Exception as error:  # a drill must never take the other jobs' drills down
+        reason = failure_reason(error, "start")
+        message = str(error) if reason != "internal_error" else f"{type(error).__name__}: {error}"
+        log.error("drill.failed", reason=reason, error=message, exc_info=error if reason == "internal_error" else None)
+        return [DrillResult("", FAILED, reason=reason, message=message)]
     databases = sorted(
         {record.database for record in records if record.status == catalog.GOOD and record.kind == "database"}
     )
@@ -76,44 +118,60 @@ def run_drills(config: Config, job: str, *, now: datetime | None = None) -> list
 
 
 def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> DrillResult:
-    engine = engine_for(config, job)
     database = chosen.manifest.database
     log = get_logger(job=job, database=database)
     relative = str(chosen.record.path.relative_to(config.storage.path))
     scratch = scratch_name(database, now)
     result = DrillResult(database, FAILED, relative)
+    step = "verify"
     try:
+        engine = engine_for(config, job)
         reverify(chosen)
+        step = "create"
         engine.create_database(scratch)
         try:
+            step = "restore"
             engine.restore(
                 decompressed_chunks(chosen.record.path, chosen.manifest.compression),
                 chosen.manifest,
                 scratch,
                 drill=True,
             )
+            step = "count"
             tables, rows = compare_counts(chosen.manifest.counts, engine.count_rows(scratch))
             # counts taken outside the dump's snapshot (MySQL, MongoDB without one) may drift on a busy
             # server: there only the table list must match, and row drift is reported, not failed
             result.differences = tables + rows if chosen.manifest.counts_consistent else tables
             result.notes = [] if chosen.manifest.counts_consistent else rows
         finally:
-            engine.drop_database(scratch)
-        result.status = PASSED if not result.differences else FAILED
-    except AgentError as error:
-        result.reason = str(error)
+            with contextlib.suppress(Exception):  # a drop that fails leaves a leftover the next drill drops
+                engine.drop_database(scratch)
+        if not result.differences:
+            result.status = PASSED
+        else:
+            result.reason = "tables_differ" if tables else "counts_differ"
+            result.message = "; ".join(result.differences)
+    except Exception as error:  # one database's drill, even a bug's, never stops the others
+        result.reason = failure_reason(error, step)
+        result.message = str(error) if result.reason != "internal_error" else f"{type(error).__name__}: {error}"
     if result.status == PASSED:
         log.info("drill.passed", path=relative, tables=len(chosen.manifest.counts), row_drift=result.notes)
     else:
-        log.error("drill.failed", path=relative, differences=result.differences, error=result.reason)
-    journal.append(
-        config.storage.path,
-        journal.Event.DRILL,
-        path=relative,
-        database=database,
-        job=job,
-        result=result.status,
-        differences=result.differences,
-        error=result.reason,
-    )
+        log.error(
+            "drill.failed", path=relative, reason=result.reason, differences=result.differences, error=result.message
+        )
+    try:
+        journal.append(
+            config.storage.path,
+            journal.Event.DRILL,
+            path=relative,
+            database=database,
+            job=job,
+            result=result.status,
+            reason=result.reason,
+            differences=result.differences,
+            error=result.message,
+        )
+    except OSError as error:
+        log.error("journal.write_failed", error=str(error), path=relative)
     return result

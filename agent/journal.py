@@ -43,6 +43,7 @@ class JournalEntry(msgspec.Struct, frozen=True):
     job: str | None = None  # drill
     database: str | None = None  # drill
     result: str | None = None  # drill: passed | failed | ...
+    reason: str = ""  # drill: why it failed (no_privilege, restore_failed, counts_differ, ...)
     differences: list[str] = msgspec.field(default_factory=list)  # drill
     error: str = ""  # drill
 

@@ -30,6 +30,7 @@ STARTED = "run.started"
 SUCCEEDED = "run.succeeded"
 FAILED = "run.failed"
 REFUSED = "run.refused"
+DRILL_FAILED = "drill.failed"
 TAIL_LINES = 40
 _RETRY_PAUSE_SECONDS = 0.5
 
@@ -47,7 +48,7 @@ def masked_url(url: str) -> str:
 
 def ping_url(base: str, event: str, run_id: str) -> str:
     """The Healthchecks endpoint for an event, with a run id derived from the agent's."""
-    suffix = {STARTED: "/start", SUCCEEDED: "", FAILED: "/fail", REFUSED: "/fail"}[event]
+    suffix = {STARTED: "/start", SUCCEEDED: "", FAILED: "/fail", REFUSED: "/fail", DRILL_FAILED: "/fail"}[event]
     rid = uuid.uuid5(uuid.NAMESPACE_URL, f"backup-agent:{run_id}")
     return f"{base.rstrip('/')}{suffix}?rid={rid}"
 

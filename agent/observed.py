@@ -11,18 +11,23 @@ the metrics file and sends the final alert. Nothing here can fail a backup, exce
 from __future__ import annotations
 
 import contextlib
+import socket
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from agent import hooks, metrics, notify
 from agent.config import Config, JobConfig
+from agent.drill import PASSED, DrillResult, run_drills
 from agent.errors import AgentError
 from agent.log import register_secret
 from agent.manifest import manifest_path
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
-from agent.records import record_databases, record_job
+from agent.records import DrillFacts, record_databases, record_drills, record_job
 from agent.runner import JobRun
 
 
@@ -191,6 +196,30 @@ class ObservedRun:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def drill_job(config: Config, job_name: str) -> list[DrillResult]:
+    """Drill one job (agent/drill.py), record the results, and alert a failed drill like a failed backup.
+
+    Never raises: the CLI's `drill` over every job and the daemon's scheduled drills go on to the next.
+    """
+    run_id = uuid.uuid4().hex[:12]
+    notifier = notify.Notifier(config.notify, job=job_name, run_id=run_id, host=socket.gethostname())
+    tail = notify.LogTail(run_id)
+    with tail.capturing(), bound_contextvars(run_id=run_id):
+        results = run_drills(config, job_name)
+        facts = [DrillFacts(item.database, item.status, item.reason, item.message, item.path) for item in results]
+        record_drills(config.storage.path, job_name, facts, datetime.now(UTC))
+        failed = [item for item in results if item.status != PASSED]
+        if failed:
+            databases = [
+                {"database": item.database, "status": item.status, "reason": item.reason, "message": item.message}
+                for item in failed
+            ]
+            fields = {"at": _now(), "status": Status.FAILED, "reason": failed[0].reason, "databases": databases}
+            notifier.send(notify.DRILL_FAILED, {**fields, "log_tail": list(tail.lines)}, tail.text())
+            notifier.wait()
+    return results
 
 
 def run_job(

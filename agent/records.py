@@ -44,6 +44,10 @@ class JobState(msgspec.Struct):
     last_failure_message: str | None = None
     next_run: str | None = None
     recent_durations: list[float] = msgspec.field(default_factory=list)
+    last_drill: str | None = None  # when the job's last drill ended
+    last_drill_status: str | None = None  # passed | failed
+    last_drill_reason: str | None = None  # the first failed database's reason word
+    last_drill_message: str | None = None
 
 
 class DatabaseRecord(msgspec.Struct):
@@ -59,6 +63,11 @@ class DatabaseRecord(msgspec.Struct):
     last_failure_reason: str | None = None
     last_failure_message: str | None = None
     failures_total: int = 0
+    last_drill: str | None = None
+    last_drill_status: str | None = None  # passed | failed
+    last_drill_reason: str | None = None
+    last_drill_message: str | None = None
+    last_drill_path: str | None = None  # the drilled backup, relative to storage
 
 
 class JobHistory(msgspec.Struct):
@@ -258,3 +267,44 @@ def record_next_runs(storage: Path, next_runs: Mapping[str, datetime | None]) ->
             jobs.setdefault(name, JobState()).next_run = _iso(moment)
 
     _update(storage, JobState, change)
+
+
+class DrillFacts(msgspec.Struct, frozen=True):
+    """One drilled database (empty name: the drill could not start), as records.py keeps it."""
+
+    database: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    path: str = ""
+
+
+def apply_drills(state: JobState, history: JobHistory, results: Sequence[DrillFacts], at: datetime) -> None:
+    """Fold one drill of a job into its state (the drill as a whole) and its databases' records."""
+    moment = _iso(at)
+    failed = [result for result in results if result.status != "passed"]
+    state.last_drill = moment
+    state.last_drill_status = "failed" if failed else "passed"
+    state.last_drill_reason = failed[0].reason if failed else None
+    state.last_drill_message = failed[0].message if failed else None
+    for result in results:
+        if not result.database:
+            continue
+        record = history.record(TargetKind.DATABASE, result.database)
+        record.last_drill, record.last_drill_status, record.last_drill_path = moment, result.status, result.path
+        record.last_drill_reason = result.reason or None
+        record.last_drill_message = result.message or None
+
+
+def record_drills(storage: Path, job: str, results: Sequence[DrillFacts], at: datetime) -> None:
+    """Remember one drill of `job` (agent/observed.py: for the CLI's and the daemon's drills)."""
+
+    def change_history(jobs: dict[str, JobHistory]) -> None:
+        apply_drills(JobState(), jobs.setdefault(job, JobHistory()), results, at)
+
+    def change_state(jobs: dict[str, JobState]) -> None:
+        state = jobs.setdefault(job, JobState())
+        apply_drills(state, JobHistory(), results, at)
+
+    _update(storage, JobHistory, change_history)
+    _update(storage, JobState, change_state)

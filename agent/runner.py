@@ -17,11 +17,12 @@ from pathlib import Path
 from structlog.stdlib import BoundLogger
 
 from agent import __version__, engines, journal
+from agent.activity import ProgressRecorder
 from agent.budget import InsufficientSpaceError
 from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings
 from agent.config import Config, JobConfig
-from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo
+from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.log import get_logger, register_secret
@@ -78,6 +79,14 @@ def _failed(target: DumpTarget, error: Exception, log: BoundLogger, *, stopping:
     traceback = error if reason == Reason.INTERNAL_ERROR else None
     log.error("backup.failed", reason=reason, error=message, stderr_tail=tail[-2000:], exc_info=traceback)
     return TargetOutcome(target.database, TargetKind(target.kind), Status.FAILED, reason=reason, message=message)
+
+
+def _abandon(check: StreamCheck | None, writer: DumpWriter | None) -> None:
+    """A dump that ends early: stop its check and remove its partial file."""
+    if check is not None:
+        check.abort()
+    if writer is not None:
+        writer.abort()
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -224,6 +233,9 @@ class JobRun:
 
         writer: DumpWriter | None = None
         check = None
+        progress = ProgressRecorder(  # `status` shows the dump in progress from this small record
+            self.layout.root, self.job.name, database=target.database or folder, kind=target.kind, run_id=self.run_id
+        ).start()
         try:
             job_directory = ensure_directory(self.layout.job_directory(self.job.name))  # never a symlink
             writer = DumpWriter(
@@ -240,6 +252,7 @@ class JobRun:
             def sink(data: bytes) -> None:
                 active_check.feed(data)
                 active_writer.write(data)
+                progress.update(active_writer.raw_bytes)
 
             details = engine.dump(target, space.watch(sink))
             if writer.raw_bytes == 0:
@@ -247,18 +260,14 @@ class JobRun:
             check.finish()
             published = writer.commit()
         except Exception as error:  # one database's failure, even a bug's, never stops the others
-            if check is not None:
-                check.abort()
-            if writer is not None:
-                writer.abort()
+            _abandon(check, writer)
             return _failed(target, error, log, stopping=self.limits.should_stop())
         except BaseException:
-            if check is not None:
-                check.abort()
-            if writer is not None:
-                writer.abort()
+            _abandon(check, writer)
             log.warning("backup.interrupted", reason=Reason.INTERRUPTED, error="the run was interrupted")
             raise
+        finally:
+            progress.finish()
         finished_at = datetime.now(UTC)
         manifest = Manifest(
             job=self.job.name,

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, catalog, journal
+from agent.activity import daemon_status, runs_in_progress
 from agent.budget import headroom, measure, predict, resolve_budget
 from agent.config import Config, JobConfig
 from agent.journal import Event, JournalEntry
 from agent.naming import parse_backup_filename
-from agent.outcome import Status
-from agent.records import JobHistory, JobState, read_history, read_state
+from agent.outcome import Reason, Status
+from agent.records import DatabaseRecord, JobHistory, JobState, read_history, read_state
 from agent.schedule import (
     INTERVAL,
     Plan,
@@ -162,6 +163,7 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
     states = read_state(storage)
     histories = read_history(storage)
     host = socket.gethostname()
+    daemon = daemon_status(storage)
     jobs = []
     problems: list[str] = []
     for name, job in config.jobs.items():
@@ -170,7 +172,8 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
         described = _job_status(
             config=config,
             job=job,
-            plan=plan,
+            plan=plan if daemon["running"] else None,
+            checked_plan=plan,
             state=state,
             history=histories.get(name),
             records=records,
@@ -182,13 +185,28 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
                 problems.append(f"{name}/{_label(database)}: {database['problem']}")
         if described["checked"] and not described["databases"]:
             problems.append(f"{name}: no good backup yet")
+        drill = described["last_drill"]
+        if (
+            drill is not None
+            and drill["status"] == "failed"
+            and not any(database["last_drill"] for database in described["databases"] if database["problem"])
+        ):
+            problems.append(f"{name}: the last drill failed ({drill['reason'] or 'failed'}): {drill['message'] or ''}")
         jobs.append(described)
+    storage_figures = storage_status(config)
+    if storage_figures["over_budget"]:
+        problems.append(
+            f"storage is over budget by {format_size(-storage_figures['headroom_bytes'])}: "
+            "new dumps will be refused (see `backup-agent prune --dry-run`)"
+        )
     return {
         "ok": not problems,
         "at": _iso(now),
         "version": __version__,
         "host": host,
-        "storage": storage_status(config),
+        "daemon": daemon,
+        "running": runs_in_progress(storage, now),
+        "storage": storage_figures,
         "jobs": jobs,
         "problems": problems,
     }
@@ -219,17 +237,19 @@ def _job_status(
     config: Config,
     job: JobConfig,
     plan: Plan | None,
+    checked_plan: Plan | None,
     state: JobState | None,
     history: JobHistory | None,
     records: list[catalog.BackupRecord],
     drills: list[JournalEntry],
     now: datetime,
 ) -> dict[str, Any]:
+    """`plan` is None when no daemon runs (no next run to show); `checked_plan` sets the age rule either way."""
     if job.max_backup_age is not None:
         max_age: timedelta | None = job.max_backup_age
         source: str | None = "config"
-    elif plan is not None:
-        max_age, source = default_max_backup_age(plan, now), "schedule"
+    elif checked_plan is not None:
+        max_age, source = default_max_backup_age(checked_plan, now), "schedule"
     else:
         max_age, source = None, None
     next_run = _parse_time(state.next_run) if state is not None else None
@@ -238,6 +258,7 @@ def _job_status(
     if plan is None:
         next_run = None
     own = [record for record in records if record.job == job.name]
+    present = {str(record.path.relative_to(config.storage.path)) for record in own if record.status == catalog.GOOD}
     keys = _database_keys(job, own, history)
     current_names = _current_names(job, history)
     databases = [
@@ -247,6 +268,7 @@ def _job_status(
             own=own,
             history=history,
             drills=drills,
+            present=present,
             now=now,
             max_age=max_age,
             current=kind != "database" or current_names is None or database in current_names,
@@ -263,7 +285,19 @@ def _job_status(
         "max_backup_age_seconds": max_age.total_seconds() if max_age is not None else None,
         "max_backup_age_source": source,
         "last_run": _last_run(state),
+        "last_drill": _last_job_drill(state),
         "databases": databases,
+    }
+
+
+def _last_job_drill(state: JobState | None) -> dict[str, Any] | None:
+    if state is None or state.last_drill_status is None:
+        return None
+    return {
+        "at": state.last_drill,
+        "status": state.last_drill_status,
+        "reason": state.last_drill_reason,
+        "message": state.last_drill_message,
     }
 
 
@@ -314,6 +348,7 @@ def _database_status(
     own: list[catalog.BackupRecord],
     history: JobHistory | None,
     drills: list[JournalEntry],
+    present: set[str],
     now: datetime,
     max_age: timedelta | None,
     current: bool,
@@ -334,7 +369,14 @@ def _database_status(
     sizes = [item.manifest.stored_bytes for item in good if item.manifest is not None]
     prediction = predict(sizes, None, compression).stored_bytes if sizes else None
     checked = max_age is not None and kind == "database" and current
-    problem = freshness_problem(newest_at, max_age, now) if checked and max_age is not None else None
+    freshness = freshness_problem(newest_at, max_age, now) if checked and max_age is not None else None
+    drill, drilled = _drills_of(job.name, database, drills, present, now) if kind == "database" else (None, None)
+    found = [freshness] if freshness else []
+    if current and record is not None and record.last_status in (Status.FAILED, Status.REFUSED):
+        found.append(f"last attempt {record.last_status} ({record.last_failure_reason or record.last_status})")
+    if current and drill is not None and drill["result"] == "failed":
+        found.append(f"drill failed ({drill['reason'] or 'failed'})")
+    problem = "; ".join(found) or None
     last_failure = None
     if record is not None and record.last_failure is not None:
         failed_at = _parse_time(record.last_failure)
@@ -344,10 +386,9 @@ def _database_status(
             "reason": record.last_failure_reason,
             "message": record.last_failure_message,
         }
-    drill, drilled = _drills_of(job.name, database, drills, now) if kind == "database" else (None, None)
     if not current:
         state = "retired"
-    elif problem is not None:
+    elif freshness is not None:
         state = "missing" if newest is None else "stale"
     elif record is not None and record.last_status not in (None, Status.OK):
         state = str(record.last_status)
@@ -364,12 +405,28 @@ def _database_status(
         "used_bytes": sum(item.stored_bytes for item in good),
         "last_good": _backup_summary(newest, newest_at, now),
         "last_status": record.last_status if record else None,
+        "last_attempt": _last_attempt(record),
+        "warnings": list(newest.manifest.warnings) if newest is not None and newest.manifest is not None else [],
         "last_failure": last_failure,
         "failures_total": record.failures_total if record else 0,
         "last_duration_seconds": newest.manifest.duration_seconds if newest and newest.manifest else None,
         "predicted_next_bytes": prediction,
         "last_drill": drill,
         "newest_drilled_backup": drilled,
+    }
+
+
+def _last_attempt(record: DatabaseRecord | None) -> dict[str, Any] | None:
+    """ok, failed, refused, interrupted: how the latest try at this database ended."""
+    if record is None or record.last_status is None:
+        return None
+    failed = record.last_status in (Status.FAILED, Status.REFUSED)
+    return {
+        "status": record.last_status,
+        "at": record.last_attempt,
+        "reason": record.last_failure_reason
+        if failed
+        else (Reason.SHUTDOWN if record.last_status == Status.INTERRUPTED else None),
     }
 
 
@@ -390,23 +447,30 @@ def _backup_summary(
 
 
 def _drills_of(
-    job: str, database: str, drills: Iterable[JournalEntry], now: datetime
+    job: str, database: str, drills: Iterable[JournalEntry], present: set[str], now: datetime
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The last drill of a database, and the newest backup that passed one (with its age)."""
+    """The last drill of a database, and the newest backup still on disk that passed one (with its age).
+
+    A drill of a backup retention has since deleted is never shown as a backup's: its path is
+    dropped and `backup_present` says so.
+    """
     own = [entry for entry in drills if entry.job == job and entry.database == database]
     last = own[-1] if own else None
     summary = None
     if last is not None:
+        on_disk = last.path is not None and last.path in present
         summary = {
             "at": last.at,
             "result": last.result,
-            "path": last.path,
+            "reason": last.reason or None,
+            "path": last.path if on_disk else None,
+            "backup_present": on_disk,
             "differences": last.differences,
             "error": last.error,
         }
     newest: tuple[datetime, str, str] | None = None
     for entry in own:
-        if entry.result != "passed" or entry.path is None:
+        if entry.result != "passed" or entry.path is None or entry.path not in present:
             continue
         parsed = parse_backup_filename(Path(entry.path).name)
         if parsed is not None and (newest is None or parsed.created_at > newest[0]):
@@ -448,8 +512,25 @@ def render_text(status: dict[str, Any]) -> str:
         f"free {format_size(storage['free_bytes'])} (reserve {format_size(storage['reserve_bytes'])})"
         + ("; OVER BUDGET" if storage["over_budget"] else "")
     )
+    daemon = status["daemon"]
+    if daemon["running"]:
+        since, config_file = daemon["since"] or "?", daemon["config"] or "?"
+        lines.append(f"daemon running: pid {daemon['pid'] or '?'} since {since}, config {config_file}")
+    else:
+        lines.append("daemon: no daemon running (no scheduled runs happen; start one with `backup-agent run`)")
+    for run in status["running"]:
+        label = run["database"].encode("unicode_escape").decode("ascii")
+        lines.append(
+            f"running: {run['job']}/{label}: {format_size(run['raw_bytes'])} so far, "
+            f"{format_duration(timedelta(seconds=int(run['elapsed_seconds'])))} elapsed (pid {run['pid']})"
+        )
     for job in status["jobs"]:
-        next_run = f"next run {job['next_run']}" if job["next_run"] else "no scheduled runs"
+        if job["next_run"]:
+            next_run = f"next run {job['next_run']}"
+        elif not daemon["running"] and job["schedule"] != "manual":
+            next_run = "no daemon running"
+        else:
+            next_run = "no scheduled runs"
         age = (
             f"max age {format_duration(timedelta(seconds=job['max_backup_age_seconds']))}"
             if job["checked"]
@@ -457,6 +538,9 @@ def render_text(status: dict[str, Any]) -> str:
         )
         last = job["last_run"]
         last_text = f"; last run {last['status']}" + (f" ({last['reason']})" if last["reason"] else "") if last else ""
+        drill = job["last_drill"]
+        if drill is not None:
+            last_text += f"; last drill {drill['status']}" + (f" ({drill['reason']})" if drill["reason"] else "")
         lines.append(f"job {job['job']} ({job['engine']}, {job['schedule']}): {next_run}; {age}{last_text}")
         if not job["databases"]:
             lines.append("  (no backups yet)")
@@ -475,14 +559,21 @@ def _database_line(database: dict[str, Any]) -> str:
         parts.append(f"last good {_ago(good['age_seconds'])} ({format_size(good['stored_bytes'])}) {good['path']}")
     else:
         parts.append("no good backup")
+    attempt = database["last_attempt"]
+    if attempt is not None and attempt["status"] != "ok":
+        parts.append(f"last attempt {attempt['status']}" + (f" ({attempt['reason']})" if attempt["reason"] else ""))
     failure = database["last_failure"]
     if failure is not None:
         parts.append(f"last failure {_ago(failure['age_seconds'])}: {failure['reason']}")
+    if database["warnings"]:
+        parts.append("warnings: " + " | ".join(database["warnings"]))
     if database["predicted_next_bytes"] is not None:
         parts.append(f"next ~{format_size(database['predicted_next_bytes'])}")
     drill = database["last_drill"]
     if drill is not None:
-        parts.append(f"drill {drill['result']} {drill['at']}")
+        reason = f" ({drill['reason']})" if drill["reason"] else ""
+        gone = "" if drill["backup_present"] else " of a backup since deleted"
+        parts.append(f"drill {drill['result']}{reason} {drill['at']}{gone}")
     drilled = database["newest_drilled_backup"]
     if drilled is not None:
         parts.append(f"newest drilled backup {_ago(drilled['age_seconds'])}")

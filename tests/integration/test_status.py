@@ -88,7 +88,8 @@ def test_status_json_tells_fresh_stale_and_failed_databases_apart(
     broken_job = next(job for job in status["jobs"] if job["job"] == "broken")
     assert broken_job["max_backup_age_source"] == "schedule"
     assert broken_job["max_backup_age_seconds"] == 2 * 3600
-    assert datetime.fromisoformat(broken_job["next_run"]) > datetime.now(UTC)
+    assert broken_job["next_run"] is None  # no daemon runs: no next run to promise
+    assert status["daemon"] == {"running": False}
     assert status["storage"]["used_bytes"] > 0
     assert len(status["problems"]) == 2
     assert run_cli(config, "status", "--check") == 1
@@ -134,7 +135,7 @@ def test_status_text_names_every_problem_and_ends_with_a_verdict(
     assert "STATUS CRITICAL - 2 problem(s)" in lines
 
 
-def test_a_failed_run_after_a_good_one_shows_both_and_stays_fresh(
+def test_a_failed_run_after_a_good_one_shows_both_and_fails_the_check_though_fresh(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = sqlite_database(tmp_path / "app.db")
@@ -145,9 +146,11 @@ def test_a_failed_run_after_a_good_one_shows_both_and_stays_fresh(
 
     code, status = status_json(config, capsys, "--check")
 
-    assert code == 0  # the good backup is still young enough
+    assert code == 1  # the good backup is still young enough, but the latest attempt failed
     entry = database_entry(status, "app", str(database))
     assert entry["state"] == "failed"
+    assert entry["problem"] == "last attempt failed (not_found)"
+    assert entry["last_attempt"]["status"] == "failed" and entry["last_attempt"]["reason"] == "not_found"
     assert entry["last_good"] is not None
     assert entry["last_failure"]["reason"] == "not_found"
     assert entry["failures_total"] == 1
