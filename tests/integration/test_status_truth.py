@@ -67,7 +67,7 @@ def test_status_shows_the_running_daemon_and_its_dump_in_progress_and_no_next_ru
     assert running["job"] == "app" and running["database"] == pg_database
     assert running["elapsed_seconds"] > 0
     assert status["jobs"][0]["next_run"] is not None
-    code, text = status_text(config, capsys)
+    _code, text = status_text(config, capsys)
     assert f"daemon running: pid {daemon.process.pid}" in text
     assert f"running: app/{pg_database}:" in text and "so far" in text
 
