@@ -321,6 +321,21 @@ def command_unpin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_retire(args: argparse.Namespace) -> int:
+    from agent.retire import retire
+
+    config = _load(args)
+    result = retire(config, args.job, args.database, delete=args.delete)
+    print(f"retired {result.series}: the journal records it; verify and status no longer expect its files")
+    if args.delete:
+        print(f"deleted {len(result.deleted)} file(s)")
+        for path in result.pinned:
+            print(f"kept pinned {path} (unpin it, then run retire --delete again)")
+    elif result.files:
+        print(f"{result.files} file(s) kept; delete them with --delete")
+    return EXIT_OK
+
+
 def _add_restore_verb(verbs: Any) -> None:
     restore = verbs.add_parser("restore", help="restore the newest good backup (at or before --at) into a database")
     restore.add_argument("--job", required=True)
@@ -382,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="show keep/delete and why; delete nothing")
     prune.add_argument("--json", action="store_true", help="JSON on stdout")
     prune.set_defaults(handler=command_prune)
+
+    retire = verbs.add_parser("retire", help="end a removed job's or database's series: nothing reports it missing")
+    retire.add_argument("--job", required=True, help="the job (removed from the config, or the database's job)")
+    retire.add_argument("--database", help="only this database's series (removed from the job or the server)")
+    retire.add_argument("--delete", action="store_true", help="also delete its files (pinned ones stay)")
+    retire.set_defaults(handler=command_retire)
 
     pin = verbs.add_parser("pin", help="protect a backup from every deletion")
     pin.add_argument("path", metavar="PATH", help="the backup file (or its manifest)")

@@ -27,6 +27,7 @@ class Event(StrEnum):
     CREATED = "created"
     DELETED = "deleted"
     DRILL = "drill"
+    RETIRED = "retired"  # a job's or database's series: `path` is its folder; nothing in it is missing after
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -40,8 +41,8 @@ class JournalEntry(msgspec.Struct, frozen=True):
     bytes: int | None = None
     run_id: str | None = None
     rule: str | None = None  # deleted: the retention rule
-    job: str | None = None  # drill
-    database: str | None = None  # drill
+    job: str | None = None  # drill, retired
+    database: str | None = None  # drill, retired (absent: the whole job)
     result: str | None = None  # drill: passed | failed | ...
     reason: str = ""  # drill: why it failed (no_privilege, restore_failed, counts_differ, ...)
     differences: list[str] = msgspec.field(default_factory=list)  # drill

@@ -448,3 +448,36 @@ def prune(config: Config, job: str | None = None, *, dry_run: bool = False) -> P
         return _apply(config, jobs, None, dry_run=True, log=log, moment="prune")
     with pins.deletion_lock(config.storage.path):
         return _apply(config, jobs, None, dry_run=False, log=log, moment="prune")
+
+
+# --------------------------------------------------------------------------------------------------
+# Retiring a series (`backup-agent retire --delete`)
+
+
+RETIRED = "retired"
+
+
+def delete_series(storage: Path, job: str, folder: str | None, log: BoundLogger) -> tuple[list[Path], list[Path]]:
+    """Delete every file of a retired series (the whole job when `folder` is None), journaled one by one.
+
+    Pinned backups stay (unpin them first); returns (deleted data files, pinned ones kept).
+    """
+    deleted: list[Path] = []
+    kept: list[Path] = []
+    with pins.deletion_lock(storage):
+        pinned = frozenset(pins.load(storage))
+        for record in catalog.scan(storage, job):
+            if folder is not None and record.folder != folder:
+                continue
+            key = record.path.relative_to(storage).as_posix()
+            if key in pinned:
+                kept.append(record.path)
+                continue
+            created = record.created_at or datetime.now(UTC)
+            backup = retention.Backup(
+                key, created, 0, record.status == catalog.GOOD, sequence=_sequence(record.path.name)
+            )
+            decision = Decision(f"{job}/{record.folder}", backup, True, (RETIRED,))
+            _delete(storage, decision, record, log, moment="retire")
+            deleted.append(record.path)
+    return deleted, kept

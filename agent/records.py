@@ -308,3 +308,27 @@ def record_drills(storage: Path, job: str, results: Sequence[DrillFacts], at: da
 
     _update(storage, JobHistory, change_history)
     _update(storage, JobState, change_state)
+
+
+def forget(storage: Path, job: str, database: str | None) -> None:
+    """`backup-agent retire`: drop a database's record (or the whole job's state and records)."""
+
+    def change_history(jobs: dict[str, JobHistory]) -> None:
+        if database is None:
+            jobs.pop(job, None)
+            return
+        history = jobs.get(job)
+        if history is None:
+            return
+        history.databases = [
+            item for item in history.databases if not (item.kind == TargetKind.DATABASE and item.database == database)
+        ]
+        if history.last_full_run_databases is not None:
+            history.last_full_run_databases = [name for name in history.last_full_run_databases if name != database]
+
+    def change_state(jobs: dict[str, JobState]) -> None:
+        jobs.pop(job, None)
+
+    _update(storage, JobHistory, change_history)
+    if database is None:
+        _update(storage, JobState, change_state)

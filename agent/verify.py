@@ -2,8 +2,8 @@
 
 One pass over each file: the bytes are hashed as read, decompressed, and fed to the same check
 the dump had to pass. With no paths, every file under storage is checked, and the journal too:
-a file it says was created and never deleted, but is gone, is `missing`; an edited entry breaks
-the hash chain.
+a file it says was created and never deleted, but is gone, is `missing` (unless its series was
+retired: `backup-agent retire`); an edited entry breaks the hash chain.
 """
 
 from __future__ import annotations
@@ -144,6 +144,9 @@ def verify_storage(storage: Path, job: str | None = None) -> list[Finding]:
             created[relative] = True
         elif entry.event == journal.Event.DELETED:
             created.pop(relative, None)
+        elif entry.event == journal.Event.RETIRED:  # `backup-agent retire`: its files may go by hand
+            prefix = relative.rstrip("/") + "/"
+            created = {path: True for path in created if not path.startswith(prefix)}
     for relative in created:
         if relative not in present and (job is None or relative.split("/", 1)[0] == job):
             findings.append(Finding(storage / relative, MISSING, "the journal records it, but it is gone"))
