@@ -16,6 +16,7 @@ from agent.config import Config
 from agent.engines.base import DumpTarget
 from agent.errors import UsageError
 from agent.log import get_logger
+from agent.naming import encode_name
 from agent.prune import delete_series
 from agent.records import forget, read_history
 from agent.runner import folder_for
@@ -38,6 +39,8 @@ def series_folder(config: Config, job: str, database: str, records: list[catalog
     engine = (
         config.jobs[job].engine if job in config.jobs else next((r.manifest.engine for r in records if r.manifest), "")
     )
+    if not engine:  # a removed job with nothing on disk: its name as the folder, like most engines
+        return encode_name(database)
     return folder_for(DumpTarget(database), engine)
 
 
