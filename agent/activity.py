@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,6 @@ import msgspec
 
 from agent.naming import encode_name
 from agent.storage import StorageLayout
-from agent.writer import replace_file_atomically
 
 PROGRESS_EVERY_SECONDS = 5.0  # how often a running dump rewrites its progress record
 
@@ -45,6 +45,18 @@ class ProgressRecord(msgspec.Struct, frozen=True):
     raw_bytes: int
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """A whole new file renamed over the old: readers never see half a record. No fsync: these
+    records only describe the running processes, which a crash ends anyway."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(descriptor, data)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+
+
 def daemon_record_path(storage: Path) -> Path:
     return StorageLayout(storage).agent_directory / "daemon.json"
 
@@ -54,7 +66,7 @@ def progress_directory(storage: Path) -> Path:
 
 
 def write_daemon_record(storage: Path, record: DaemonRecord) -> None:
-    replace_file_atomically(daemon_record_path(storage), msgspec.json.encode(record) + b"\n")
+    _replace(daemon_record_path(storage), msgspec.json.encode(record) + b"\n")
 
 
 def remove_daemon_record(storage: Path) -> None:
@@ -195,6 +207,6 @@ class ProgressRecorder:
             raw_bytes=raw_bytes,
         )
         try:
-            replace_file_atomically(self.path, msgspec.json.encode(record) + b"\n")
+            _replace(self.path, msgspec.json.encode(record) + b"\n")
         except OSError:
             self._broken = True  # informational only: never a reason to fail a dump

@@ -85,7 +85,8 @@ def _database_values(database: dict[str, Any]) -> dict[str, float | int | None]:
         "used_bytes": database["used_bytes"],
         "predicted_next_size_bytes": database["predicted_next_bytes"],
         "failures_total": database["failures_total"],
-        "last_run_success": None if last_status is None else int(last_status == "ok"),
+        # an interrupted attempt (a planned stop) is neither: no metric, so no alert on every deploy
+        "last_run_success": None if last_status in (None, "interrupted") else int(last_status == "ok"),
         "last_drill_success_timestamp_seconds": last_drill_success,
         "fresh": int(database["problem"] is None) if database["checked"] else None,
     }
