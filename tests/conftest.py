@@ -2,7 +2,7 @@
 
 Each server starts lazily, the first time a test asks for it, once per session, and is stopped at
 session end (pytest also runs these finalizers after Ctrl-C). Tests using a server get its marker
-(``postgres``, ``mariadb``, ``mongo``) so ``-m "not mariadb"`` deselects them.
+(``postgres``, ``mariadb``, ``mongo``, ``redis``) so ``-m "not mariadb"`` deselects them.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from psycopg import sql
 from servers.mariadb import MariaDBServer, running_mariadb
 from servers.mongo import EXTERNAL_URI_VARIABLE, MongoServer, external_mongo, running_secantus
 from servers.postgres import PostgresServer, running_postgres
+from servers.redis import RedisServer, running_redis
 
 _SERVER_MARKERS = {
     "postgres": ("pg_server", "pg_database"),
     "mariadb": ("mariadb_server", "mariadb_database"),
     "mongo": ("mongo_server", "mongo_server_noauth", "mongo_database"),
+    "redis": ("redis_server", "redis_empty"),
 }
 
 
@@ -78,6 +80,24 @@ def mongo_server_noauth() -> Iterator[MongoServer]:
         return
     with running_secantus(auth=False) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_empty(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's Redis server, running and empty (every key and function flushed) before and after."""
+    redis_server.flush()
+    redis_server.client().function_flush()
+    try:
+        yield redis_server
+    finally:
+        redis_server.flush()
+        redis_server.client().function_flush()
 
 
 @pytest.fixture
