@@ -115,9 +115,11 @@ def test_a_user_without_sync_is_refused_with_the_servers_reason(redis_empty: Red
     client = redis_empty.client()
     client.acl_setuser("reader", enabled=True, passwords=["+reader-pw"], commands=["-@all", "+ping", "+replconf"])
     try:
-        with RedisConnection.open(endpoint(redis_empty), "reader", Secret("reader-pw"), timeout=5) as connection:
-            with pytest.raises(DumpError) as failure:
-                connection.stream_snapshot(Received(), StreamLimits(timeout=30))
+        with (
+            RedisConnection.open(endpoint(redis_empty), "reader", Secret("reader-pw"), timeout=5) as connection,
+            pytest.raises(DumpError) as failure,
+        ):
+            connection.stream_snapshot(Received(), StreamLimits(timeout=30))
     finally:
         client.acl_deluser("reader")
     assert failure.value.reason == "permission_denied"

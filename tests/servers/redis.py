@@ -201,9 +201,8 @@ def fill_every_type(server: RedisServer, *, scale: int = 1) -> dict[str, int]:
     main.xack("stream:events", "workers", main.xrange("stream:events", count=1)[0][0])
     main.xadd("stream:empty-group", {"a": 1})
     main.xgroup_create("stream:empty-group", "idle", id="$")
-    main.execute_command(
-        "FUNCTION", "LOAD", "REPLACE", "#!lua name=backuplib\nredis.register_function('echo', function(k, a) return a[1] end)"
-    )
+    library = "#!lua name=backuplib\nredis.register_function('echo', function(k, a) return a[1] end)"
+    main.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     second = server.client(3)
     second.mset({f"db3:{index}": index for index in range(200)})
     second.set("db3:expiring", "x", px=7_200_000)

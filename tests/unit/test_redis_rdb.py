@@ -88,7 +88,8 @@ def stream_v3() -> bytes:
     counters = b"".join(length(value) for value in (1, 1700000000000, 0, 1700000000000, 0, 0, 0, 1))
     pending = STREAM_ID + struct.pack("<Q", 1700000000001) + length(1)
     consumer = string("alice") + struct.pack("<QQ", 1700000000002, 1700000000003) + length(1) + STREAM_ID
-    group = string("workers") + length(1700000000000) + length(0) + length(1) + length(1) + pending + length(1) + consumer
+    last_delivered = length(1700000000000) + length(0) + length(1)  # ID and offset
+    group = string("workers") + last_delivered + length(1) + pending + length(1) + consumer
     return nodes + counters + length(1) + group
 
 
@@ -104,18 +105,20 @@ def module_value() -> bytes:
     )  # fmt: skip
 
 
+TTL = struct.pack("<Q", 1700000000000)
+OLD_SCORES = length(4) + string("a") + b"\x031.5" + string("b") + b"\xfd" + string("c") + b"\xfe" + string("d") + b"\xff"
 NEWER_AND_OLDER_KEYS = [
     key(rdb.SET_LISTPACK, "set-listpack", listpack(b"\x01", b"\x02")),
     key(rdb.STREAM_LISTPACKS_3, "stream-v3", stream_v3()),
-    key(rdb.HASH_METADATA, "hash-ttl", struct.pack("<Q", 1700000000000) + length(1) + length(5) + string("f") + string("v")),
+    key(rdb.HASH_METADATA, "hash-ttl", TTL + length(1) + length(5) + string("f") + string("v")),
     key(rdb.HASH_METADATA_PRE_GA, "hash-ttl-rc", length(2) + (length(0) + string("a") + string("b")) * 2),
-    key(rdb.HASH_LISTPACK_EX, "hash-lp-ttl", struct.pack("<Q", 1700000000000) + listpack(b"\x81f", b"\x81v", b"\x00")),
+    key(rdb.HASH_LISTPACK_EX, "hash-lp-ttl", TTL + listpack(b"\x81f", b"\x81v", b"\x00")),
     key(rdb.MODULE_2, "module", module_value()),
     key(rdb.LIST, "old-list", length(2) + string("a") + string("b" * 70)),
-    key(rdb.ZSET, "old-zset", length(4) + string("a") + b"\x031.5" + string("b") + b"\xfd" + string("c") + b"\xfe" + string("d") + b"\xff"),
+    key(rdb.ZSET, "old-zset", OLD_SCORES),
     key(rdb.LIST_ZIPLIST, "ziplist", ziplist(b"\x00\x01a")),
     key(rdb.LIST_QUICKLIST, "quicklist-v1", length(2) + ziplist(b"\x00\x01a") + ziplist(b"\x00\x01b")),
-    key(rdb.LIST_QUICKLIST_2, "quicklist-plain", length(2) + length(1) + string("plain node") + length(2) + listpack(b"\x81x")),
+    key(rdb.LIST_QUICKLIST_2, "quicklist", length(2) + length(1) + string("plain node") + length(2) + listpack(b"\x81x")),
     key(rdb.HASH_ZIPMAP, "zipmap", string(b"\x01\x01a\x01\x00b\xff")),
     key(rdb.SET_INTSET, "intset", intset(1, 2, 3)),
     key(rdb.STRING, "big-length", b"\x81" + struct.pack(">Q", 3) + b"abc"),
@@ -132,7 +135,8 @@ def test_types_of_newer_and_older_servers_pass_with_their_keys_counted() -> None
 
 
 def test_opcodes_without_keys_are_walked() -> None:
-    module_aux = bytes([rdb.MODULE_AUX]) + length(0x99) + length(2) + length(1) + module_value()[len(length(0x1234567890)) :]
+    value_without_id = module_value()[len(length(0x1234567890)) :]
+    module_aux = bytes([rdb.MODULE_AUX]) + length(0x99) + length(2) + length(1) + value_without_id
     items = [
         module_aux,
         bytes([rdb.FUNCTION2]) + string("#!lua name=lib\n"),
@@ -141,7 +145,8 @@ def test_opcodes_without_keys_are_walked() -> None:
         bytes([rdb.EXPIRETIME_MS]) + struct.pack("<q", 1900000000000) + key(rdb.STRING, "ms", string("y")),
         bytes([rdb.IDLE]) + length(300) + key(rdb.STRING, "idle", string("z")),
         bytes([rdb.FREQ, 5]) + key(rdb.STRING, "frequent", string("w")),
-        bytes([rdb.SELECTDB]) + length(9) + bytes([rdb.RESIZEDB]) + length(1) + length(0) + key(rdb.STRING, "nine", string("9")),
+        bytes([rdb.SELECTDB]) + length(9) + bytes([rdb.RESIZEDB]) + length(1) + length(0),
+        key(rdb.STRING, "nine", string("9")),
     ]  # fmt: skip
     summary = check(snapshot(*items, announce=(4, 2)))
     assert summary.key_counts() == {"db0": 4, "db9": 1}
