@@ -106,7 +106,9 @@ def module_value() -> bytes:
 
 
 TTL = struct.pack("<Q", 1700000000000)
-OLD_SCORES = length(4) + string("a") + b"\x031.5" + string("b") + b"\xfd" + string("c") + b"\xfe" + string("d") + b"\xff"
+# scores as text: a length byte and digits, or 253/254/255 for NaN, +inf, -inf
+OLD_SCORES = length(4) + string("a") + b"\x031.5" + string("b") + b"\xfd" + string("c") + b"\xfe"
+OLD_SCORES += string("d") + b"\xff"
 NEWER_AND_OLDER_KEYS = [
     key(rdb.SET_LISTPACK, "set-listpack", listpack(b"\x01", b"\x02")),
     key(rdb.STREAM_LISTPACKS_3, "stream-v3", stream_v3()),
@@ -118,7 +120,7 @@ NEWER_AND_OLDER_KEYS = [
     key(rdb.ZSET, "old-zset", OLD_SCORES),
     key(rdb.LIST_ZIPLIST, "ziplist", ziplist(b"\x00\x01a")),
     key(rdb.LIST_QUICKLIST, "quicklist-v1", length(2) + ziplist(b"\x00\x01a") + ziplist(b"\x00\x01b")),
-    key(rdb.LIST_QUICKLIST_2, "quicklist", length(2) + length(1) + string("plain node") + length(2) + listpack(b"\x81x")),
+    key(rdb.LIST_QUICKLIST_2, "quicklist", length(2) + length(1) + string("plain") + length(2) + listpack(b"\x81x")),
     key(rdb.HASH_ZIPMAP, "zipmap", string(b"\x01\x01a\x01\x00b\xff")),
     key(rdb.SET_INTSET, "intset", intset(1, 2, 3)),
     key(rdb.STRING, "big-length", b"\x81" + struct.pack(">Q", 3) + b"abc"),
