@@ -258,6 +258,7 @@ class JobRun:
             if writer.raw_bytes == 0:
                 raise DumpError("the dump is empty", "empty")
             check.finish()
+            details = engine.checked(check, details)
             published = writer.commit()
         except Exception as error:  # one database's failure, even a bug's, never stops the others
             _abandon(check, writer)

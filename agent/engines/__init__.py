@@ -28,6 +28,7 @@ REGISTRY: dict[str, Registration] = {
     "mysql": Registration("agent.engines.mysql", aliases=("mariadb",)),
     "mongodb": Registration("agent.engines.mongo", aliases=("mongo",)),
     "sqlite": Registration("agent.engines.sqlite"),
+    "redis": Registration("agent.engines.redis"),
 }
 
 

@@ -240,6 +240,11 @@ class Engine(ABC):
     def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
         """The structural check for a stored format (used by the gate and by `verify`)."""
 
+    def checked(self, check: StreamCheck, details: DumpDetails) -> DumpDetails:
+        """The dump's details with what only its finished check knows (Redis: the key counts read from
+        the snapshot itself, so the stream is parsed once); most engines' checks add nothing."""
+        return details
+
     # --- restore and drills: engines that can restore override these -------------------------
     def database_state(self, database: str) -> str:
         """MISSING, EMPTY or NOT_EMPTY: restore refuses to write into a database that holds data."""

@@ -328,6 +328,14 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def read_config(connection: RedisConnection) -> dict[str, str]:
+    """Every setting (`CONFIG GET *`) as text; raises ReplyError when the user may not read them."""
+    reply = connection.call("CONFIG", "GET", "*")
+    items = reply if isinstance(reply, list) else []
+    values = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in items]
+    return dict(zip(values[::2], values[1::2], strict=False))
+
+
 def parse_info(text: str) -> dict[str, str]:
     """`INFO` text -> field: value (section headers and blank lines dropped)."""
     fields: dict[str, str] = {}

@@ -1,0 +1,135 @@
+"""The throwaway redis-server of a drill: the restored snapshot in the job's scratch folder.
+
+It listens on a unix socket in its own 0700 folder and on no TCP port at all, so no other local
+user can reach the restored data (or pose as the drill's server) while it runs, and it needs no
+password. It starts as a replica of a loopback port the agent holds without listening: a replica
+drops no expired key while loading or after, so its key counts equal the snapshot's exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from agent import process
+from agent.engines.redis.client import Endpoint, RedisConnection, ReplyError, parse_info, parse_keyspace
+from agent.errors import AgentError, ConnectionFailed, DumpError
+from agent.writer import ensure_directory
+
+SNAPSHOT_NAME = "dump.rdb"
+_SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes
+_MINIMUM_DATABASES = 16
+
+
+class DrillServerError(AgentError):
+    """The drill's redis-server would not load the snapshot; carries the end of its log."""
+
+
+class ScratchServer:
+    def __init__(self, folder: Path, binary: str) -> None:
+        self.folder = folder
+        self.binary = binary
+        self._child: process.Child | None = None
+        self._master_hold: socket.socket | None = None
+        self._socket_folder: Path | None = None  # a short private folder when the scratch path is too long
+
+    @property
+    def socket_path(self) -> Path:
+        return (self._socket_folder or self.folder) / "redis.sock"
+
+    def load(self, chunks: Iterable[bytes], *, databases: int, timeout: float) -> None:
+        """Write the snapshot, start the server on it and wait until it has loaded every key."""
+        ensure_directory(self.folder, 0o700)
+        descriptor = os.open(
+            self.folder / SNAPSHOT_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(descriptor, "wb") as snapshot:
+            for chunk in chunks:
+                snapshot.write(chunk)
+        if len(str(self.folder / "redis.sock")) > _SOCKET_PATH_LIMIT:
+            self._socket_folder = Path(tempfile.mkdtemp(prefix="backup-agent-drill-"))
+        self._master_hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._master_hold.bind(("127.0.0.1", 0))  # bound, never listening: the replica's master refuses
+        config = self.folder / "redis.conf"
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(self._config(databases, self._master_hold.getsockname()[1]))
+        self._child = process.start(process.Command((self.binary, str(config))), stdout=process.DEVNULL)
+        self._wait_loaded(timeout)
+
+    def _config(self, databases: int, master_port: int) -> str:
+        return "\n".join(
+            [
+                "port 0",
+                f"unixsocket {_quoted(self.socket_path)}",
+                "unixsocketperm 700",
+                f"dir {_quoted(self.folder)}",
+                f"dbfilename {SNAPSHOT_NAME}",
+                'save ""',
+                "appendonly no",
+                "daemonize no",
+                f"logfile {_quoted(self.folder / 'redis.log')}",
+                f"databases {max(_MINIMUM_DATABASES, databases)}",
+                f"replicaof 127.0.0.1 {master_port}",
+                "replica-serve-stale-data yes",
+                "",
+            ]
+        )
+
+    def _wait_loaded(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not started"
+        while time.monotonic() < deadline:
+            assert self._child is not None
+            if self._child.popen.poll() is not None:
+                raise DrillServerError(
+                    f"the drill's {self.binary} exited while loading the snapshot: {self.log_tail()}"
+                )
+            try:
+                with self.connection(timeout=5) as connection:
+                    connection.call("PING")
+                    return
+            except (ConnectionFailed, ReplyError, DumpError, OSError) as error:
+                last = str(error)  # LOADING, or the socket is not there yet
+            time.sleep(0.1)
+        raise DrillServerError(f"the drill's {self.binary} did not finish loading within {timeout:.0f}s ({last})")
+
+    def connection(self, timeout: float = 30) -> RedisConnection:
+        return RedisConnection.open(Endpoint(socket=str(self.socket_path)), None, None, timeout=timeout)
+
+    def key_counts(self) -> dict[str, int]:
+        with self.connection() as connection:
+            keyspace = parse_keyspace(parse_info(connection.text("INFO", "keyspace")))
+        return {name: keys for name, (keys, _) in sorted(keyspace.items(), key=lambda item: int(item[0][2:]))}
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.folder / "redis.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "no log"
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:])
+
+    def remove(self) -> None:
+        """Stop the server (SHUTDOWN NOSAVE, then its process group) and delete the scratch folder."""
+        if self._child is not None:
+            with contextlib.suppress(AgentError, OSError, ReplyError), self.connection(timeout=2) as connection:
+                connection.call("SHUTDOWN", "NOSAVE")
+            self._child.terminate_group(grace=5)
+            self._child = None
+        if self._master_hold is not None:
+            self._master_hold.close()
+            self._master_hold = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._socket_folder is not None:
+            shutil.rmtree(self._socket_folder, ignore_errors=True)
+
+
+def _quoted(path: Path) -> str:
+    """A config-file string: Redis reads double-quoted values with backslash escapes."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
