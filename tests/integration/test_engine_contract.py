@@ -10,7 +10,9 @@ A new engine without a harness here fails `test_every_registered_engine_has_a_co
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from agent_helpers import data_files, decompressed, password_file, run_cli, write_config
+from servers.common import require_binaries
 from servers.mariadb import MariaDBServer
 from servers.mongo import MongoServer
 from servers.postgres import PostgresServer
+from servers.redis import RedisServer
 
 from agent import engines
 from agent.config import load_config
@@ -112,6 +116,28 @@ def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     return Setup({"engine": "sqlite", "databases": [str(path)]}, str(path), "items", False, _sqlite_rows)
 
 
+def _redis_keys(path: Path) -> int:
+    """Keys in a restored RDB, as redis-check-rdb (the server's own checker) reads them."""
+    checker = require_binaries(["redis-check-rdb"], hint="install redis-tools")["redis-check-rdb"]
+    report = subprocess.run([checker, str(path)], capture_output=True, text=True, check=True, timeout=60).stdout
+    return int(re.search(r"(\d+) keys read", report)[1])  # type: ignore[index]  # absent: the test fails
+
+
+def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
+    server: RedisServer = request.getfixturevalue("redis_empty")
+    server.client().mset({f"items:{key}": name for key, name in ROWS})
+    job = {
+        "engine": "redis",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(tmp_path, server.password)),
+        "databases": "*",
+    }
+    # restore --into stops the server it restores into: the round trip goes through restore --to-file
+    return Setup(job, "all", "db0", False, _redis_keys)
+
+
 def _toy(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     return _toy_setup(tmp_path)
 
@@ -128,9 +154,15 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Setup]] = {
     "mysql": _mysql,
     "mongodb": _mongo,
     "sqlite": _sqlite,
+    "redis": _redis,
     TOY: _toy,
 }
-MARKS = {"postgresql": pytest.mark.postgres, "mysql": pytest.mark.mariadb, "mongodb": pytest.mark.mongo}
+MARKS = {
+    "postgresql": pytest.mark.postgres,
+    "mysql": pytest.mark.mariadb,
+    "mongodb": pytest.mark.mongo,
+    "redis": pytest.mark.redis,
+}
 ENGINES = [pytest.param(name, marks=MARKS.get(name, ())) for name in (*engines.engine_names(), TOY)]
 
 
