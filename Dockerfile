@@ -8,6 +8,8 @@
 #   MariaDB/MySQL: mariadb-client from Debian bookworm (MariaDB 10.11): MariaDB servers up to 10.11
 #               and MySQL 5.7/8.0 (the agent checks the pairing at every run and says when it is wrong).
 #   MongoDB: the agent's built-in dumper (mongodump is not packaged by Debian); SQLite: built in.
+#   Redis: no tool (the agent reads the snapshot over the replication protocol); redis-server from
+#               bookworm (7.0) only for drills, which load snapshots up to RDB version 10 (Redis 7.0).
 # Build: docker build -t backup-agent .      Run: see compose.example.yaml and docs/operations.md.
 
 ARG PYTHON_VERSION=3.12
@@ -33,10 +35,10 @@ RUN apt-get update \
         > /etc/apt/sources.list.d/pgdg.list \
     && apt-get update \
     && apt-get install -y --no-install-recommends \
-        "postgresql-client-${PG_MAJOR}" mariadb-client tini tzdata util-linux \
+        "postgresql-client-${PG_MAJOR}" mariadb-client redis-server tini tzdata util-linux \
     && apt-get purge -y --auto-remove curl \
     && rm -rf /var/lib/apt/lists/* \
-    && pg_dump --version && mariadb-dump --version
+    && pg_dump --version && mariadb-dump --version && redis-server --version
 
 COPY --from=build /opt/backup-agent /opt/backup-agent
 RUN ln -s /opt/backup-agent/bin/backup-agent /usr/local/bin/backup-agent \
