@@ -125,6 +125,7 @@ def test_a_backup_is_one_checked_rdb_per_server_with_key_counts_per_database(
     assert manifest.details["checksum"] == "verified"
     assert manifest.details["expires"] == {"db0": 2, "db3": 1, "db15": 0}
     assert manifest.details["info_keyspace"]["db3"] == {"keys": 201, "expires": 1}
+    assert manifest.predicted_bytes is not None and manifest.predicted_bytes > 0  # from INFO used_memory_dataset
     assert decompressed(dump)[:9] == b"REDIS0010"
     assert run_cli(config, "verify") == 0
 

@@ -198,3 +198,37 @@ def test_redis_check_rdb_agrees_with_the_check(samples: Samples, reference_check
         cut = samples.every_type[: int(len(samples.every_type) * fraction)]
         assert not _reference_accepts(reference_checker, cut, tmp_path)
         rejects(cut)
+
+
+def test_redis_cli_rdb_output_that_exits_0_with_its_end_marker_attached_is_caught(redis_server: RedisServer) -> None:
+    """Why the agent reads the replication stream itself: redis-cli 7.0 `--rdb -` exits 0 but leaves
+    the 40-byte end marker of a diskless transfer after the snapshot; the check refuses that."""
+    cli = require_binaries(["redis-cli"], hint="install redis-tools")["redis-cli"]
+    argv = [cli, "-h", redis_server.host, "-p", str(redis_server.port), "--user", redis_server.user, "--askpass"]
+    redis_server.flush()
+    redis_server.client().set("one", "key")
+    try:
+        done = subprocess.run(
+            [*argv, "--rdb", "-"],
+            input=(redis_server.password + "\n").encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        wrong = subprocess.run(
+            [*argv, "--rdb", "-"], input=b"wrong-password\n", capture_output=True, timeout=60, check=False
+        )
+    finally:
+        redis_server.flush()
+    assert done.returncode == 0
+    summary_or_error: RdbSummary | str
+    try:
+        summary_or_error = checked(done.stdout)
+    except VerificationError as error:
+        summary_or_error = str(error)
+    if done.stdout[-40:].isalnum():  # the marker: 40 hex digits (this redis-cli does not strip it)
+        assert "40 bytes follow the end" in str(summary_or_error)
+    else:
+        assert isinstance(summary_or_error, RdbSummary)
+    assert wrong.returncode != 0
+    assert "empty" in rejects(wrong.stdout)
