@@ -33,6 +33,7 @@ from servers.redis import RedisServer, fill_every_type
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.manifest import manifest_path, read_manifest
+from agent.restore import choose_backup, decompressed_chunks, engine_for
 
 pytestmark = pytest.mark.redis
 
@@ -318,3 +319,28 @@ def test_a_unix_socket_job_backs_up_too(filled: tuple[RedisServer, dict[str, int
     [dump] = data_files(tmp_path / "storage")
     assert read_manifest(manifest_path(dump)).counts == counts
     assert os.path.basename(dump.parent) == "all"
+
+
+def test_a_drill_removes_what_a_crashed_drill_left_and_stops_its_server(
+    filled: tuple[RedisServer, dict[str, int]], tmp_path: Path
+) -> None:
+    server, _ = filled
+    config = write_config(tmp_path, {"cache": redis_job(server, tmp_path, timeout="2s")})
+    assert run_cli(config, "backup") == 0
+    loaded = load_config(config)
+    chosen = choose_backup(loaded, "cache", "all")
+    crashed = engine_for(loaded, "cache")
+    crashed.create_database("all__drill_20260101T000000Z")
+    crashed.restore(
+        decompressed_chunks(chosen.record.path, chosen.manifest.compression),
+        chosen.manifest,
+        "all__drill_20260101T000000Z",
+        drill=True,
+    )  # and the agent dies here: the folder and its server stay
+    leftover = crashed.drills_folder() / "all__drill_20260101T000000Z"
+    pid = int((leftover / "redis.pid").read_text())
+    time.sleep(2.5)  # older than the job's timeout: no live drill can own it
+    assert run_cli(config, "drill", "--job", "cache") == 0
+    assert not leftover.exists()
+    wait_until(lambda: not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes(),
+               what="the leftover drill server to be gone", timeout=10)  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__, process
@@ -172,9 +173,17 @@ class RedisEngine(Engine):
         return NOT_EMPTY if any(keys for keys, _ in keyspace.values()) else EMPTY
 
     def create_database(self, database: str) -> None:
-        from agent.engines.redis.scratch_server import ScratchServer
+        """A drill's scratch server (not started yet), after removing what crashed drills left behind."""
+        from agent.engines.redis.scratch_server import ScratchServer, remove_leftovers
 
-        self._scratch[database] = ScratchServer(self.context.scratch / database, self.drill_binary())
+        folder = self.drills_folder()
+        remove_leftovers(folder, older_than=self.job.timeout.total_seconds())
+        self._scratch[database] = ScratchServer(folder / database, self.drill_binary())
+
+    def drills_folder(self) -> Path:
+        """`<storage>/.agent/tmp/_drills/<job>`: beside the job's scratch (same disk and budget), not in
+        it, since a backup starting meanwhile sweeps that; `_drills` can never be a job's name."""
+        return self.context.scratch.parent / "_drills" / self.context.scratch.name
 
     def restore(
         self,

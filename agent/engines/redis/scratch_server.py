@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -23,6 +24,7 @@ from agent.errors import AgentError, ConnectionFailed, DumpError
 from agent.writer import ensure_directory
 
 SNAPSHOT_NAME = "dump.rdb"
+PID_FILE = "redis.pid"
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes
 _MINIMUM_DATABASES = 16
 
@@ -45,7 +47,8 @@ class ScratchServer:
 
     def load(self, chunks: Iterable[bytes], *, databases: int, timeout: float) -> None:
         """Write the snapshot, start the server on it and wait until it has loaded every key."""
-        ensure_directory(self.folder, 0o700)
+        ensure_directory(self.folder.parent, 0o700)
+        self.folder.mkdir(mode=0o700)  # a fresh folder: a leftover of the same name is an error
         descriptor = os.open(
             self.folder / SNAPSHOT_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -75,6 +78,7 @@ class ScratchServer:
                 "appendonly no",
                 "daemonize no",
                 f"logfile {_quoted(self.folder / 'redis.log')}",
+                f"pidfile {_quoted(self.folder / PID_FILE)}",
                 f"databases {max(_MINIMUM_DATABASES, databases)}",
                 f"replicaof 127.0.0.1 {master_port}",
                 "replica-serve-stale-data yes",
@@ -133,3 +137,35 @@ class ScratchServer:
 def _quoted(path: Path) -> str:
     """A config-file string: Redis reads double-quoted values with backslash escapes."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def remove_leftovers(drills: Path, *, older_than: float) -> list[Path]:
+    """Remove folders crashed drills left (stopping their server): those whose server is gone, and
+    those older than `older_than` seconds (no drill runs longer than the job's timeout)."""
+    removed: list[Path] = []
+    if not drills.is_dir() or drills.is_symlink():
+        return removed
+    now = time.time()
+    for folder in drills.iterdir():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        pid = _server_pid(folder)
+        if pid is not None and now - folder.lstat().st_mtime < older_than:
+            continue  # another drill's live server
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _server_pid(folder: Path) -> int | None:
+    """The pid in the folder's pidfile when that process runs in the folder (a redis-server works in
+    its `dir`; its command line is rewritten to its title, so that cannot tell)."""
+    try:
+        pid = int((folder / PID_FILE).read_text().strip())
+        working = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return None
+    return pid if Path(working) == folder.resolve() else None
