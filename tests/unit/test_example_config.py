@@ -20,7 +20,7 @@ def test_the_example_config_parses_into_the_documented_job() -> None:
 
 
 def test_every_commented_example_job_is_valid_once_uncommented() -> None:
-    """Uncommenting the example MySQL, MongoDB and SQLite jobs gives a valid config too."""
+    """Uncommenting the example MySQL, MongoDB, SQLite and Redis jobs gives a valid config too."""
     lines: list[str] = []
     in_example_job = False
     for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
@@ -30,6 +30,7 @@ def test_every_commented_example_job_is_valid_once_uncommented() -> None:
             in_example_job = False
         lines.append(line[2:] if in_example_job else line)
     config = parse_config("\n".join(lines), EXAMPLE, file_mode=0o100600)
-    assert {"main", "shop", "docs", "app"} <= set(config.jobs)
+    assert {"main", "shop", "docs", "app", "cache"} <= set(config.jobs)
+    assert config.jobs["cache"].engine == "redis"
     assert config.jobs["shop"].engine == "mysql" and config.jobs["docs"].engine == "mongodb"
     assert config.jobs["app"].engine == "sqlite"
