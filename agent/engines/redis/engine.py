@@ -42,6 +42,7 @@ from agent.engines.redis.client import (
 from agent.engines.redis.options import RedisOptions
 from agent.engines.redis.rdb import NEWEST_VERSION, RDB_FORMAT, RdbCheck
 from agent.errors import ToolError, UsageError, VerificationError
+from agent.log import get_logger
 
 if TYPE_CHECKING:
     from agent.config import JobConfig
@@ -177,7 +178,8 @@ class RedisEngine(Engine):
         from agent.engines.redis.scratch_server import ScratchServer, remove_leftovers
 
         folder = self.drills_folder()
-        remove_leftovers(folder, older_than=self.job.timeout.total_seconds())
+        for leftover in remove_leftovers(folder, older_than=self.job.timeout.total_seconds()):
+            get_logger(job=self.job.name).warning("drill.leftover_dropped", database=leftover.name)
         self._scratch[database] = ScratchServer(folder / database, self.drill_binary())
 
     def drills_folder(self) -> Path:
