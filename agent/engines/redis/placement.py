@@ -19,11 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.engines.redis.client import RedisConnection, ReplyError, parse_info, read_config
 from agent.errors import AgentError, DumpError, UsageError
 from agent.log import get_logger
-from agent.manifest import Manifest
+
+if TYPE_CHECKING:
+    from agent.manifest import Manifest
 
 _STOP_WAIT_SECONDS = 60.0
 
