@@ -9,6 +9,7 @@ drops no expired key while loading or after, so its key counts equal the snapsho
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -56,7 +57,13 @@ class ScratchServer:
             for chunk in chunks:
                 snapshot.write(chunk)
         if len(str(self.folder / "redis.sock")) > _SOCKET_PATH_LIMIT:
-            self._socket_folder = Path(tempfile.mkdtemp(prefix="backup-agent-drill-"))
+            self._socket_folder = socket_folder_for(self.folder)
+            try:
+                self._socket_folder.mkdir(mode=0o700)
+            except FileExistsError:
+                raise DrillServerError(
+                    f"{self._socket_folder} exists already: refusing a folder someone else made"
+                ) from None
         self._master_hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._master_hold.bind(("127.0.0.1", 0))  # bound, never listening: the replica's master refuses
         config = self.folder / "redis.conf"
@@ -139,6 +146,13 @@ def _quoted(path: Path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def socket_folder_for(folder: Path) -> Path:
+    """Where the socket goes when the scratch path is too long for one: a short private folder in the
+    temp dir, named after the drill's folder so a later drill can remove it after a crash."""
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"backup-agent-drill-{digest}"
+
+
 def remove_leftovers(drills: Path, *, older_than: float) -> list[Path]:
     """Remove folders crashed drills left (stopping their server): those whose server is gone, and
     those older than `older_than` seconds (no drill runs longer than the job's timeout)."""
@@ -156,6 +170,7 @@ def remove_leftovers(drills: Path, *, older_than: float) -> list[Path]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(socket_folder_for(folder), ignore_errors=True)
         removed.append(folder)
     return removed
 
