@@ -143,7 +143,7 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
     elif state == NOT_EMPTY and not force:
         lines.append("refused:  the database holds data; pass --force to restore into it anyway")
     lines.append("step:     re-verify the backup's sha256 and structure")
-    lines.append(f"step:     load it{' (tables: ' + ', '.join(tables) + ')' if tables else ''}")
+    lines.extend(f"step:     {step}" for step in engine.restore_steps(into, tables))
     return lines
 
 

@@ -272,6 +272,10 @@ class Engine(ABC):
         """Rows per table, keyed as in the manifest's `counts`, for drills."""
         raise UsageError(f"engine {self.name} cannot count rows")
 
+    def restore_steps(self, database: str, tables: Sequence[str] = ()) -> list[str]:
+        """What `restore` does to load the dump, for `--dry-run` (it reads the server, changes nothing)."""
+        return [f"load it{' (tables: ' + ', '.join(tables) + ')' if tables else ''}"]
+
     # --- doctor ----------------------------------------------------------------------------------
     def check_privileges(self) -> list[PrivilegeFinding]:
         """Whether the job's account can read everything it dumps; engines with privileges override it."""

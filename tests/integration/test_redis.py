@@ -241,7 +241,7 @@ def test_a_server_stopping_mid_snapshot_fails_the_run_and_removes_the_partial(
 
 
 def test_restore_into_refuses_a_server_holding_keys_and_with_force_puts_the_snapshot_where_it_loads(
-    filled: tuple[RedisServer, dict[str, int]], tmp_path: Path
+    filled: tuple[RedisServer, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server, counts = filled
     original = everything(server.client)
@@ -254,6 +254,9 @@ def test_restore_into_refuses_a_server_holding_keys_and_with_force_puts_the_snap
     restore = ("restore", "--job", "cache", "--database", "all", "--into", "all")
     assert run_cli(config, *restore) != 0  # the server holds a key
     assert server.client().exists("written-after-the-backup")
+    assert run_cli(config, *restore, "--force", "--dry-run") == 0
+    assert "SHUTDOWN NOSAVE" in capsys.readouterr().out
+    assert server.is_running()
     assert run_cli(config, *restore, "--force") == 0
     wait_until(lambda: not server.is_running(), what="Redis to stop", timeout=30)
     kept = [path.name for path in server.data_dir.iterdir() if ".before-restore-" in path.name]

@@ -207,6 +207,18 @@ class RedisEngine(Engine):
         with self.connect() as connection:
             place_snapshot(connection, chunks, manifest)
 
+    def restore_steps(self, database: str, tables: Sequence[str] = ()) -> list[str]:
+        from agent.engines.redis.placement import server_files
+
+        with self.connect() as connection:
+            files = server_files(connection)
+        return [
+            f"write the snapshot beside {files.path}, owned by the server's user (uid {files.uid})",
+            f"keep the current {files.filename} as {files.filename}.before-restore-<time>",
+            f"put the snapshot at {files.path}",
+            f"stop the server (pid {files.pid}) with SHUTDOWN NOSAVE; its next start loads the restored keys",
+        ]
+
     def count_rows(self, database: str) -> dict[str, int]:
         """Keys per database of the drill's server (a replica: nothing expires there, so counts are exact)."""
         return self._scratch[database].key_counts()
