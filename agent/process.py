@@ -40,7 +40,7 @@ TRICKLE_PAUSE = 0.001
 _STDERR_TAIL_BYTES = 8192
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a child must stop
 # variables that carry passwords for database clients; never inherited by a child
-_SECRET_VARIABLES = ("PGPASSWORD", "MYSQL_PWD", "MONGODB_PASSWORD")
+_SECRET_VARIABLES = ("PGPASSWORD", "MYSQL_PWD", "MONGODB_PASSWORD", "REDISCLI_AUTH")
 # variables that would let a client send a password in clear text or load other auth plugins
 _WEAKENING_VARIABLES = (
     "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN",
