@@ -347,3 +347,58 @@ def test_a_drill_removes_what_a_crashed_drill_left_and_stops_its_server(
     assert not leftover.exists()
     wait_until(lambda: not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes(),
                what="the leftover drill server to be gone", timeout=10)  # fmt: skip
+
+
+def _certificates(folder: Path, openssl: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it."""
+    ca_key, ca, key, request, certificate = (folder / name for name in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt"))
+    steps = [
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=backup-agent test CA"],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+        [openssl, "x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", certificate,
+         "-days", "2", "-extfile", folder / "san.cnf"],
+    ]  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for step in steps:
+        subprocess.run([str(part) for part in step], capture_output=True, check=True, timeout=60)
+    return ca, certificate, key
+
+
+def test_a_tls_endpoint_is_backed_up_when_its_certificate_verifies_and_refused_when_not(
+    tmp_path: Path, second_server: Any
+) -> None:
+    binaries = require_binaries(["redis-server", "openssl"], hint="install redis-server and openssl")
+    ca, certificate, key = _certificates(tmp_path, binaries["openssl"])
+    port = free_port()
+    data = tmp_path / "tls-data"
+    data.mkdir()
+    process = ServerProcess(
+        [
+            binaries["redis-server"], "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(certificate), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no", "--dir", str(data), "--save", "", "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0",
+        ],
+        log_path=tmp_path / "tls.log",
+        run_as=None,
+        cwd=data,
+    )  # fmt: skip
+    process.start()
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))
+        wait_until(lambda: bool(client.ping()), what="TLS Redis", process=process)
+        client.mset({"a": 1, "b": 2})
+        job = {"engine": "redis", "host": "127.0.0.1", "port": port, "databases": "*", "tls": True, "ssl_ca": str(ca)}
+        assert run_cli(write_config(tmp_path, {"cache": job}), "backup") == 0
+        [dump] = data_files(tmp_path / "storage")
+        assert read_manifest(manifest_path(dump)).counts == {"db0": 2}
+        other = tmp_path / "untrusted"
+        other.mkdir()
+        _, stranger, _ = _certificates(other, binaries["openssl"])  # a CA that did not sign the server
+        refused = {**job, "ssl_ca": str(stranger)}
+        assert run_cli(write_config(other, {"cache": refused}), "backup") != 0
+        [failed] = events_named(other, "backup.failed")
+        assert "CERTIFICATE_VERIFY_FAILED" in failed["error"] or "certificate verify failed" in failed["error"]
+    finally:
+        process.stop()
