@@ -180,7 +180,9 @@ class RedisEngine(Engine):
         folder = self.drills_folder()
         for leftover in remove_leftovers(folder, older_than=self.job.timeout.total_seconds()):
             get_logger(job=self.job.name).warning("drill.leftover_dropped", database=leftover.name)
-        self._scratch[database] = ScratchServer(folder / database, self.drill_binary())
+        self._scratch[database] = ScratchServer(
+            folder / database, self.drill_binary(), nice=self.job.nice, ionice=self.job.ionice
+        )
 
     def drills_folder(self) -> Path:
         """`<storage>/.agent/tmp/_drills/<job>`: beside the job's scratch (same disk and budget), not in

@@ -35,9 +35,10 @@ class DrillServerError(AgentError):
 
 
 class ScratchServer:
-    def __init__(self, folder: Path, binary: str) -> None:
+    def __init__(self, folder: Path, binary: str, *, nice: int = 0, ionice: str = "none") -> None:
         self.folder = folder
         self.binary = binary
+        self._priority = (nice, ionice)  # the job's: a drill must not take the machine from the application
         self._child: process.Child | None = None
         self._master_hold: socket.socket | None = None
         self._socket_folder: Path | None = None  # a short private folder when the scratch path is too long
@@ -70,7 +71,9 @@ class ScratchServer:
         descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(self._config(databases, self._master_hold.getsockname()[1]))
-        self._child = process.start(process.Command((self.binary, str(config))), stdout=process.DEVNULL)
+        nice, ionice = self._priority
+        command = process.Command((self.binary, str(config)), nice=nice, ionice=ionice)
+        self._child = process.start(command, stdout=process.DEVNULL)
         self._wait_loaded(timeout)
 
     def _config(self, databases: int, master_port: int) -> str:
