@@ -8,6 +8,7 @@ mid-snapshot, a user without SYNC) end as one clear line and leave no file behin
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -404,3 +405,32 @@ def test_a_tls_endpoint_is_backed_up_when_its_certificate_verifies_and_refused_w
         assert "CERTIFICATE_VERIFY_FAILED" in failed["error"] or "certificate verify failed" in failed["error"]
     finally:
         process.stop()
+
+
+def test_the_password_never_goes_to_a_socket_others_could_have_planted_nor_in_clear_text_off_the_machine(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o1777)  # like /tmp: anyone may create a name here while the server is down
+    planted = open_folder / "redis.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(planted))
+    listener.listen(1)
+    listener.setblocking(False)
+    job = redis_job(redis_server, tmp_path)
+    del job["host"], job["port"]
+    job["socket"] = str(planted)
+    try:
+        assert run_cli(write_config(tmp_path, {"cache": job}), "backup") != 0
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected: no password was sent
+    finally:
+        listener.close()
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    job = {**redis_job(redis_server, remote), "host": "192.0.2.1"}  # refused before any connection is made
+    assert run_cli(write_config(remote, {"cache": job}), "backup") != 0
+    output = capsys.readouterr().out
+    assert "refusing to connect" in output
+    assert "AUTH sends it in clear text" in output

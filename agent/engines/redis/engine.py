@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent import __version__, process
+from agent import __version__, process, trust
 from agent.engines.base import (
     EMPTY,
     NOT_EMPTY,
@@ -41,7 +41,7 @@ from agent.engines.redis.client import (
 )
 from agent.engines.redis.options import RedisOptions
 from agent.engines.redis.rdb import NEWEST_VERSION, RDB_FORMAT, RdbCheck
-from agent.errors import ToolError, UsageError, VerificationError
+from agent.errors import ToolError, UntrustedServer, UsageError, VerificationError
 from agent.log import get_logger
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def parse_release(text: str) -> tuple[int, int, int] | None:
 class RedisEngine(Engine):
     """The whole server is one target (`all`): a snapshot cannot leave a logical database out."""
 
+    server_users = ("redis",)  # Debian, Ubuntu and RHEL packages run redis-server as redis
+
     def __init__(self, job: JobConfig, context: EngineContext) -> None:
         super().__init__(job, context)
         self.options = options_of(job, RedisOptions)
@@ -93,9 +95,30 @@ class RedisEngine(Engine):
             ssl_key=options.ssl_key,
         )
 
+    def endpoints(self) -> list[trust.Endpoint]:
+        users = self.trusted_server_users()
+        if self.job.socket:
+            return [trust.Endpoint(socket=self.job.socket, server_users=users)]
+        return [trust.Endpoint(host=self.job.host or "127.0.0.1", port=self.job.port or 6379, server_users=users)]
+
     def connect(self) -> RedisConnection:
+        """Only to the real server: its socket or loopback port held by its user (trust.py), and since
+        AUTH sends the password as it is, to another machine only over TLS that verifies the server."""
+        self.check_server()
+        password = self.job.password.read()
+        endpoint = self.endpoint()
+        if password is not None and not endpoint.tls and not self._on_this_machine():
+            raise UntrustedServer(
+                f"refusing to send the Redis password to {endpoint.label()}: AUTH sends it in clear text, so to "
+                "another machine only with tls = true (which verifies the server), or connect on this machine"
+            )
         timeout = max(1.0, self.job.connect_timeout.total_seconds())
-        return RedisConnection.open(self.endpoint(), self.job.user, self.job.password.read(), timeout=timeout)
+        return RedisConnection.open(endpoint, self.job.user, password, timeout=timeout)
+
+    def _on_this_machine(self) -> bool:
+        if self.job.socket:
+            return True
+        return bool(trust.loopback_addresses(self.job.host or "127.0.0.1", self.job.port or 6379))
 
     def server_info(self) -> dict[str, str]:
         with self.connect() as connection:
