@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from agent import trust
@@ -168,6 +168,15 @@ class StreamCheck(Protocol):
     def abort(self) -> None: ...
 
 
+@runtime_checkable
+class RowCountingCheck(Protocol):
+    """A check that also counts each table's rows in the bytes it reads: the dump's own snapshot,
+    no second scan on the server. The runner records them in the manifest (counts_consistent)."""
+
+    def row_counts(self) -> dict[str, int] | None:
+        """Rows per table, keyed as `Engine.count_rows` keys them; None when some could not be counted."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineContext:
     storage: Path
@@ -242,7 +251,15 @@ class Engine(ABC):
 
     def checked(self, check: StreamCheck, details: DumpDetails) -> DumpDetails:
         """The dump's details with what only its finished check knows (Redis: the key counts read from
-        the snapshot itself, so the stream is parsed once); most engines' checks add nothing."""
+        the snapshot itself, so the stream is parsed once). A RowCountingCheck's counts (PostgreSQL,
+        MySQL) are the dump's own snapshot, so consistent; most other checks add nothing."""
+        if not isinstance(check, RowCountingCheck):
+            return details
+        counts = check.row_counts()
+        if counts is None:
+            details.warnings.append("row counts not recorded: some table data is not in a form the check counts")
+        else:
+            details.counts, details.counts_consistent = counts, True
         return details
 
     # --- restore and drills: engines that can restore override these -------------------------

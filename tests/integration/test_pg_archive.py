@@ -47,6 +47,19 @@ CREATE SEQUENCE counter; SELECT setval('counter', 42);
 CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n FROM numbers;
 SELECT lo_from_bytea(0, decode(repeat('00ff00', 20000), 'hex'));
 SELECT lo_from_bytea(0, '\x00'::bytea);
+CREATE SCHEMA "odd schema";
+CREATE TABLE "odd schema"."ten bytes" (id int, body text);
+INSERT INTO "odd schema"."ten bytes" SELECT i, lpad(i::text, 7, 'x') FROM generate_series(1, 9) AS i;
+CREATE TABLE prefix_newlines (id int, body text);
+INSERT INTO prefix_newlines SELECT i, repeat('n', 2566 + i) FROM generate_series(0, 300) AS i;
+INSERT INTO prefix_newlines SELECT i, repeat('m', 65536 * 10 + 8) FROM generate_series(1, 2) AS i;
+CREATE TABLE empty_strings (body text);
+INSERT INTO empty_strings SELECT '' FROM generate_series(1, 25);
+INSERT INTO empty_strings VALUES (E'\n'), (E'\n\n\r'), (E'\\'), (NULL);
+CREATE TABLE parent (id int, at date) PARTITION BY RANGE (at);
+CREATE TABLE parent_2024 PARTITION OF parent FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE parent_2025 PARTITION OF parent FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+INSERT INTO parent SELECT i, '2024-06-01'::date + i FROM generate_series(1, 400) AS i;
 """
 
 
@@ -57,6 +70,7 @@ class Archives:
     seekable: bytes  # written to a file: offsets set in the TOC
     data_entries: int  # TABLE DATA and BLOBS lines in `pg_restore --list`
     pg_restore: str
+    counts: dict[str, int]  # count(*) of every table, as the engine's drill counts them
 
 
 def _pg_dump(server: PostgresServer, env: dict[str, str], database: str, *options: str) -> bytes:
@@ -102,10 +116,27 @@ def archives(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
             seekable=seekable_path.read_bytes(),
             data_entries=data_entries,
             pg_restore=pg_restore,
+            counts=_server_counts(pg_server, database),
         )
     finally:
         with pg_server.connect() as connection:
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def _server_counts(server: PostgresServer, database: str) -> dict[str, int]:
+    """count(*) of every ordinary table (partitions, not their parents), keyed "schema.table"."""
+    counts: dict[str, int] = {}
+    with server.connect(database) as connection:
+        tables = connection.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%'"
+        ).fetchall()
+        for schema, table in tables:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            row = connection.execute(query).fetchone()
+            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
 
 
 def _check(data: bytes, cuts: list[int] | None = None) -> CustomArchiveCheck:
@@ -214,3 +245,40 @@ def test_the_engine_checks_its_archives_in_process_and_still_catches_truncation(
     check.feed(archives.uncompressed[:-1])
     with pytest.raises(VerificationError):
         check.finish()
+
+
+@_SETTINGS
+@given(kind=st.sampled_from(("uncompressed", "seekable")), cuts=st.lists(st.integers(min_value=0), max_size=60))
+def test_row_counts_from_the_copy_data_equal_count_star_however_the_stream_is_split(
+    archives: Archives, kind: str, cuts: list[int]
+) -> None:
+    """Rows whose length prefix holds 0x0A bytes (10, 2560-2815, 655368 bytes), empty and escaped lines."""
+    assert archives.counts["odd schema.ten bytes"] == 9
+    assert archives.counts["public.empty_strings"] == 29
+    got = _check(getattr(archives, kind), cuts).row_counts()
+    assert got is not None
+    assert {k: (v, got.get(k)) for k, v in archives.counts.items() if got.get(k) != v} == {}
+    assert got == archives.counts
+
+
+def test_row_counts_split_at_every_offset_of_short_rows(archives: Archives) -> None:
+    data = archives.uncompressed
+    start = data.index(b"1\txxxxxx1\n") - 5  # the first 10-byte row of "odd schema"."ten bytes"
+    for offset in range(start - 8, start + 120):
+        assert _check(data, [offset, offset + 3]).row_counts() == archives.counts
+
+
+def test_compressed_table_data_is_not_counted(archives: Archives) -> None:
+    assert _check(archives.compressed).row_counts() is None
+
+
+def test_pagila_row_counts_from_its_archive_equal_count_star(pg_server: PostgresServer, pg_database: str) -> None:
+    from servers.fixtures_data import load_pagila
+
+    load_pagila(pg_server, pg_database)
+    env = {**os.environ, "PGPASSWORD": pg_server.password}
+    data = _pg_dump(pg_server, env, pg_database, "--compress=0")
+    expected = _server_counts(pg_server, pg_database)
+    assert expected["public.rental"] == 16044
+    assert _check(data).row_counts() == expected
+    assert _check(data, list(range(0, len(data), 4093))).row_counts() == expected

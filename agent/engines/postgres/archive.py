@@ -21,6 +21,7 @@ and that many bytes.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,7 +43,9 @@ _BLOCK_HEADER = "block header"
 _CHUNK_LENGTH = "chunk length"
 _CHUNK_BYTES = "chunk bytes"
 _LARGE_OBJECT_OID = "large object id"
-_FAST_SCAN = "table data"
+_COPY_ROWS = "table rows"
+COPY_END = b"\\.\n\n\n"  # pg_dump ends each table's COPY data with this line and two blank ones
+_PREFIX_FORMATS = {1: "<BB", 2: "<BH", 4: "<BI", 8: "<BQ"}  # sign byte + little-endian unsigned
 
 
 class _IncompleteError(Exception):
@@ -60,6 +63,7 @@ class TocEntry:
     tag: str
     namespace: str
     has_data: bool
+    copy: bool = False  # its data is COPY text (not INSERT statements): one raw newline per row
 
     def label(self) -> str:
         name = f"{self.namespace}.{self.tag}" if self.namespace else self.tag
@@ -153,7 +157,7 @@ def _parse_toc_entry(reader: _Reader, header: ArchiveHeader) -> TocEntry:
     reader.integer()  # section
     reader.string()  # definition
     reader.string()  # drop statement
-    reader.string()  # copy statement
+    copy_statement = reader.string() or ""
     namespace = reader.string() or ""
     reader.string()  # tablespace
     if header.version >= (1, 14, 0):
@@ -168,16 +172,17 @@ def _parse_toc_entry(reader: _Reader, header: ArchiveHeader) -> TocEntry:
     reader.take(header.offset_size)
     if flag not in (OFFSET_NOT_SET, OFFSET_SET, OFFSET_NO_DATA):
         raise VerificationError(f"corrupt custom-format archive: data offset flag {flag} in TOC entry {dump_id}")
-    return TocEntry(dump_id, description, tag, namespace, flag != OFFSET_NO_DATA)
+    return TocEntry(dump_id, description, tag, namespace, flag != OFFSET_NO_DATA, copy_statement.startswith("COPY "))
 
 
 class CustomArchiveCheck:
     """StreamCheck for `pg_dump --format=custom`: complete header, TOC and every data block.
 
-    Uncompressed table data (COPY text or INSERT statements, which never contain a NUL byte) is
-    skipped at C speed by finding its end marker, a zero-length chunk: five zero bytes can only
-    occur there, since every chunk before it is non-empty and its length prefix is followed by a
-    non-NUL byte. Everything else (large objects, compressed data) is walked chunk by chunk.
+    It also counts each table's rows from its COPY data as it streams by, so the manifest's counts
+    come from the dump's own snapshot with no second scan on the server. pg_dump writes one chunk
+    per COPY row, each behind a length prefix whose bytes may be 0x0A, so the chunks are walked
+    (a struct unpack per row) and newlines are counted in the payloads only, at C speed: COPY text
+    escapes a newline inside a value as `\\n`, so every raw newline of a payload ends a row.
     """
 
     def __init__(self, fallback: Callable[[], StreamCheck] | None = None) -> None:
@@ -195,9 +200,13 @@ class CustomArchiveCheck:
         self._carry = b""  # the start of a small item split across two feeds
         self._remaining = 0  # payload bytes of the current chunk still to pass
         self._in_large_object = False
-        self._zero_run = 0  # trailing zero bytes of the last feed while scanning table data
         self._current: TocEntry | None = None
-        self._end_marker = b""
+        self._prefix: struct.Struct | None = None  # a chunk's length prefix, when the int size has a format
+        self._rows = 0  # rows of the current table so far
+        self._terminated = False  # the current table's COPY data ended with its `\\.` line
+        self._terminator: bytes | None = None  # the start of a chunk that may be that line
+        self.counts: dict[str, int] = {}  # rows per table ("schema.table"), as `count(*)` would say
+        self._uncounted: list[str] = []  # tables whose data is not COPY text (compressed, INSERTs)
         self._base = 0  # stream offset of the data being walked
         self.block_ends: list[int] = []  # stream offsets just after each complete data block
         self._failed: VerificationError | None = None
@@ -254,13 +263,20 @@ class CustomArchiveCheck:
         self._buffer = bytearray()
         self._carry = b""
 
+    def row_counts(self) -> dict[str, int] | None:
+        """Rows per table after `finish`, or None when some table's data could not be counted."""
+        if self._delegate is not None or self._uncounted:
+            return None
+        return dict(self.counts)
+
     # --- header and table of contents ----------------------------------------------------------
     def _read_toc(self) -> None:
         reader = _Reader(self._buffer, 0, self.header.int_size if self.header else 4)
         try:
             if self.header is None:
                 self.header = _parse_header(reader)
-                self._end_marker = bytes(1 + self.header.int_size)
+                prefix_format = _PREFIX_FORMATS.get(self.header.int_size)
+                self._prefix = struct.Struct(prefix_format) if prefix_format else None
                 del self._buffer[: reader.position]
                 reader.position = 0
             if self._toc_count is None:
@@ -319,14 +335,14 @@ class CustomArchiveCheck:
         end = len(data)
         while index < end:
             state = self._state
-            if state == _CHUNK_BYTES:
+            if state == _COPY_ROWS:
+                index = self._copy_rows(data, index)
+            elif state == _CHUNK_BYTES:
                 step = min(self._remaining, end - index)
                 self._remaining -= step
                 index += step
                 if self._remaining == 0:
                     self._state = _CHUNK_LENGTH
-            elif state == _FAST_SCAN:
-                index = self._scan(data, index)
             else:
                 item, index = self._small(data, index, 1 + width if state == _BLOCK_HEADER else width)
                 if item is None:
@@ -367,39 +383,85 @@ class CustomArchiveCheck:
         if block_type == BLOCK_LARGE_OBJECTS:
             self._in_large_object = True
             self._state = _LARGE_OBJECT_OID
-        elif entry.description == "TABLE DATA" and not self.header.compressed:
-            self._zero_run = 0
-            self._state = _FAST_SCAN
+        elif entry.description == "TABLE DATA" and entry.copy and not self.header.compressed and self._prefix:
+            self._rows = 0
+            self._remaining = 0
+            self._terminated = False
+            self._terminator = None
+            self._state = _COPY_ROWS
         else:
+            if entry.description == "TABLE DATA":
+                self._uncounted.append(entry.label())
             self._in_large_object = False
             self._state = _CHUNK_LENGTH
 
     def _block_done(self, index: int) -> None:
         assert self._current is not None
+        if self._state == _COPY_ROWS:
+            if self._terminated:
+                self.counts[f"{self._current.namespace}.{self._current.tag}"] = self._rows
+            else:
+                self._uncounted.append(self._current.label())
         self._pending.discard(self._current.dump_id)
         self.block_ends.append(self._base + index)
         self._in_large_object = False
         self._state = _BLOCK_HEADER
 
-    def _scan(self, data: bytes, index: int) -> int:
-        """Find the zero-length chunk that ends uncompressed table data; return where to go on."""
-        marker = self._end_marker
-        width = len(marker)
-        if self._zero_run:
-            needed = width - self._zero_run
-            head = data[index : index + needed]
-            if head.count(0) == len(head) and len(head) == needed:
-                self._block_done(index + needed)
-                return index + needed
-            if head.count(0) == len(head):  # still all zeros, but the feed ended
-                self._zero_run += len(head)
-                return index + len(head)
-            self._zero_run = 0
-        found = data.find(marker, index)
-        if found >= 0:
-            self._block_done(found + width)
-            return found + width
-        tail_start = max(index, len(data) - (width - 1))
-        tail = data[tail_start:]
-        self._zero_run = len(tail) - len(tail.rstrip(b"\x00"))
-        return len(data)
+    def _copy_rows(self, data: bytes, index: int) -> int:
+        """Walk the chunks of uncompressed COPY data, counting payload newlines; return where to go on."""
+        prefix = self._prefix
+        assert prefix is not None
+        width, unpack_from, count = prefix.size, prefix.unpack_from, data.count
+        end = len(data)
+        rows = 0
+        remaining = self._remaining  # payload bytes of the current chunk still to come
+        while index < end:
+            if remaining:
+                stop = min(end, index + remaining)
+                if self._terminator is None:
+                    rows += count(b"\n", index, stop)
+                else:
+                    rows += self._split_end_of_data(data[index:stop])
+                remaining -= stop - index
+                index = stop
+                continue
+            if self._carry or index + width > end:  # a length prefix split across feeds
+                item, index = self._small(data, index, width)
+                if item is None:
+                    break
+                sign, length = prefix.unpack(item)
+            else:
+                sign, length = unpack_from(data, index)
+                index += width
+            if sign != 0:
+                raise VerificationError(f"corrupt custom-format archive: bad chunk length in {self._where()}")
+            if length == 0:
+                self._rows += rows
+                rows = 0
+                self._block_done(index)
+                break
+            if length == len(COPY_END) and self._is_end_of_data(data, index):
+                index += length
+                continue
+            remaining = length
+        self._remaining = remaining
+        self._rows += rows
+        return index
+
+    def _is_end_of_data(self, data: bytes, index: int) -> bool:
+        """Whether the chunk at `index` is the `\\.` line pg_dump writes after the rows, as a chunk of its own."""
+        if index + len(COPY_END) <= len(data):
+            self._terminated = data.startswith(COPY_END, index)
+            return self._terminated
+        self._terminator = b""  # split across feeds: decided when its last byte arrives
+        return False
+
+    def _split_end_of_data(self, part: bytes) -> int:
+        """Rows in a part of a chunk that may be the end-of-data line (none if it is)."""
+        assert self._terminator is not None
+        self._terminator += part
+        if len(self._terminator) < len(COPY_END):
+            return 0
+        chunk, self._terminator = self._terminator, None
+        self._terminated = chunk == COPY_END
+        return 0 if self._terminated else chunk.count(b"\n")

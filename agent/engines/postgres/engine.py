@@ -1,9 +1,9 @@
 """PostgreSQL: one `pg_dump --format=custom -Z0` per database, compressed by the agent.
 
 Custom format without pg_dump's own compression is as fast as a plain dump piped to zstd (4x
-faster than pg_dump's zlib) and keeps selective restore. Row counts are taken in the dump's own
-snapshot: a repeatable-read transaction exports it, pg_dump imports it with `--snapshot`, and the
-counting runs alongside the dump so it can never hold it up. The password reaches libpq through a
+faster than pg_dump's zlib) and keeps selective restore. Row counts come from the archive's own
+COPY data as the structural check walks it (archive.py): the dump's snapshot, no second scan of
+any table on the server. The password reaches libpq through a
 0600 anonymous memfd passfile: never argv, never the environment, nothing left after a crash.
 """
 
@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ REQUIRE_AUTH_SINCE = 160000  # libpq 16
 CUSTOM_FORMAT = "postgresql-custom"
 GLOBALS_FORMAT = "postgresql-globals-sql"
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
-_COUNT_LOCK_TIMEOUT_MS = 2000
 _USER_TABLES = """
     SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -336,38 +334,22 @@ class PostgresEngine(Engine):
         return details
 
     def _dump_database(self, database: str, sink: Sink) -> DumpDetails:
-        details = DumpDetails()
+        """pg_dump alone; the runner's CustomArchiveCheck counts the rows from the archive it writes."""
         lock_wait = int(self.job.lock_wait_timeout.total_seconds() * 1000)
-        with self.connect(database, autocommit=False) as snapshot_holder:
-            snapshot_holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = snapshot_holder.execute("SELECT pg_export_snapshot()").fetchone()
-            snapshot = str(row[0]) if row else ""
-            argv = [
-                self._tool("pg_dump"),
-                "--format=custom",
-                "--compress=0",
-                f"--lock-wait-timeout={lock_wait}",
-                f"--snapshot={snapshot}",
-                *self._connection_args(),
-                *self.job.extra_args,
-                f"--dbname=dbname={_conninfo_value(database)}",
-            ]
-            with passfile(self.job.user, self.job.password.read()) as (env, fds):
-                self.check_server()  # the snapshot holder has just connected through the driver's checks
-                child = process.start(self._command(argv, env, fds))
-                counter = _RowCounter(snapshot_holder)
-                counter.start()
-                try:
-                    process.stream_stdout(child, sink, self.context.limits, f"pg_dump of {database!r}")
-                except BaseException:
-                    counter.finish(cancel=True)
-                    raise
-                counter.finish(cancel=False)
-            snapshot_holder.rollback()
-        details.counts = counter.counts
-        details.counts_consistent = counter.complete
-        details.warnings.extend(counter.warnings)
-        return details
+        argv = [
+            self._tool("pg_dump"),
+            "--format=custom",
+            "--compress=0",
+            f"--lock-wait-timeout={lock_wait}",
+            *self._connection_args(),
+            *self.job.extra_args,
+            f"--dbname=dbname={_conninfo_value(database)}",
+        ]
+        with passfile(self.job.user, self.job.password.read()) as (env, fds):
+            self._driver_check(database)  # the driver connects as pg_dump will, refusing what it cannot
+            child = process.start(self._command(argv, env, fds))
+            process.stream_stdout(child, sink, self.context.limits, f"pg_dump of {database!r}")
+        return DumpDetails()
 
     # --- restore and drills ----------------------------------------------------------------
     def database_state(self, database: str) -> str:
@@ -458,49 +440,6 @@ def keep_own_password(chunks: Iterable[bytes], user: str) -> Iterator[bytes]:
             pending = pending[cut:]
     if pending:
         yield pattern.sub(rb"\1\2", pending)
-
-
-class _RowCounter(threading.Thread):
-    """Counts rows of every table in the exported snapshot while pg_dump runs (never before it)."""
-
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        super().__init__(daemon=True, name="row-counter")
-        self._connection = connection
-        self._stop_requested = threading.Event()
-        self.counts: dict[str, int] = {}
-        self.warnings: list[str] = []
-        self.complete = False
-
-    def run(self) -> None:
-        try:
-            self._connection.execute(f"SET LOCAL lock_timeout = {_COUNT_LOCK_TIMEOUT_MS}")
-            tables = self._connection.execute(_USER_TABLES).fetchall()
-            failures = 0
-            for schema, table in tables:
-                if self._stop_requested.is_set():
-                    return
-                query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-                try:
-                    # a savepoint per table: a failed count must not abort the snapshot's transaction
-                    with self._connection.transaction():
-                        row = self._connection.execute(query).fetchone()
-                except psycopg.Error as error:
-                    failures += 1
-                    self.warnings.append(f"row count of {schema}.{table} skipped: {_first_line(error)}")
-                    continue
-                self.counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-            self.complete = failures == 0
-        except psycopg.Error as error:
-            self.warnings.append(f"row counts incomplete: {_first_line(error)}")
-
-    def finish(self, *, cancel: bool) -> None:
-        """Wait for the counts; on a failed dump, cancel the query in flight instead."""
-        if cancel:
-            self._stop_requested.set()
-            if self.is_alive():
-                with contextlib.suppress(psycopg.Error):
-                    self._connection.cancel_safe()
-        self.join()
 
 
 def _first_line(error: BaseException) -> str:
