@@ -10,8 +10,8 @@ the clauses, restoring where the accounts do not exist.
 Credentials reach the tool in an anonymous 0600 memfd option file given as its only option file
 (`--defaults-file=/dev/fd/N`, the first option): never argv, never the environment, and no
 `~/.my.cnf` or `[mysqldump]` section elsewhere can change the account or the dump's format.
-Row counts come from a second consistent snapshot opened as the dump's first bytes arrive; they
-equal the dump's rows only if nothing wrote in between, so they are recorded as not consistent.
+Row counts come from the dump's own INSERT rows, counted as they stream by (row_count.py): the
+dump's snapshot, so they are consistent, and no second scan through the buffer pool.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import os
 import re
 import shutil
 import ssl
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +49,7 @@ from agent.engines.mysql import auth
 from agent.engines.mysql.grants import DUMP_PRIVILEGES, granted_roles, missing_privileges, parse_grants, privilege_gaps
 from agent.engines.mysql.option_file import option_file
 from agent.engines.mysql.options import MysqlOptions
+from agent.engines.mysql.row_count import SqlDumpCheck
 from agent.engines.mysql.sql_stream import (
     INTERNAL_ACCOUNTS,
     AlterDatabaseRewriter,
@@ -69,7 +69,6 @@ from agent.engines.mysql.versions import (
     supports_system_users,
 )
 from agent.errors import (
-    AgentError,
     ConfigError,
     ConnectionFailed,
     DumpError,
@@ -100,7 +99,6 @@ DEFAULT_SOCKETS = (
 MAX_ALLOWED_PACKET = 1 << 30
 # engines that hold no data of their own: nothing to make consistent
 _DATALESS_ENGINES = {"BLACKHOLE", "FEDERATED", "CONNECT", "SPIDER"}
-_COUNT_LOCK_WAIT_SECONDS = 5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +350,7 @@ class MysqlEngine(Engine):
     @classmethod
     def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
         if format_name == SQL_FORMAT:
-            return TrailerCheck(TRAILER, "the SQL dump")
+            return SqlDumpCheck(TRAILER, "the SQL dump")  # counts each table's rows from its INSERTs
         if format_name == GRANTS_FORMAT:
             return TrailerCheck(TRAILER, "the grants dump")
         raise VerificationError(f"unknown MySQL format {format_name!r}")
@@ -452,7 +450,7 @@ class MysqlEngine(Engine):
             collation=facts.collation,
             consistency="lock-tables" if lock_tables else "single-transaction",
             definers=facts.definers,
-            counts_method="separate consistent snapshot started when the dump's first bytes arrived",
+            counts_method="rows of the dump's own INSERT statements",
         )
         if facts.non_transactional:
             details.details["non_transactional_tables"] = facts.non_transactional
@@ -474,26 +472,11 @@ class MysqlEngine(Engine):
                 f"database's name inside (restore those under the same name, or recreate the accounts)"
             )
         argv = self._dump_argv(tool, tool_version, database, lock_tables)
-        rewriter = AlterDatabaseRewriter(database, sink)
-        counter = _RowCounter(self.connect, database, facts.base_tables)
-
-        def consume(data: bytes) -> None:
-            if counter.ident is None:
-                counter.start()  # the tool has opened its snapshot before it writes anything
-            rewriter.feed(data)
-
+        rewriter = AlterDatabaseRewriter(database, sink)  # the runner's SqlDumpCheck counts the rows
         with self._options() as (defaults, fds):
             child = process.start(self._command([argv[0], defaults, *argv[1:]], fds))
-            try:
-                process.stream_stdout(child, consume, self.context.limits, f"{Path(tool).name} of {database!r}")
-            except BaseException:
-                counter.finish(cancel=True)
-                raise
+            process.stream_stdout(child, rewriter.feed, self.context.limits, f"{Path(tool).name} of {database!r}")
         rewriter.flush()
-        counter.finish(cancel=False)
-        details.counts = counter.counts
-        details.counts_consistent = False  # a second snapshot, not the dump's own
-        details.warnings.extend(counter.warnings)
         if rewriter.rewritten:
             details.details["alter_database_rewritten"] = rewriter.rewritten
         return details
@@ -678,53 +661,6 @@ class MysqlEngine(Engine):
     def _execute(self, statement: str) -> None:
         with self.connect() as connection, connection.cursor() as cursor:
             cursor.execute(statement)
-
-
-class _RowCounter(threading.Thread):
-    """Counts each table's rows in its own consistent snapshot while the dump runs (never before it).
-
-    A savepoint around each count releases the table's metadata lock at once, as mysqldump does,
-    and a short lock wait means a pending ALTER skips a count instead of queueing behind it.
-    """
-
-    def __init__(self, connect: Callable[[str], Any], database: str, tables: list[str]) -> None:
-        super().__init__(daemon=True, name="row-counter")
-        self._connect = connect
-        self._database = database
-        self._tables = tables
-        self._cancelled = threading.Event()
-        self.counts: dict[str, int] = {}
-        self.warnings: list[str] = []
-
-    def run(self) -> None:
-        try:
-            with self._connect(self._database) as connection, connection.cursor() as cursor:
-                cursor.execute(f"SET SESSION lock_wait_timeout = {_COUNT_LOCK_WAIT_SECONDS}")
-                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                for table in self._tables:
-                    if self._cancelled.is_set():
-                        return
-                    cursor.execute("SAVEPOINT backup_agent_count")
-                    try:
-                        cursor.execute(f"SELECT COUNT(*) FROM {quote_identifier(table)}")  # noqa: S608  # quoted identifier
-                        self.counts[table] = int(cursor.fetchone()[0])
-                    except pymysql.MySQLError as error:
-                        if self._cancelled.is_set():
-                            return
-                        self.warnings.append(f"row count of {table} skipped: {_message(error)}")
-                    cursor.execute("ROLLBACK TO SAVEPOINT backup_agent_count")
-                cursor.execute("ROLLBACK")
-        except (pymysql.MySQLError, AgentError) as error:
-            if not self._cancelled.is_set():
-                self.warnings.append(f"row counts incomplete: {_message(error)}")
-
-    def finish(self, *, cancel: bool) -> None:
-        """Wait for the counts; after a failed dump, do not wait: the thread stops after its current count."""
-        if cancel:
-            self._cancelled.set()
-        elif self.ident is not None:
-            self.join()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Rows per table counted from the dump's own INSERT statements as they stream by (no second scan).
+
+mariadb-dump/mysqldump write each table's data as extended inserts, one statement per line:
+`INSERT INTO `t` VALUES (1,'a'),(2,'b');`. Outside a quoted string, every `(` of such a line opens
+one row (values are numbers, NULL, quoted strings and, with --hex-blob, 0x literals), so the count
+is C-speed `bytes.count` between strings; strings are skipped by finding their closing quote and
+checking the backslashes before it. The state (inside a string, a pending backslash, the head of a
+line) carries across chunks, so a chunk may end anywhere; only a line's first bytes are ever held.
+Tables come from the `-- Dumping data for table` comments (so an empty table counts 0) and from the
+INSERT targets; lines inside `DELIMITER ;;` blocks (trigger and routine bodies) are never data.
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.engines.base import TrailerCheck
+
+_HEAD_LIMIT = 4096  # an INSERT's head ("INSERT INTO `name` VALUES ") is far shorter
+_INSERT = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO `((?:[^`]|``)+)`(?: \([^)]*\))? VALUES ")
+_DUMPING = re.compile(rb"-- Dumping data for table `((?:[^`]|``)+)`\s*$")
+_INSERT_STARTS = (b"INSERT ", b"REPLACE ")
+_ROUTINES_BEGIN = b"DELIMITER ;;"
+_ROUTINES_END = b"DELIMITER ;"
+_QUOTE = ord("'")
+_BACKSLASH = ord("\\")
+
+# states
+_LINE_HEAD = 0  # reading a line's first bytes to tell what it is
+_SKIP_LINE = 1  # a line that is not data: pass to its newline
+_VALUES = 2  # an INSERT's values, outside a string
+_STRING = 3  # inside a quoted string of an INSERT's values
+
+
+def _name(raw: bytes) -> str:
+    return raw.replace(b"``", b"`").decode("utf-8", "replace")
+
+
+class InsertRowCounter:
+    """Counts the rows of each table's INSERT statements in a mysqldump/mariadb-dump stream."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.complete = True  # False once a line looked like data this counter could not read
+        self._state = _LINE_HEAD
+        self._head = b""
+        self._table = ""
+        self._rows = 0  # rows of the current INSERT so far
+        self._escape = False  # the last byte of the previous chunk was an unpaired backslash in a string
+        self._in_routines = False
+
+    def feed(self, data: bytes) -> None:
+        index, end = 0, len(data)
+        while index < end:
+            state = self._state
+            if state == _VALUES:
+                index = self._values(data, index)
+            elif state == _STRING:
+                index = self._string(data, index)
+            elif state == _SKIP_LINE:
+                newline = data.find(b"\n", index)
+                if newline < 0:
+                    return
+                index = newline + 1
+                self._state = _LINE_HEAD
+            else:
+                index = self._line_head(data, index)
+
+    def finish(self) -> None:
+        """End of stream: an INSERT without its end is not counted as whole."""
+        if self._state in (_VALUES, _STRING):
+            self.complete = False
+        elif self._state == _LINE_HEAD and self._head and self._decide(self._head, whole=True) is not None:
+            self.complete = False  # the stream ends inside an INSERT's first bytes
+
+    # --- lines -------------------------------------------------------------------------------------
+    def _line_head(self, data: bytes, index: int) -> int:
+        newline = data.find(b"\n", index, index + _HEAD_LIMIT)
+        stop = newline if newline >= 0 else min(len(data), index + _HEAD_LIMIT)
+        head = self._head + data[index:stop]
+        if newline < 0 and len(head) < _HEAD_LIMIT and stop == len(data):
+            self._head = head  # wait for more of the line
+            return stop
+        self._head = b""
+        rest = self._decide(head, whole=newline >= 0)
+        if rest is None:  # not data
+            if newline >= 0:
+                return newline + 1
+            self._state = _SKIP_LINE
+            return stop
+        # an INSERT: its values begin inside `head` (a line's first bytes, so this copy stays small)
+        self._state = _VALUES
+        self._rows = 0
+        self.feed(head[rest:])
+        return stop
+
+    def _decide(self, head: bytes, *, whole: bool) -> int | None:
+        """Where an INSERT's values start in `head`, or None for any other line (noting comments)."""
+        line = head.rstrip(b"\r\n") if whole else head
+        if line == _ROUTINES_BEGIN:
+            self._in_routines = True
+        elif line == _ROUTINES_END:
+            self._in_routines = False
+        if self._in_routines:
+            return None
+        if line.startswith(_INSERT_STARTS):
+            match = _INSERT.match(head)
+            if match is None:
+                self.complete = False
+                return None
+            self._table = _name(match[1])
+            return match.end()
+        if whole and line.startswith(b"-- Dumping data for table "):
+            dumping = _DUMPING.match(line)
+            if dumping:
+                self.counts.setdefault(_name(dumping[1]), 0)
+        return None
+
+    # --- values --------------------------------------------------------------------------------------
+    def _values(self, data: bytes, index: int) -> int:
+        quote = data.find(b"'", index)
+        newline = data.find(b"\n", index, quote if quote >= 0 else len(data))
+        if newline >= 0:
+            self._rows += data.count(b"(", index, newline)
+            self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
+            self._state = _LINE_HEAD
+            return newline + 1
+        if quote >= 0:
+            self._rows += data.count(b"(", index, quote)
+            self._state = _STRING
+            return quote + 1
+        self._rows += data.count(b"(", index)
+        return len(data)
+
+    def _string(self, data: bytes, index: int) -> int:
+        """Skip to just after the string's closing quote (or the chunk's end)."""
+        end = len(data)
+        if self._escape:
+            self._escape = False
+            index += 1
+        while index < end:
+            quote = data.find(b"'", index)
+            if quote < 0:
+                run = end
+                while run > index and data[run - 1] == _BACKSLASH:
+                    run -= 1
+                self._escape = (end - run) % 2 == 1
+                return end
+            start = quote
+            while start > index and data[start - 1] == _BACKSLASH:
+                start -= 1
+            if (quote - start) % 2 == 0:
+                self._state = _VALUES
+                return quote + 1
+            index = quote + 1
+        return end
+
+
+class SqlDumpCheck(TrailerCheck):
+    """The SQL dump's completion line, and its rows per table counted on the way."""
+
+    def __init__(self, marker: bytes, what: str) -> None:
+        super().__init__(marker, what)
+        self._counter = InsertRowCounter()
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        self._counter.feed(data)
+
+    def finish(self) -> None:
+        super().finish()
+        self._counter.finish()
+
+    def row_counts(self) -> dict[str, int] | None:
+        return dict(self._counter.counts) if self._counter.complete else None
