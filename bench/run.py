@@ -34,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT / "tests"), str(BENCH)]
 
+import counts_bench  # noqa: E402
 import dataset  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
@@ -72,7 +73,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("double", "mongo", "retention", "daemon", "check-cost", "profile"),
+        choices=("double", "mongo", "retention", "daemon", "check-cost", "profile", "counts"),
         help="leave a section out (repeatable)",
     )
     parser.add_argument(
@@ -797,6 +798,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             if "check-cost" not in args.skip and "postgresql" in bench.servers:
                 results["check_cost"] = check_cost(bench)
+            if "counts" not in args.skip:
+                results["row_counts"] = counts_bench.counts_section(bench)
             if "retention" not in args.skip:
                 results["retention"] = retention_section(bench)
             if "mongo" not in args.skip:
@@ -807,7 +810,7 @@ def run(args: argparse.Namespace) -> int:
         (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(report.render(results))
+            args.output.write_text(report.render(results) + counts_bench.render(results.get("row_counts")))
             bench.say(f"wrote {args.output} ({results['total_seconds']:.0f} s in all)")
         if args.keep or args.work_dir:
             shutil.rmtree(work / "data", ignore_errors=True)

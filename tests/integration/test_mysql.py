@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import secrets
 import shutil
 import subprocess
@@ -27,7 +29,7 @@ from servers.mariadb import MariaDBServer
 
 from agent import catalog
 from agent.config import load_config
-from agent.engines.mysql.engine import MysqlEngine
+from agent.engines.mysql.engine import SQL_FORMAT, MysqlEngine
 from agent.manifest import manifest_path, read_manifest
 from agent.restore import RestoreError, choose_backup, decompressed_chunks, engine_for, restore_database
 
@@ -189,6 +191,18 @@ def create_shop(server: MariaDBServer, database: str) -> None:
         cursor.execute("SELECT NEXTVAL(invoice_number), NEXTVAL(invoice_number)")
 
 
+def assert_counts_however_split(raw: bytes, expected: dict[str, int]) -> None:
+    """The dump's check counts the same rows however the real dump is cut into chunks."""
+    chooser = random.Random(18)
+    for _ in range(20):
+        check = MysqlEngine.new_check(SQL_FORMAT)
+        points = sorted({0, len(raw), *(chooser.randrange(len(raw)) for _ in range(chooser.randrange(1, 400)))})
+        for start, end in itertools.pairwise(points):
+            check.feed(raw[start:end])
+        check.finish()
+        assert check.row_counts() == expected  # type: ignore[attr-defined]
+
+
 def only_dump(tmp_path: Path, folder: str) -> Path:
     dumps = [path for path in data_files(tmp_path / "storage") if path.parent.name == folder]
     assert len(dumps) == 1, dumps
@@ -222,6 +236,7 @@ def test_a_database_round_trips_into_a_new_name_with_its_routines_triggers_event
     assert manifest.server_version.startswith("10.") and "MariaDB" in manifest.tool_version
     assert manifest.counts == {table: count for table, (count, _) in before.items()}
     assert manifest.counts_consistent is True  # counted from the dump's own INSERT rows
+    assert_counts_however_split(sql, manifest.counts)  # quotes, `),(`, NULs and hex blobs in the values
     assert manifest.details["collation"] == "utf8mb4_unicode_ci"
     assert manifest.details["definers"], "the accounts named by DEFINER clauses are listed"
     assert manifest.details["non_transactional_tables"] == {"legacy_log": "MyISAM"}
@@ -272,7 +287,10 @@ def test_the_sakila_sample_round_trips_with_equal_counts_and_checksums(
     assert run_cli(config, "backup") == 0
 
     dump = only_dump(tmp_path, mariadb_database)
-    assert read_manifest(manifest_path(dump)).counts == {table: count for table, (count, _) in before.items()}
+    expected = {table: count for table, (count, _) in before.items()}
+    assert read_manifest(manifest_path(dump)).counts == expected
+    assert read_manifest(manifest_path(dump)).counts_consistent is True
+    assert_counts_however_split(decompressed(dump), expected)
     execute(mariadb_server, None, f"CREATE DATABASE `{restored_name}`")
     restore = mariadb_client(mariadb_server, tmp_path, restored_name, decompressed(dump))
     assert restore.returncode == 0, restore.stderr.decode()

@@ -37,14 +37,17 @@ _ROWS = st.lists(st.lists(_VALUE, min_size=1, max_size=4).map(tuple), max_size=3
 _TABLE_NAMES = st.sampled_from(["t", "order", "we`ird name", "ünï", "a),(b"])
 
 
-def _dump(tables: dict[str, list[tuple[object, ...]]], per_statement: int) -> bytes:
+def _dump(tables: dict[str, list[tuple[object, ...]]], per_statement: int, separator: bytes = b", ") -> bytes:
+    """Extended inserts on one line (separator ", ": MySQL) or a row per line (",\\n": MariaDB 10.11)."""
     lines = [b"-- MariaDB dump 10.19", b"/*!40101 SET NAMES utf8mb4 */;"]
     for name, rows in tables.items():
         quoted = b"`" + name.replace("`", "``").encode() + b"`"
         lines += [b"--", b"-- Dumping data for table " + quoted, b"--", b"", b"LOCK TABLES " + quoted + b" WRITE;"]
         for start in range(0, len(rows), per_statement):
-            tuples = b",".join(b"(" + b",".join(map(_literal, row)) + b")" for row in rows[start : start + per_statement])
-            lines.append(b"INSERT INTO " + quoted + b" VALUES " + tuples + b";")
+            tuples = separator.join(
+                b"(" + b",".join(map(_literal, row)) + b")" for row in rows[start : start + per_statement]
+            )
+            lines.append(b"INSERT INTO " + quoted + b" VALUES" + separator[1:] + tuples + b";")
         lines += [b"UNLOCK TABLES;", b"DELIMITER ;;"]
         lines += [b"/*!50003 CREATE TRIGGER x AFTER INSERT ON " + quoted + b" FOR EACH ROW BEGIN", b"INSERT INTO "]
         lines += [quoted + b" VALUES (1),(2);", b"INSERT INTO " + quoted + b" VALUES (1),(2);", b"END */;;"]
@@ -66,18 +69,19 @@ def _count(data: bytes, cuts: list[int]) -> dict[str, int] | None:
 @given(
     tables=st.dictionaries(_TABLE_NAMES, _ROWS, max_size=4),
     per_statement=st.integers(1, 7),
+    separator=st.sampled_from([b", ", b",\n"]),
     cuts=st.lists(st.integers(min_value=0), max_size=30),
 )
 def test_rows_per_table_equal_the_rows_written_however_the_stream_is_split(
-    tables: dict[str, list[tuple[object, ...]]], per_statement: int, cuts: list[int]
+    tables: dict[str, list[tuple[object, ...]]], per_statement: int, separator: bytes, cuts: list[int]
 ) -> None:
-    data = _dump(tables, per_statement)
+    data = _dump(tables, per_statement, separator)
     assert _count(data, cuts) == {name: len(rows) for name, rows in tables.items()}
 
 
 def test_every_split_point_of_a_tricky_statement_gives_the_same_counts() -> None:
     rows = [(1, "a'),('b", None), (2, "\\", b"\x00'\\"), (3, "x\\\\'y\n", "),(")]
-    data = _dump({"t": rows, "empty": []}, 2)
+    data = _dump({"t": rows, "empty": []}, 2, b",\n")
     for first, second in itertools.combinations(range(len(data) + 1), 2):
         if second - first < 4:
             assert _count(data, [first, second]) == {"t": 3, "empty": 0}

@@ -1,13 +1,14 @@
 """Rows per table counted from the dump's own INSERT statements as they stream by (no second scan).
 
-mariadb-dump/mysqldump write each table's data as extended inserts, one statement per line:
-`INSERT INTO `t` VALUES (1,'a'),(2,'b');`. Outside a quoted string, every `(` of such a line opens
-one row (values are numbers, NULL, quoted strings and, with --hex-blob, 0x literals), so the count
-is C-speed `bytes.count` between strings; strings are skipped by finding their closing quote and
-checking the backslashes before it. The state (inside a string, a pending backslash, the head of a
-line) carries across chunks, so a chunk may end anywhere; only a line's first bytes are ever held.
-Tables come from the `-- Dumping data for table` comments (so an empty table counts 0) and from the
-INSERT targets; lines inside `DELIMITER ;;` blocks (trigger and routine bodies) are never data.
+mariadb-dump/mysqldump write each table's data as extended inserts, `INSERT INTO `t` VALUES
+(1,'a'),(2,'b');`, on one line (MySQL, older MariaDB) or one row per line (MariaDB 10.11).
+Outside a quoted string, every `(` up to the statement's `;` opens one row (values are numbers,
+NULL, quoted strings and, with --hex-blob, 0x literals), so the count is C-speed `bytes.count`
+between strings; strings are skipped by finding their closing quote and checking the
+backslashes before it. The state (inside a string, a pending backslash, the head of a line)
+carries across chunks, so a chunk may end anywhere; only a line's first bytes are ever held.
+Tables come from the `-- Dumping data for table` comments (so an empty table counts 0) and from
+the INSERT targets; lines inside `DELIMITER ;;` blocks (trigger and routine bodies) are never data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from agent.engines.base import TrailerCheck
 
 _HEAD_LIMIT = 4096  # an INSERT's head ("INSERT INTO `name` VALUES ") is far shorter
-_INSERT = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO `((?:[^`]|``)+)`(?: \([^)]*\))? VALUES ")
+_INSERT = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO `((?:[^`]|``)+)`(?: \([^)]*\))? VALUES(?: |\Z)")
 _DUMPING = re.compile(rb"-- Dumping data for table `((?:[^`]|``)+)`\s*$")
 _INSERT_STARTS = (b"INSERT ", b"REPLACE ")
 _ROUTINES_BEGIN = b"DELIMITER ;;"
@@ -119,12 +120,12 @@ class InsertRowCounter:
     # --- values --------------------------------------------------------------------------------------
     def _values(self, data: bytes, index: int) -> int:
         quote = data.find(b"'", index)
-        newline = data.find(b"\n", index, quote if quote >= 0 else len(data))
-        if newline >= 0:
-            self._rows += data.count(b"(", index, newline)
+        semicolon = data.find(b";", index, quote if quote >= 0 else len(data))
+        if semicolon >= 0:  # the statement's end; the rest of its line is not data
+            self._rows += data.count(b"(", index, semicolon)
             self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
-            self._state = _LINE_HEAD
-            return newline + 1
+            self._state = _SKIP_LINE
+            return semicolon + 1
         if quote >= 0:
             self._rows += data.count(b"(", index, quote)
             self._state = _STRING
