@@ -69,6 +69,56 @@ def check_interval(total_bytes: int, budget: Budget) -> int:
     return min(64 * MIB, max(MIB, scale // 1024))
 
 
+# Room every in-flight check keeps on top of what it grants: the manifest, directory entries and
+# the last block of the file are written without a check of their own.
+FINISHING_BYTES = 64 << 10
+# Free space that may go missing while a dump runs without anyone else being blamed: the agent's
+# journal and log lines, filesystem metadata.
+UNEXPLAINED_TOLERANCE = 256 << 10
+
+WRITE = "write"  # the next stretch fits
+DELETE = "delete"  # the agent's own bytes need room: delete the next backup in the queue
+CONTENDED = "contended"  # another writer took the room: deleting would only feed it; stop
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightRoom:
+    """What a running dump may do before its next `need_bytes` land."""
+
+    action: str  # WRITE | DELETE | CONTENDED
+    shortfall_bytes: int  # bytes to free before `need_bytes` fit the budget (0: they fit)
+    taken_by_others_bytes: int  # free space gone since the pre-flight that the agent's own bytes do not explain
+
+
+def in_flight_room(
+    baseline: DiskFigures,
+    budget: Budget,
+    *,
+    agent_bytes: int,
+    free_bytes: int,
+    need_bytes: int,
+    allowance_bytes: int = UNEXPLAINED_TOLERANCE,
+) -> InFlightRoom:
+    """Whether `need_bytes` more may be written now, and if not, whose bytes took the room.
+
+    `baseline` is the pre-flight look at the disk; `agent_bytes` what the agent's running dumps have
+    put on disk since then, less what their in-flight deletions gave back; `free_bytes` free space
+    now. The agent's own usage (max_usage) is only ever its own doing, so room for it is deleted
+    for. Free space that fell by more than `agent_bytes` (plus `allowance_bytes`) went to another
+    writer: deleting a backup then only gives that writer more, so the dump must stop instead.
+    """
+    usage = baseline.usage_bytes + agent_bytes
+    missing_usage = 0 if budget.max_usage_bytes is None else usage + need_bytes - budget.max_usage_bytes
+    missing_free = need_bytes + budget.reserve_bytes - free_bytes
+    missing = max(0, missing_usage, missing_free)
+    taken = max(0, baseline.free_bytes - agent_bytes - free_bytes)
+    if missing == 0:
+        return InFlightRoom(WRITE, 0, taken)
+    if missing_usage <= 0 and taken > allowance_bytes:
+        return InFlightRoom(CONTENDED, missing, taken)
+    return InFlightRoom(DELETE, missing, taken)
+
+
 # --------------------------------------------------------------------------------------------------
 # Looking at the disk
 

@@ -1,7 +1,8 @@
 """Acting on retention plans: the only code that deletes published backups.
 
-Three moments delete: just in time during a dump (`DumpSpace`: only as the dump's written bytes
-need the room, so a dump that fails early costs no old backups), after a good dump
+Three moments delete: just in time during a dump (`DumpSpace`: only as the agent's own written
+bytes need the room, so a dump that fails early costs no old backups, and another writer filling
+the disk never costs one), after a good dump
 (`apply_after_dump`: the policy of the series that got a new backup, and the budget), and
 `backup-agent prune` (`prune`). Each deletion is journaled, then the manifest goes, then the data
 file. That order leaves, after a crash at any point, either the whole backup, or a data file
@@ -13,6 +14,7 @@ order would leave a manifest without data that no listing shows and nothing clea
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -24,6 +26,10 @@ from structlog.stdlib import BoundLogger
 
 from agent import catalog, engines, journal, pins, retention
 from agent.budget import (
+    CONTENDED,
+    FINISHING_BYTES,
+    UNEXPLAINED_TOLERANCE,
+    WRITE,
     Budget,
     DiskFigures,
     InsufficientSpaceError,
@@ -31,10 +37,10 @@ from agent.budget import (
     allocated_bytes,
     check_interval,
     free_bytes_now,
+    in_flight_room,
     measure,
     predict,
     resolve_budget,
-    shortfall,
 )
 from agent.config import Config, JobConfig
 from agent.engines.base import DumpTarget, Engine, Sink
@@ -192,12 +198,45 @@ def _sequence(name: str) -> int:
 # Before and during a dump
 
 
+class _Ledger:
+    """Bytes the agent's running dumps (in this process) put on one storage filesystem, less what
+    their in-flight deletions gave back: with `max_concurrent_dumps` above 1, one dump's bytes are
+    the agent's own to another, not a stranger filling the disk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.net_bytes = 0  # cumulative: a dump's delta since its own pre-flight is net_bytes - its start
+        self._granted: dict[int, int] = {}  # per dump: bytes it may still write unreported
+
+    def change(self, dump: int, delta_bytes: int, granted_bytes: int) -> int:
+        """Add `delta_bytes`, set the dump's unreported grant; return the others' unreported grants."""
+        with self._lock:
+            self.net_bytes += delta_bytes
+            if granted_bytes:
+                self._granted[dump] = granted_bytes
+            else:
+                self._granted.pop(dump, None)
+            return sum(granted for other, granted in self._granted.items() if other != dump)
+
+
+_ledgers: dict[Path, _Ledger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def _ledger_for(storage: Path) -> _Ledger:
+    with _ledgers_lock:
+        return _ledgers.setdefault(storage, _Ledger())
+
+
 class DumpSpace:
     """Room for one running dump: planned before it starts, taken just in time as its bytes need it.
 
-    The queue is every backup the budget may take, least protected first; the prediction decides
-    only whether the dump may start. A dump that writes more than predicted keeps taking from the
-    queue (never below keep_min, never a pin) and is stopped when nothing is left.
+    The writer asks (`room`) before every stretch of bytes lands. The queue is every backup the
+    budget may take, least protected first; the prediction decides only whether the dump may start.
+    A backup is deleted only for the agent's own bytes: when free space fell by more than they
+    explain, another writer is filling the disk, and the dump stops (`disk_contention`) rather than
+    hand it the room of a good backup. A dump that outgrows what the queue can free stops with
+    `disk_reserve`. Either way the reserve holds against the dump's own bytes to the byte.
     """
 
     def __init__(
@@ -216,54 +255,74 @@ class DumpSpace:
         self.deleted: list[Decision] = []
         self._config = config
         self._budget = budget
-        self._total = figures.total_bytes
-        self._usage = figures.usage_bytes
+        self._baseline = figures
         self._scratch = prediction.scratch_bytes
         self._queue = deque(plan.queue)
         self._inventory = inventory
         self._log = log
+        self._ledger = _ledger_for(config.storage.path)
+        self._ledger_start = self._ledger.net_bytes
+        self._reported = 0  # bytes this dump has on disk, as last told to the ledger
 
     def watch(self, sink: Sink) -> Sink:
-        """Wrap the dump's byte sink: room for an engine's scratch copy is made now (the engine
-        writes it before the first byte arrives), room for the dump itself only once bytes
-        arrive, so a dump that fails before writing costs no old backups."""
+        """Room for an engine's scratch copy is made before the engine starts (it writes the copy
+        before the first byte arrives); the dump's own bytes ask the writer's gate (`room`)."""
         if self._scratch:
-            self._make_room(0, self._scratch)
-        started = False
+            self._make_room(0, self._scratch + FINISHING_BYTES)
+            self._report(self._scratch, 0)
+        return sink
 
-        def first_bytes_make_room(data: bytes) -> None:
-            nonlocal started
-            if not started:
-                started = True
-                self._make_room(self._scratch, self._slack)
-            sink(data)
+    def room(self, file_bytes: int, upcoming_bytes: int) -> int:
+        """The writer's gate: room for `upcoming_bytes` (and a check interval) before they land."""
+        grant = max(upcoming_bytes, self.check_every)
+        self._make_room(self._scratch + file_bytes, grant + FINISHING_BYTES)
+        self._report(self._scratch + file_bytes, grant)
+        return grant
 
-        return first_bytes_make_room
+    def settle(self, kept_bytes: int) -> None:
+        """The dump is over (its scratch copy gone, its partial published or removed)."""
+        self._report(kept_bytes, 0)
 
-    def progress(self, stored_bytes: int) -> None:
-        """The writer's progress hook: keep room for the next stretch of the dump."""
-        self._make_room(stored_bytes + self._scratch, self._slack)
+    def _report(self, on_disk: int, granted: int) -> int:
+        others_granted = self._ledger.change(id(self), on_disk - self._reported, granted)
+        self._reported = on_disk
+        return others_granted
 
-    @property
-    def _slack(self) -> int:
-        # bytes that may be written before the next check: the interval and one oversized chunk
-        return 2 * self.check_every
-
-    def _make_room(self, written: int, upcoming: int) -> None:
+    def _make_room(self, on_disk: int, need: int) -> None:
         storage = self._config.storage
         while True:
-            usage = self._usage + written
-            figures = DiskFigures(self._total, free_bytes_now(storage, usage), usage)
-            if shortfall(figures, self._budget, upcoming) <= 0:
+            # bytes written since the last report are this dump's; the others' unreported grants
+            # may explain free space that is gone too
+            others_granted = self._report(on_disk, 0)
+            agent_bytes = self._ledger.net_bytes - self._ledger_start
+            free = free_bytes_now(storage, self._baseline.usage_bytes + agent_bytes)
+            verdict = in_flight_room(
+                self._baseline,
+                self._budget,
+                agent_bytes=agent_bytes,
+                free_bytes=free,
+                need_bytes=need,
+                allowance_bytes=UNEXPLAINED_TOLERANCE + others_granted,
+            )
+            if verdict.action == WRITE:
                 return
+            if verdict.action == CONTENDED:
+                raise DumpError(
+                    f"stopped: another writer took {format_size(verdict.taken_by_others_bytes)} of the disk's "
+                    f"free space while this dump wrote {format_size(on_disk)}; deleting backups would only "
+                    f"give it their room ({format_size(free)} free, reserve "
+                    f"{format_size(self._budget.reserve_bytes)}), so none more were deleted",
+                    "disk_contention",
+                )
             if not self._queue:
                 raise DumpError(
                     f"stopped to keep the disk's reserve of {format_size(self._budget.reserve_bytes)} free "
-                    f"({format_size(figures.free_bytes)} free after {format_size(written)} written; "
+                    f"({format_size(free)} free after {format_size(on_disk)} written; "
                     f"predicted {format_size(self.predicted_bytes)}), and no more backups may be deleted",
                     "disk_reserve",
                 )
-            self._usage -= self._take(self._queue.popleft())
+            freed = self._take(self._queue.popleft())
+            self._ledger.change(id(self), -freed, 0)
 
     def _take(self, decision: Decision) -> int:
         storage = self._config.storage.path

@@ -243,8 +243,8 @@ class JobRun:
                 name_for,
                 compression,
                 max_write_rate=self.config.storage.max_write_rate,
-                progress=space.progress,
-                progress_every=space.check_every,
+                space=space,  # asked for room before every stretch of bytes lands
+                burst_bytes=space.check_every,
             )
             check = engine.new_check(target.format, info.tool)
             active_writer, active_check = writer, check

@@ -1,6 +1,9 @@
 """The only code that creates dump files.
 
 Bytes go through the compressor and SHA-256 into `<final>.partial` (O_EXCL, O_NOFOLLOW, 0600).
+Every write to the partial passes one gate that knows the bytes about to land: compressor output
+(a multi-threaded zstd flush can be several MiB) is cut into pieces of at most `burst_bytes`, and
+the gate (`SpaceGate`, the disk budget's) is asked for room before a piece lands, never after.
 On commit: fsync, chmod 0440, publish with `os.link` (which fails on an existing name where
 `os.rename` would silently replace), unlink the partial, fsync the folder. A failed fsync is
 never retried: the data may already be lost, so the run fails and the partial goes.
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from agent.compression import CompressionSettings, new_compressor
 from agent.errors import DumpError
@@ -61,7 +65,20 @@ class PublishedFile:
     stored_bytes: int
 
 
-ProgressHook = Callable[[int], None]
+class SpaceGate(Protocol):
+    """Room on disk for a dump's bytes, asked for before they are written."""
+
+    def room(self, file_bytes: int, upcoming_bytes: int) -> int:
+        """Make room for `upcoming_bytes` more after the `file_bytes` the partial occupies; return how
+        many bytes (at least `upcoming_bytes`) may now be written before asking again, or raise."""
+        ...
+
+    def settle(self, kept_bytes: int) -> None:
+        """The dump is over: `kept_bytes` stay on disk (0 when the partial was removed)."""
+        ...
+
+
+DEFAULT_BURST = 1 << 20
 
 
 class DumpWriter:
@@ -74,8 +91,8 @@ class DumpWriter:
         compression: CompressionSettings,
         *,
         max_write_rate: int | None = None,
-        progress: ProgressHook | None = None,
-        progress_every: int = 64 << 20,
+        space: SpaceGate | None = None,
+        burst_bytes: int = DEFAULT_BURST,
     ) -> None:
         self.directory = ensure_directory(directory)
         self._name_for = name_for
@@ -85,9 +102,9 @@ class DumpWriter:
         self.raw_bytes = 0
         self.stored_bytes = 0
         self._max_write_rate = max_write_rate
-        self._progress = progress
-        self._progress_every = progress_every
-        self._next_progress = progress_every
+        self._space = space
+        self._burst = max(1, burst_bytes)
+        self._granted_until = 0  # stored_bytes up to which the gate has made room
         self._started = time.monotonic()
         self._descriptor: int | None = os.open(
             self.partial_path,
@@ -103,20 +120,33 @@ class DumpWriter:
     def _store(self, data: bytes) -> None:
         if not data:
             return
-        assert self._descriptor is not None, "writer already closed"
+        descriptor = self._descriptor
+        assert descriptor is not None, "writer already closed"
         self._hash.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._descriptor, view)
-            view = view[written:]
-        self.stored_bytes += len(data)
-        if self._progress is not None and self.stored_bytes >= self._next_progress:
-            self._next_progress = self.stored_bytes + self._progress_every
-            self._progress(self.stored_bytes)
-        if self._max_write_rate:
-            ahead = self.stored_bytes / self._max_write_rate - (time.monotonic() - self._started)
-            if ahead > 0:
-                time.sleep(ahead)
+        whole = memoryview(data)
+        for start in range(0, len(whole), self._burst):
+            view = whole[start : start + self._burst]
+            if self._space is not None and self.stored_bytes + len(view) > self._granted_until:
+                self._granted_until = self.stored_bytes + self._space.room(self._on_disk(), len(view))
+            while view:
+                written = os.write(descriptor, view)
+                view = view[written:]
+                self.stored_bytes += written
+            if self._max_write_rate:
+                ahead = self.stored_bytes / self._max_write_rate - (time.monotonic() - self._started)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    def _on_disk(self) -> int:
+        """What the partial occupies: its allocated blocks, and never less than the bytes written."""
+        assert self._descriptor is not None, "writer already closed"
+        blocks = getattr(os.fstat(self._descriptor), "st_blocks", 0) * 512
+        return max(self.stored_bytes, blocks)
+
+    def _settle(self, kept_bytes: int) -> None:
+        space, self._space = self._space, None
+        if space is not None:
+            space.settle(kept_bytes)
 
     def commit(self) -> PublishedFile:
         """Finish, fsync once (never retried), and publish read-only under a fresh name."""
@@ -124,6 +154,7 @@ class DumpWriter:
         self._release_compressor()
         descriptor = self._descriptor
         assert descriptor is not None, "writer already closed"
+        kept = self._on_disk()
         try:
             os.fsync(descriptor)
             os.fchmod(descriptor, FILE_MODE)
@@ -133,6 +164,7 @@ class DumpWriter:
         final = link_without_replacing(self.partial_path, self.directory, self._name_for)
         os.unlink(self.partial_path)
         fsync_directory(self.directory)
+        self._settle(kept)
         return PublishedFile(final, self._hash.hexdigest(), self.raw_bytes, self.stored_bytes)
 
     def _release_compressor(self) -> None:
@@ -159,6 +191,7 @@ class DumpWriter:
             self._descriptor = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial_path)
+        self._settle(0)
 
 
 _NO_COMPRESSION = CompressionSettings("none")

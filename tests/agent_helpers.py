@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -141,3 +143,53 @@ def watching_processes(tool: bytes, secret: bytes, interval: float = 0.02) -> It
     finally:
         stop.set()
         watcher.join()
+
+
+def free_bytes(path: Path) -> int:
+    """Free space an unprivileged writer may use on the filesystem holding `path` (statvfs)."""
+    figures = os.statvfs(path)
+    return figures.f_bavail * figures.f_frsize
+
+
+_SAMPLER = """
+import os, select, sys
+path, interval, lowest, samples = sys.argv[1], float(sys.argv[2]), 1 << 62, 0
+print("sampling", flush=True)
+while not select.select([sys.stdin], [], [], interval)[0]:
+    figures = os.statvfs(path)
+    lowest, samples = min(lowest, figures.f_bavail * figures.f_frsize), samples + 1
+print(lowest, samples)
+"""
+
+
+@dataclass
+class FreeSpaceWatch:
+    """Samples free space on a filesystem every `interval` seconds while the block runs, so "the disk
+    never fell below its reserve" is observed from outside, not taken from the agent's own log.
+
+    The sampler is its own small process: it keeps sampling while the agent (in this process or
+    another) holds the GIL, and costs the agent nothing.
+    """
+
+    path: Path
+    interval: float = 0.001
+    lowest: int = 1 << 62
+    samples: int = 0
+    _process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> FreeSpaceWatch:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _SAMPLER, str(self.path), str(self.interval)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        assert self._process.stdout.readline() == "sampling\n", "the free-space sampler did not start"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._process is not None
+        output, _ = self._process.communicate("stop\n", timeout=30)
+        lowest, samples = output.split()
+        self.lowest, self.samples = int(lowest), int(samples)

@@ -12,12 +12,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from agent_helpers import FreeSpaceWatch, free_bytes
 from servers.common import tmpfs
 
 from agent.naming import parse_backup_filename
@@ -27,41 +27,11 @@ DISK = 64 * MIB
 RESERVE = DISK // 10  # reserve = "10%"
 
 
-def _free(path: Path) -> int:
-    figures = os.statvfs(path)
-    return figures.f_bavail * figures.f_frsize
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs, unmounted afterwards; needs root (CI runs as root)."""
     with tmpfs(tmp_path / "disk", f"{DISK // MIB}m") as mount_point:
         yield mount_point
-
-
-@dataclass
-class FreeSpaceWatch:
-    """Samples free space on a filesystem every millisecond while the agent works."""
-
-    path: Path
-    lowest: int = 1 << 62
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> FreeSpaceWatch:
-        def sample() -> None:
-            while not self._stop.is_set():
-                self.lowest = min(self.lowest, _free(self.path))
-                self._stop.wait(0.001)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join()
 
 
 def make_database(path: Path, mebibytes: int) -> None:
@@ -223,7 +193,7 @@ def test_a_dump_that_fails_before_writing_costs_no_old_backups(agent: Agent) -> 
         assert agent.run("backup", "--database", str(small)).returncode == 0
     # The application fills the disk: the next dump needs room that only deleting old backups gives.
     filler = agent.storage / "application-data"
-    filler.write_bytes(b"\0" * (_free(agent.storage) - RESERVE - MIB))
+    filler.write_bytes(b"\0" * (free_bytes(agent.storage) - RESERVE - MIB))
     before = agent.files()
     small.unlink()  # the dump fails as it starts: `backup --database` now finds it gone before planning
     result = agent.run("backup", "--database", str(small))
