@@ -22,7 +22,6 @@ from fault_helpers import (
     agent_argv,
     partial_files,
     pg_job,
-    run_agent,
     sqlite_database,
     sqlite_job,
     storage_at,
@@ -154,21 +153,22 @@ class _Filler:
 
 
 def test_another_writer_filling_the_disk_during_a_dump_costs_no_good_backup(tmp_path: Path, disk: Path) -> None:
-    database = _random_database(tmp_path / "app.db", 3)
-    # Slow enough (about 2 s) that the other writer fills the disk while the dump runs
-    config = _config(
-        tmp_path, disk, sqlite_job(database), reserve="8MiB", compression="none", max_write_rate="1536KiB/s"
-    )
+    database = _random_database(tmp_path / "app.db", 6)
+    storage = {"reserve": "8MiB", "compression": "none"}
+    config = _config(tmp_path, disk, sqlite_job(database), **storage)
     for _ in range(6):
-        assert run_agent(config, "backup").returncode == 0
+        assert run_cli(config, "backup") == 0
     before = {record.path for record in _good(disk / "storage")}
     assert len(before) == 6
-    assert free_bytes(disk) > 30 * MIB, "the dump's own bytes fit without deleting anything"
+    assert free_bytes(disk) - 8 * MIB > 2 * 6 * MIB + 4 * MIB, "the dump's own bytes fit without deleting anything"
+    # About 6 s of writing, checked every MiB; the other writer takes 4 MiB a second, so the
+    # disk runs out while the dump runs, with room checks on the way there
+    config = _config(tmp_path, disk, sqlite_job(database), **storage, max_write_rate="1MiB/s")
 
     agent = subprocess.Popen(agent_argv(config, "backup"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: partial_files(disk / "storage"), what="the dump's partial file")
-        with _Filler(disk / "application.data", rate=48 * MIB):
+        with _Filler(disk / "application.data", rate=4 * MIB):
             returncode = agent.wait(timeout=60)
     finally:
         if agent.poll() is None:
@@ -176,7 +176,8 @@ def test_another_writer_filling_the_disk_during_a_dump_costs_no_good_backup(tmp_
             agent.wait()
 
     assert returncode == 1
-    assert {record.path for record in _good(disk / "storage")} == before, "no good backup was traded for it"
+    after = {record.path for record in _good(disk / "storage")}
+    assert after == before, f"{len(before)} good backups before, {len(after)} after: none was traded for the dump"
     assert not events_named(tmp_path, "retention.deleted")
     failed = events_named(tmp_path, "backup.failed")
     assert [event["reason"] for event in failed] == ["disk_contention"]

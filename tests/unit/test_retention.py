@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.budget import Budget, DiskFigures, Prediction, check_interval, predict, resolve_budget, shortfall
+from agent.budget import (
+    CONTENDED,
+    DELETE,
+    MIB,
+    WRITE,
+    Budget,
+    DiskFigures,
+    Prediction,
+    check_interval,
+    in_flight_room,
+    predict,
+    resolve_budget,
+    shortfall,
+)
 from agent.config import RetentionPolicy, StorageConfig
 from agent.retention import Backup, Plan, Series, plan
 from agent.units import SizeSpec
@@ -239,3 +252,50 @@ def test_free_space_is_checked_every_few_mib_scaled_to_the_disk() -> None:
     assert check_interval(10 * 2**30, NO_LIMIT) == 10 * 2**20
     assert check_interval(10 * 2**40, NO_LIMIT) == 64 * 2**20
     assert check_interval(10 * 2**40, Budget(0, 2 * 2**30)) == 2 * 2**20
+
+
+# In flight: whose bytes took the room
+
+_BASELINE = DiskFigures(total_bytes=1000 * MIB, free_bytes=300 * MIB, usage_bytes=400 * MIB)
+_RESERVE = Budget(reserve_bytes=100 * MIB, max_usage_bytes=None)
+
+
+def test_in_flight_the_next_stretch_is_written_while_it_fits_above_the_reserve() -> None:
+    room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=150 * MIB, free_bytes=150 * MIB, need_bytes=50 * MIB)
+    assert (room.action, room.shortfall_bytes) == (WRITE, 0)
+
+
+def test_in_flight_the_agents_own_bytes_beyond_the_room_ask_for_a_deletion_of_exactly_the_shortfall() -> None:
+    room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=190 * MIB, free_bytes=110 * MIB, need_bytes=20 * MIB)
+    assert (room.action, room.shortfall_bytes, room.taken_by_others_bytes) == (DELETE, 10 * MIB, 0)
+
+
+def test_in_flight_free_space_taken_by_another_writer_stops_the_dump_instead_of_deleting() -> None:
+    # the dump wrote 10 MiB, yet free space fell by 195 MiB: 185 MiB went to someone else
+    room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=10 * MIB, free_bytes=105 * MIB, need_bytes=20 * MIB)
+    assert (room.action, room.taken_by_others_bytes) == (CONTENDED, 185 * MIB)
+
+
+def test_in_flight_a_little_unexplained_space_is_tolerated_and_the_others_grants_explain_more() -> None:
+    tolerated = in_flight_room(
+        _BASELINE, _RESERVE, agent_bytes=190 * MIB, free_bytes=110 * MIB - (100 << 10), need_bytes=20 * MIB
+    )
+    assert tolerated.action == DELETE
+    another_dump = in_flight_room(
+        _BASELINE, _RESERVE, agent_bytes=180 * MIB, free_bytes=110 * MIB, need_bytes=20 * MIB, allowance_bytes=16 * MIB
+    )
+    assert another_dump.action == DELETE
+    stranger = in_flight_room(_BASELINE, _RESERVE, agent_bytes=180 * MIB, free_bytes=110 * MIB, need_bytes=20 * MIB)
+    assert stranger.action == CONTENDED
+
+
+def test_in_flight_the_agents_own_max_usage_is_always_its_own_need_even_while_another_writer_fills_the_disk() -> None:
+    capped = Budget(reserve_bytes=100 * MIB, max_usage_bytes=500 * MIB)
+    room = in_flight_room(_BASELINE, capped, agent_bytes=95 * MIB, free_bytes=100 * MIB, need_bytes=20 * MIB)
+    assert (room.action, room.shortfall_bytes) == (DELETE, 20 * MIB)
+
+
+def test_in_flight_space_given_back_by_deletions_counts_for_the_agent() -> None:
+    # 60 MiB written, 40 MiB deleted: the agent added 20 MiB, free fell by 20 MiB, nobody else wrote
+    room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=20 * MIB, free_bytes=280 * MIB, need_bytes=200 * MIB)
+    assert (room.action, room.taken_by_others_bytes) == (DELETE, 0)

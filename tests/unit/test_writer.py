@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.compression import CompressionSettings, open_decompressed
+from agent.errors import DumpError
 from agent.writer import DumpWriter, write_small_file
 
 
@@ -112,3 +113,66 @@ def test_a_small_file_refuses_to_replace_an_existing_one(tmp_path: Path) -> None
         write_small_file(tmp_path, "m.json", b"second")
     assert (tmp_path / "m.json").read_bytes() == b"first"
     assert not (tmp_path / "m.json.partial").exists()
+
+
+class _RecordingGate:
+    """A space gate that notes, at each request, how big the partial really was, and grants `grant`."""
+
+    def __init__(self, partial: Path, grant: int, refuse_after: int | None = None) -> None:
+        self.partial = partial
+        self.grant = grant
+        self.refuse_after = refuse_after
+        self.requests: list[tuple[int, int, int]] = []  # (file_bytes told, real size, upcoming)
+        self.settled: list[int] = []
+
+    def room(self, file_bytes: int, upcoming_bytes: int) -> int:
+        real = self.partial.stat().st_size
+        self.requests.append((file_bytes, real, upcoming_bytes))
+        if self.refuse_after is not None and real + upcoming_bytes > self.refuse_after:
+            raise DumpError("no room", "disk_reserve")
+        return max(self.grant, upcoming_bytes)
+
+    def settle(self, kept_bytes: int) -> None:
+        self.settled.append(kept_bytes)
+
+
+def _granted_stretches_hold(gate: _RecordingGate, final_size: int) -> None:
+    """Between two requests no more was written than the first granted: every byte was asked for."""
+    sizes = [real for _told, real, _upcoming in gate.requests] + [final_size]
+    for (_told, real, upcoming), next_size in zip(gate.requests, sizes[1:], strict=True):
+        assert next_size - real <= max(gate.grant, upcoming)
+
+
+def test_every_byte_of_a_multi_threaded_zstd_dump_is_asked_for_before_it_lands_final_flush_included(
+    tmp_path: Path,
+) -> None:
+    burst = 256 << 10
+    gate = _RecordingGate(tmp_path / "db" / "f.dump.zst.partial", grant=burst)
+    writer = DumpWriter(
+        tmp_path / "db", _names("f"), CompressionSettings("zstd", threads=8), space=gate, burst_bytes=burst
+    )
+    gate.partial = writer.partial_path
+    for _ in range(24):
+        writer.write(os.urandom(1 << 20))  # incompressible: multi-threaded zstd keeps most for the final flush
+    asked_before_commit = len(gate.requests)
+    published = writer.commit()
+    assert len(gate.requests) - asked_before_commit >= 4, "the final flush of several MiB is asked for piece by piece"
+    assert all(upcoming <= burst for _told, _real, upcoming in gate.requests)
+    assert all(told >= real for told, real, _upcoming in gate.requests), "the gate is told at least what is on disk"
+    _granted_stretches_hold(gate, published.stored_bytes)
+    assert gate.settled == [max(published.stored_bytes, published.path.stat().st_blocks * 512)]
+
+
+def test_a_gate_that_refuses_stops_the_write_before_the_piece_lands_and_abort_settles_nothing_kept(
+    tmp_path: Path,
+) -> None:
+    gate = _RecordingGate(tmp_path / "db" / "f.dump.partial", grant=1 << 20, refuse_after=3 << 20)
+    writer = DumpWriter(tmp_path / "db", _names("f"), CompressionSettings("none"), space=gate)
+    gate.partial = writer.partial_path
+    with pytest.raises(DumpError):
+        for _ in range(10):
+            writer.write(os.urandom(1 << 20))
+    assert writer.partial_path.stat().st_size <= 3 << 20, "the refused piece never reached the file"
+    writer.abort()
+    assert gate.settled == [0]
+    assert not writer.partial_path.exists()
