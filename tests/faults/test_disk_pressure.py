@@ -33,6 +33,8 @@ from servers.postgres import PostgresServer
 from agent import catalog
 
 RUNS = 10
+# Not a watchdog test: a loaded machine may keep pg_dump silent for seconds
+_PATIENT = {"stall_timeout": "60s", "timeout": "300s"}
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def test_multi_threaded_zstd_bursts_never_take_free_space_below_the_reserve_over
     disk = smaller_disk
     reserve = 12 * MIB
     _random_rows(pg_server, pg_database, 6)  # each backup about 6.2 MiB, most of it in the final flush
-    config = _config(tmp_path, disk, pg_job(tmp_path, pg_server, [pg_database]), reserve="12MiB")
+    config = _config(tmp_path, disk, pg_job(tmp_path, pg_server, [pg_database], **_PATIENT), reserve="12MiB")
     lowest = []
     for _ in range(RUNS):
         with FreeSpaceWatch(disk) as watch:
@@ -101,7 +103,7 @@ def test_a_database_that_outgrew_its_prediction_is_stopped_before_its_bursts_cut
 ) -> None:
     reserve = 12 * MIB
     _random_rows(pg_server, pg_database, 3)
-    config = _config(tmp_path, disk, pg_job(tmp_path, pg_server, [pg_database]), reserve="12MiB")
+    config = _config(tmp_path, disk, pg_job(tmp_path, pg_server, [pg_database], **_PATIENT), reserve="12MiB")
     for _ in range(5):
         assert run_cli(config, "backup") == 0
     _random_rows(pg_server, pg_database, 60)  # history says about 3.7 MiB; the dump would be over 60 MiB

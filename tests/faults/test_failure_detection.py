@@ -187,7 +187,8 @@ def test_a_disk_filling_up_mid_dump_removes_the_partial_at_once_and_the_next_run
 
         assert time.monotonic() - started < 10
         reasons = [reason for reason, _error in _failures(tmp_path)]
-        assert reasons == ["no_space"], "one failure, no retries"
+        # the disk fills between two room checks (no_space) or just before one (disk_contention)
+        assert reasons in (["no_space"], ["disk_contention"]), "one failure, no retries"
         assert partial_files(disk / "storage") == []
         assert fingerprints(stored_files(disk / "storage")) == older
         assert process_gone(read_pid(tmp_path / "tool.pid"))
