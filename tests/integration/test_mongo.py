@@ -73,7 +73,8 @@ def fill_rich_database(client: pymongo.MongoClient[Any], name: str) -> None:
                 "age": index,
                 "email": f"p{index}@example.org",
                 "score": index % 7,
-                "created": datetime.datetime(2030, 1, 1) + datetime.timedelta(minutes=index),
+                # BSON dates carry no zone; PyMongo hands them back naive, as written
+                "created": datetime.datetime(2030, 1, 1) + datetime.timedelta(minutes=index),  # noqa: DTZ001
             }
             for index in range(200)
         ]
@@ -90,7 +91,7 @@ def fill_rich_database(client: pymongo.MongoClient[Any], name: str) -> None:
             {
                 "_id": ObjectId(),
                 "decimal": Decimal128("12345.678901234567890123456789"),
-                "date": datetime.datetime(1969, 7, 20, 20, 17, 40, 123000),
+                "date": datetime.datetime(1969, 7, 20, 20, 17, 40, 123000),  # noqa: DTZ001 (BSON, as above)
                 "binary": Binary(b"\x00\x01\xfe\xff", 0),
                 "function": Binary(b"fn", 1),
                 "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),

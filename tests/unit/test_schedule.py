@@ -143,9 +143,10 @@ def test_cron_days_of_week_mean_what_cron_means() -> None:
 
 
 def test_a_gap_time_maps_to_the_instant_the_clocks_jump() -> None:
-    assert local_to_instant(datetime(2026, 3, 29, 2, 0), BERLIN) == utc(2026, 3, 29, 1, 0)
-    assert local_to_instant(datetime(2026, 3, 29, 2, 59), BERLIN) == utc(2026, 3, 29, 1, 0)
-    assert local_to_instant(datetime(2026, 10, 25, 2, 30), BERLIN) == utc(2026, 10, 25, 0, 30)
+    # local_to_instant takes a naive wall-clock time on purpose: the zone comes separately
+    assert local_to_instant(datetime(2026, 3, 29, 2, 0), BERLIN) == utc(2026, 3, 29, 1, 0)  # noqa: DTZ001
+    assert local_to_instant(datetime(2026, 3, 29, 2, 59), BERLIN) == utc(2026, 3, 29, 1, 0)  # noqa: DTZ001
+    assert local_to_instant(datetime(2026, 10, 25, 2, 30), BERLIN) == utc(2026, 10, 25, 0, 30)  # noqa: DTZ001
 
 
 _ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"]
@@ -156,7 +157,12 @@ _CRONS = ["30 2 * * *", "*/30 * * * *", "0 * * * *", "15 1-3 * * *", "0 0 * * su
 @given(
     zone=st.sampled_from(_ZONES),
     expression=st.sampled_from(_CRONS),
-    start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)),
+    # hypothesis takes naive bounds and attaches the zone from `timezones`
+    start=st.datetimes(
+        min_value=datetime(2026, 1, 1),  # noqa: DTZ001
+        max_value=datetime(2027, 12, 31),  # noqa: DTZ001
+        timezones=st.just(UTC),
+    ),
 )
 def test_fire_times_always_move_forward_and_never_repeat_a_local_time(
     zone: str, expression: str, start: datetime
