@@ -14,11 +14,9 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from agent.config import Config, StorageConfig
+from agent.config import StorageConfig
 from agent.errors import DumpError
 
 MIB = 1 << 20
@@ -218,47 +216,6 @@ class InsufficientSpaceError(DumpError):
     def __init__(self, message: str, figures: dict[str, int | None]) -> None:
         super().__init__(message, reason="insufficient_space")
         self.figures = figures
-
-
-def space_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
-    """Usage against the budget, free space, reserve, and the predicted next dump of every database.
-
-    For `status` and metrics: reads the disk and the manifests, never connects to a database (so a
-    database with no history shows no prediction).
-    """
-    from agent import catalog
-
-    figures = measure(config.storage)
-    budget = resolve_budget(config.storage, figures.total_bytes)
-    history: dict[tuple[str, str], list[tuple[datetime, int]]] = {}
-    for record in catalog.scan(config.storage.path):
-        if record.job in config.jobs and record.status == catalog.GOOD and record.manifest is not None:
-            moment = record.created_at or datetime.min.replace(tzinfo=UTC)
-            history.setdefault((record.job, record.folder), []).append((moment, record.manifest.stored_bytes))
-    series = []
-    for (job, folder), sizes in sorted(history.items()):
-        sizes.sort()
-        prediction = predict([size for _moment, size in sizes], None, config.storage.compression)
-        series.append(
-            {
-                "job": job,
-                "folder": folder,
-                "backups": len(sizes),
-                "last_stored_bytes": sizes[-1][1],
-                "predicted_bytes": prediction.stored_bytes,
-            }
-        )
-    return {
-        "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "storage": str(config.storage.path),
-        "total_bytes": figures.total_bytes,
-        "free_bytes": figures.free_bytes,
-        "usage_bytes": figures.usage_bytes,
-        "reserve_bytes": budget.reserve_bytes,
-        "max_usage_bytes": budget.max_usage_bytes,
-        "headroom_bytes": headroom(figures, budget),
-        "series": series,
-    }
 
 
 def headroom(figures: DiskFigures, budget: Budget) -> int:

@@ -135,13 +135,10 @@ class PlanTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no 
         return "backup-agent plan"
 
 
-class _DuplicateFilter(logging.Filter):
-    """Drops APScheduler's own lines for outcomes the daemon logs itself as structured events."""
-
-    _PREFIXES = ("Run time of job", "Execution of job", 'Job "%s" raised')
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self._PREFIXES)
+# APScheduler logs job outcomes the daemon reports itself as structured events (job.error, job.missed,
+# job.overlap_skipped) through its listener: its executor's lines are all about jobs, the scheduler's
+# warnings are the overlap skip; its errors (a broken executor or listener) still reach the log.
+_SCHEDULER_LOG_LEVELS = {"apscheduler.executors": logging.CRITICAL, "apscheduler.scheduler": logging.ERROR}
 
 
 class Daemon:
@@ -186,10 +183,8 @@ class Daemon:
         previous_handlers = self._install_signal_handlers()
         started = time.monotonic()
         try:
-            for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
-                logger = logging.getLogger(name)
-                if not any(isinstance(item, _DuplicateFilter) for item in logger.filters):
-                    logger.addFilter(_DuplicateFilter())
+            for name, level in _SCHEDULER_LOG_LEVELS.items():
+                logging.getLogger(name).setLevel(level)
             self.scheduler.add_listener(
                 self._on_scheduler_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
             )

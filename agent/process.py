@@ -60,9 +60,6 @@ class Command:
     nice: int = 0
     ionice: str = "none"  # idle | best-effort | none
 
-    def display(self) -> str:
-        return " ".join(self.argv)
-
 
 class StderrTail:
     """Drains a pipe in a thread, keeping only the last few KiB."""

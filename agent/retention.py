@@ -21,9 +21,7 @@ for room that is actually needed. Only good backups (a valid manifest) count tow
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -146,32 +144,6 @@ def plan(
     now; None means all, empty means none (a pre-flight, where only room is planned). Every
     series is a source of room for the budget.
     """
-    with _cyclic_gc_paused():
-        return _plan(series, figures, budget, now=now, need_bytes=need_bytes, policy_scope=policy_scope)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """A plan allocates a few tuples per backup and no cycles; left running, the cyclic collector
-    rescans them over and over and takes about 40% of the time for 100,000 backups."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _plan(
-    series: Sequence[Series],
-    figures: DiskFigures,
-    budget: Budget,
-    *,
-    now: datetime,
-    need_bytes: int,
-    policy_scope: Collection[str] | None,
-) -> Plan:
     scope = None if policy_scope is None else frozenset(policy_scope)
     verdicts: list[_Verdict] = []
     for one in series:

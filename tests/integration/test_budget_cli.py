@@ -21,8 +21,6 @@ from agent_helpers import events_named, run_cli, write_config
 from servers.common import skip_or_fail
 
 from agent import journal
-from agent.budget import space_status
-from agent.config import load_config
 from agent.immutable import ImmutableUnsupported, is_immutable, set_immutable
 from agent.manifest import Manifest, manifest_path, write_manifest
 from agent.naming import backup_filename
@@ -208,13 +206,18 @@ def test_a_crash_between_manifest_and_data_leaves_an_incomplete_file_the_next_pr
     assert not paths[0].exists()
 
 
-def test_space_status_reports_usage_budget_free_space_and_predictions(config: Path) -> None:
+def test_status_shows_usage_budget_free_space_and_the_predicted_next_dump(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     paths = daily(config, days=3)
     size = paths[0].stat().st_size
-    status = space_status(load_config(config))
-    assert status["usage_bytes"] >= 3 * size
-    assert status["reserve_bytes"] == status["total_bytes"] // 10  # the default reserve, 10%
-    assert status["free_bytes"] > 0 and status["headroom_bytes"] > 0
-    [series] = status["series"]
-    assert (series["job"], series["folder"], series["backups"]) == ("app", "app.db", 3)
-    assert series["predicted_bytes"] == math.ceil(size * 1.2)  # the largest recent size plus 20% growth
+    run_cli(config, "status", "--json")
+    shown = json.loads(capsys.readouterr().out)
+    storage = shown["storage"]
+    assert storage["used_bytes"] >= 3 * size
+    assert storage["reserve_bytes"] == storage["total_bytes"] // 10  # the default reserve, 10%
+    assert storage["free_bytes"] > 0 and storage["headroom_bytes"] > 0
+    [app] = [job for job in shown["jobs"] if job["job"] == "app"]
+    [database] = [database for database in app["databases"] if database["backups"]]
+    assert (database["database"], database["backups"]) == ("app.db", 3)
+    assert database["predicted_next_bytes"] == math.ceil(size * 1.2)  # the largest recent size plus 20% growth

@@ -136,6 +136,11 @@ def dump_spans(events: list[Event], ends: tuple[str, ...] = ("backup.finished", 
     return sorted(spans)
 
 
+def lines_containing(daemon: DaemonProcess, text: str) -> list[Event]:
+    """Log lines whose message contains `text` (APScheduler's own lines are plain messages)."""
+    return [event for event in daemon.events() if text in str(event.get("event"))]
+
+
 def partial_files(storage: Path) -> list[Path]:
     return [path for path in storage.rglob("*") if path.name.endswith(".partial")]
 
@@ -264,6 +269,7 @@ def test_a_run_longer_than_its_interval_never_overlaps_and_dumps_take_turns_for_
     for (_, earlier_end, _), (later_start, _, _) in itertools.pairwise(spans):
         assert earlier_end <= later_start, f"two dumps overlapped: {spans}"
     assert daemon.events("job.overlap_skipped"), "a fire during a running dump should be skipped"
+    assert lines_containing(daemon, "maximum number of running instances") == [], "logged once, as job.overlap_skipped"
     assert daemon.events("job.waiting_for_slot"), "the second job should have waited for the one slot"
     assert not daemon.events("backup.skipped"), "the daemon itself never ran into its own job lock"
 
@@ -470,6 +476,7 @@ def test_a_run_missed_by_more_than_the_grace_time_is_logged_and_the_schedule_goe
 
     assert datetime.fromisoformat(missed[0]["scheduled"]) == planned
     assert missed[0]["misfire_grace_time"] == 1.0
+    assert lines_containing(daemon, "was missed by") == [], "logged once, as job.missed"
     assert code == 0
 
 

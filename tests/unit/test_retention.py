@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -299,3 +301,21 @@ def test_in_flight_space_given_back_by_deletions_counts_for_the_agent() -> None:
     # 60 MiB written, 40 MiB deleted: the agent added 20 MiB, free fell by 20 MiB, nobody else wrote
     room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=20 * MIB, free_bytes=280 * MIB, need_bytes=200 * MIB)
     assert (room.action, room.taken_by_others_bytes) == (DELETE, 0)
+class _SeriesWatchingTheCollector(list[Series]):
+    """The planner's input; records whether the cyclic garbage collector is on as the plan reads it."""
+
+    collector_enabled: list[bool]
+
+    def __iter__(self) -> Iterator[Series]:
+        self.collector_enabled.append(gc.isenabled())
+        return super().__iter__()
+
+
+def test_planning_leaves_the_garbage_collector_running_for_the_daemons_other_threads() -> None:
+    moments = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hour) for hour in range(500)]
+    items = tuple(Backup(key=f"job/db/{moment}", created_at=moment, size_bytes=10, good=True) for moment in moments)
+    series = _SeriesWatchingTheCollector([Series("job/db", items, RetentionPolicy(keep_daily=7))])
+    series.collector_enabled = []
+    result = plan(series, ROOMY, NO_LIMIT, now=moments[-1])
+    assert len(result.decisions) == 500
+    assert series.collector_enabled == [True]
