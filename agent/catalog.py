@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX, decode_name, folder_matches, parse_backup_filename
+from agent.storage import StorageLayout, lock_held_since
 
 
 class BackupStatus(StrEnum):
@@ -25,12 +26,15 @@ class BackupStatus(StrEnum):
     INCOMPLETE = "incomplete"  # a data file without a manifest (a crash before it): never latest, never counted
     INVALID = "invalid"  # a manifest that does not fit its file or folder: treated as incomplete
     PARTIAL = "partial"  # a `.partial` left by a crash
+    IN_PROGRESS = "in_progress"  # a `.partial` (or a data file before its manifest) of the run holding the job lock
 
 
 GOOD = BackupStatus.GOOD
 INCOMPLETE = BackupStatus.INCOMPLETE
 INVALID = BackupStatus.INVALID
 PARTIAL = BackupStatus.PARTIAL
+IN_PROGRESS = BackupStatus.IN_PROGRESS
+NO_MANIFEST = "no manifest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,37 @@ def scan(storage: Path, job: str | None = None) -> list[BackupRecord]:
             if not folder.is_dir() or folder.is_symlink():
                 continue
             records.extend(_scan_folder(job_directory.name, folder))
+    running: dict[str, int | None] = {}
+    for index, record in enumerate(records):
+        if record.status == PARTIAL or (record.status == INCOMPLETE and record.problem == NO_MANIFEST):
+            if record.job not in running:
+                running[record.job] = job_running_since(storage, record.job)
+            if _written_since(record.path, running[record.job]):
+                records[index] = BackupRecord(record.job, record.folder, record.path, record.created_at, IN_PROGRESS)
     return records
+
+
+def job_running_since(storage: Path, job: str) -> int | None:
+    """When the run of `job` that holds its lock now took it (ns); None when no run holds it."""
+    return lock_held_since(StorageLayout(storage).lock_file(f"job-{job}"))
+
+
+def is_being_written(storage: Path, job: str, path: Path) -> bool:
+    """A `.partial`, or a data file whose manifest is not written yet, of the run holding the job lock."""
+    return _written_since(path, job_running_since(storage, job))
+
+
+def _written_since(path: Path, since: int | None) -> bool:
+    # a file the running job wrote since it took the lock; an older one was left by an earlier run;
+    # one gone since it was listed was published or removed by its run (a run does both before it
+    # lets the lock go, so a file still there after that was left behind)
+    try:
+        written = path.stat(follow_symlinks=False).st_mtime_ns
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return since is not None and written >= since
 
 
 def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
@@ -107,7 +141,7 @@ def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
         if parsed is None:
             continue
         if name + MANIFEST_SUFFIX not in present:
-            yield BackupRecord(job, folder.name, path, parsed.created_at, INCOMPLETE, problem="no manifest")
+            yield BackupRecord(job, folder.name, path, parsed.created_at, INCOMPLETE, problem=NO_MANIFEST)
             continue
         try:
             size = present[name].stat(follow_symlinks=False).st_size

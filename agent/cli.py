@@ -151,9 +151,12 @@ def command_verify(args: argparse.Namespace) -> int:
         findings = [verify.verify_file(Path(path).absolute(), config.storage.path.absolute()) for path in args.paths]
     else:
         findings = verify.verify_storage(config.storage.path, args.job)
-    bad = [finding for finding in findings if finding.status != verify.OK]
+    bad = [finding for finding in findings if finding.status not in (verify.OK, verify.IN_PROGRESS)]
+    running = [finding for finding in findings if finding.status == verify.IN_PROGRESS]
     checked = sum(1 for finding in findings if finding.status in (verify.OK, verify.CORRUPT, verify.TAMPERED))
     summary = f"VERIFY {'OK' if not bad else 'CRITICAL'} - {checked} checked, {len(bad)} problem(s)"
+    if running:
+        summary += f", {len(running)} being written"
     if args.json:
         print(
             json.dumps(
@@ -166,7 +169,7 @@ def command_verify(args: argparse.Namespace) -> int:
             )
         )
     else:
-        for finding in bad:
+        for finding in bad + running:
             print(f"{finding.status.upper():10} {finding.path}: {finding.message}")
         print(summary)
     return EXIT_FAILED if bad else EXIT_OK

@@ -53,6 +53,8 @@ from agent.retention import Decision, Plan, Series
 from agent.units import format_size
 from agent.writer import fsync_directory
 
+_NOT_BACKUPS = (catalog.PARTIAL, catalog.IN_PROGRESS)  # `.partial` files: never planned, never deleted here
+
 # --------------------------------------------------------------------------------------------------
 # What is on disk, as the planner sees it
 
@@ -130,7 +132,7 @@ def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Invento
     grouped: dict[tuple[str, str], list[retention.Backup]] = {}
     records: dict[str, catalog.BackupRecord] = {}
     for record in catalog.scan(storage):
-        if record.job not in wanted or record.status == catalog.PARTIAL:
+        if record.job not in wanted or record.status in _NOT_BACKUPS:
             continue
         backup = _backup_of(storage, record, pinned)
         if backup is None:

@@ -287,6 +287,11 @@ def _job_status(
         "last_run": _last_run(state),
         "last_drill": _last_job_drill(state),
         "databases": databases,
+        "in_progress": [
+            {"database": record.database, "kind": record.kind, "path": str(record.path), "bytes": record.stored_bytes}
+            for record in own
+            if record.status == catalog.IN_PROGRESS
+        ],
     }
 
 
@@ -546,6 +551,9 @@ def render_text(status: dict[str, Any]) -> str:
             lines.append("  (no backups yet)")
         for database in job["databases"]:
             lines.append("  " + _database_line(database))
+        for running in job["in_progress"]:
+            label = _label(running)
+            lines.append(f"  DUMPING  {label}: {format_size(running['bytes'])} written so far {running['path']}")
     verdict = "OK" if status["ok"] else "CRITICAL"
     lines.append(f"STATUS {verdict} - {len(status['problems'])} problem(s)")
     lines.extend(f"  {problem}" for problem in status["problems"])

@@ -9,6 +9,7 @@ retired: `backup-agent retire`); an edited entry breaks the hash chain.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +31,7 @@ class Verdict(StrEnum):
     INVALID = "invalid"  # a manifest that does not fit its file or folder: it never counted as a backup
     MISSING = "missing"
     PARTIAL = "partial"
+    IN_PROGRESS = "in_progress"  # being written by the run holding its job's lock: no problem, not checked
     JOURNAL = "journal"
 
 
@@ -40,6 +42,7 @@ INCOMPLETE = Verdict.INCOMPLETE
 INVALID = Verdict.INVALID
 MISSING = Verdict.MISSING
 PARTIAL = Verdict.PARTIAL
+IN_PROGRESS = Verdict.IN_PROGRESS
 JOURNAL = Verdict.JOURNAL
 
 _READ_SIZE = 1 << 20
@@ -70,7 +73,12 @@ class _HashingReader:
 
 def verify_file(path: Path, storage: Path | None = None) -> Finding:
     """One file; inside `storage`, its manifest must also name the job and database of its folder."""
-    if path.name.endswith(PARTIAL_SUFFIX):
+    # <storage>/<job>/<folder>/<name>
+    root, job = (path.parents[2], path.parents[1].name) if len(path.parents) > 2 else (path.parent, "")
+    partial = path.name.endswith(PARTIAL_SUFFIX)
+    if (partial or not manifest_path(path).exists()) and catalog.is_being_written(root, job, path):
+        return _in_progress(path, job)
+    if partial:
         return Finding(path, PARTIAL, "left by an interrupted run; the next run of its job removes it")
     try:
         size = path.lstat().st_size
@@ -86,11 +94,17 @@ def verify_file(path: Path, storage: Path | None = None) -> Finding:
 def _verdict_of(record: catalog.BackupRecord) -> Finding:
     if record.status == catalog.GOOD and record.manifest is not None:
         return _check_against(record.path, record.manifest)
+    if record.status == catalog.IN_PROGRESS:
+        return _in_progress(record.path, record.job)
     if record.status == catalog.PARTIAL:
         return Finding(record.path, PARTIAL, "left by an interrupted run; the next run of its job removes it")
     if record.status == catalog.INVALID:
         return Finding(record.path, INVALID, f"{record.problem}; it never counted as a backup")
     return Finding(record.path, INCOMPLETE, f"{record.problem or 'no manifest'}; it never counted as a backup")
+
+
+def _in_progress(path: Path, job: str) -> Finding:
+    return Finding(path, IN_PROGRESS, f"being written by a running backup of job {job}")
 
 
 def _check_against(path: Path, manifest: Manifest) -> Finding:
@@ -148,6 +162,8 @@ def verify_storage(storage: Path, job: str | None = None) -> list[Finding]:
             prefix = relative.rstrip("/") + "/"
             created = {path: True for path in created if not path.startswith(prefix)}
     for relative in created:
-        if relative not in present and (job is None or relative.split("/", 1)[0] == job):
+        # published by a running backup since the scan: there now, so not missing
+        gone = relative not in present and not os.path.lexists(storage / relative)
+        if gone and (job is None or relative.split("/", 1)[0] == job):
             findings.append(Finding(storage / relative, MISSING, "the journal records it, but it is gone"))
     return findings
