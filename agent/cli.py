@@ -236,6 +236,10 @@ def command_restore(args: argparse.Namespace) -> int:
     if (args.into is None) == (args.to_file is None):
         raise UsageError("restore needs exactly one of --into NAME or --to-file OUT")
     at = _parse_time(args.at) if args.at else None
+    if args.into is not None:
+        restore.check_target(config.jobs[args.job].engine, args.into, force=args.force)
+    if args.target_url is not None:
+        restore.retarget(config.jobs[args.job], args.target_url)  # a bad URL is refused before anything runs
     if args.with_globals and args.to_file is None and not args.dry_run:
         applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url)
         print(f"applied {applied.manifest.kind} from {applied.record.path}")
@@ -353,7 +357,9 @@ def _add_restore_verb(verbs: Any) -> None:
     restore.add_argument(
         "--with-globals", action="store_true", help="first apply the job's roles (PostgreSQL globals, MySQL grants)"
     )
-    restore.add_argument("--force", action="store_true", help="restore even into a database that holds data")
+    restore.add_argument(
+        "--force", action="store_true", help="restore even into a database that holds data, or a system database"
+    )
     restore.add_argument("--dry-run", action="store_true", help="say exactly what would happen, change nothing")
     restore.set_defaults(handler=command_restore)
 

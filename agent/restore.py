@@ -83,9 +83,28 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
+def check_target(engine: str, into: str, *, force: bool) -> None:
+    """Refuse (UsageError) a name the server could not hold, or a template or system database unless forced."""
+    family = engines.family(engine)
+    problem = family.target_name_problem(into)
+    if problem is not None:
+        raise UsageError(f"--into {into!r}: {problem}")
+    if family.is_reserved_target(into) and not force:
+        raise UsageError(
+            f"--into {into!r} is a template or system database of the {engine} server; restoring into it "
+            "changes the whole server (template1 seeds every database created later); pass --force to do it anyway"
+        )
+
+
 def retarget(job: JobConfig, url: str) -> JobConfig:
     """The job pointed at another server (`--target-url`); the password still comes from the job's source."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # a broken IPv6 host, a port out of range or not a number
+        raise UsageError(f"--target-url: {error}") from None  # never the URL itself: it may hold a password
+    if port == 0:
+        raise UsageError("--target-url: port 0 is not a port a server listens on")
     family = engines.family(job.engine)
     if parts.scheme not in family.url_schemes:
         example = family.url_schemes[0] if family.url_schemes else job.engine
@@ -176,6 +195,7 @@ def restore_database(
     target_url: str | None = None,
 ) -> None:
     engine = engine_for(config, job, target_url)
+    check_target(engine.name, into, force=force)
     log = get_logger(job=job, database=chosen.manifest.database, into=into)
     state = engine.database_state(into)
     if state == NOT_EMPTY and not force:

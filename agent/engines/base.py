@@ -86,6 +86,7 @@ class EngineFamily(ABC):
     refused_arguments: ClassVar[Mapping[str, str]] = MappingProxyType({})  # extra_args option -> why
     refused_prefixes: ClassVar[tuple[str, ...]] = ()  # short options also refused with a value attached
     short_password_option: ClassVar[bool] = False  # the tool takes a password as -pSECRET
+    reserved_targets: ClassVar[frozenset[str]] = frozenset()  # template and system databases: --force only
 
     @abstractmethod
     def engine_class(self) -> type[Engine]:
@@ -120,9 +121,23 @@ class EngineFamily(ABC):
         """The name a database's backups are filed under (before encoding)."""
         return database
 
+    def target_name_problem(self, name: str) -> str | None:
+        """Why the server could not hold a database called `name` (None: it could); engines add their rules."""
+        if not name:
+            return "a database name cannot be empty"
+        if "\x00" in name:
+            return "a database name cannot contain a NUL character"
+        return None
+
+    def is_reserved_target(self, name: str) -> bool:
+        """A template or system database of the server: restoring into one changes the whole server."""
+        return name in self.reserved_targets
+
     def retarget(self, job: JobConfig, url: str) -> JobConfig:
         """The job pointed at the server `url` names (`restore --target-url`); the password is the job's."""
         parts = urlsplit(url)
+        if not parts.hostname:
+            raise UsageError("--target-url: no host (expected scheme://user@host:port)")
         return dataclasses.replace(
             job, host=parts.hostname, port=parts.port, socket=None, user=parts.username or job.user
         )

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from agent.engines.base import Engine
 
 
+RESERVED_TARGETS = frozenset({"admin", "local", "config"})  # users and roles, the oplog, sharding metadata
+MAX_NAME_BYTES = 63  # "fewer than 64 bytes"
+_NAME_FORBIDDEN = '/\\. "$'  # on every platform (the server adds *<>:|? on Windows)
+
+
 class MongoFamily(EngineFamily):
     options_type = MongoOptions
     url_schemes = ("mongodb",)
@@ -29,6 +34,7 @@ class MongoFamily(EngineFamily):
             "--uri": "set the job's uri instead (checked for PLAIN and for a password)",
         }
     )
+    reserved_targets = RESERVED_TARGETS
 
     def engine_class(self) -> type[Engine]:
         from agent.engines.mongo.engine import MongoEngine
@@ -37,6 +43,15 @@ class MongoFamily(EngineFamily):
 
     def read_options(self, table: ConfigTable) -> MongoOptions:
         return read_options(table)
+
+    def target_name_problem(self, name: str) -> str | None:
+        size = len(name.encode())
+        if size > MAX_NAME_BYTES:
+            return f"a MongoDB database name is fewer than 64 bytes (this one has {size})"
+        forbidden = sorted({character for character in name if character in _NAME_FORBIDDEN})
+        if forbidden:
+            return f"a MongoDB database name cannot contain {' '.join(repr(character) for character in forbidden)}"
+        return super().target_name_problem(name)
 
     def retarget(self, job: JobConfig, url: str) -> JobConfig:
         """The whole URL becomes the job's `uri` (its options, such as replicaSet, count)."""

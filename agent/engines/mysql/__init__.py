@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from agent.config import ConfigTable
     from agent.engines.base import Engine
 
+# compared case-insensitively: system schema names do not depend on lower_case_table_names
+RESERVED_TARGETS = frozenset({"mysql", "sys", "information_schema", "performance_schema"})
+MAX_NAME_CHARACTERS = 64
+
 _REFUSED = {
     "--compact": "it removes the comments a restore and the verifier rely on",
     "--skip-comments": "it removes the comments a restore and the verifier rely on",
@@ -36,6 +40,7 @@ class MysqlFamily(EngineFamily):
     server_wide = ServerWide(kind="grants", database="")
     refused_arguments = MappingProxyType(_REFUSED)
     short_password_option = True
+    reserved_targets = RESERVED_TARGETS
 
     def engine_class(self) -> type[Engine]:
         from agent.engines.mysql.engine import MysqlEngine
@@ -44,6 +49,19 @@ class MysqlFamily(EngineFamily):
 
     def read_options(self, table: ConfigTable) -> MysqlOptions:
         return read_options(table)
+
+    def target_name_problem(self, name: str) -> str | None:
+        if len(name) > MAX_NAME_CHARACTERS:
+            limit = MAX_NAME_CHARACTERS
+            return f"a MySQL/MariaDB database name is at most {limit} characters (this one has {len(name)})"
+        if name.endswith(" "):
+            return "a MySQL/MariaDB database name cannot end with a space"
+        if any(ord(character) > 0xFFFF for character in name):
+            return "a MySQL/MariaDB database name cannot hold characters beyond U+FFFF (such as emoji)"
+        return super().target_name_problem(name)
+
+    def is_reserved_target(self, name: str) -> bool:
+        return name.lower() in self.reserved_targets
 
 
 FAMILY = MysqlFamily()

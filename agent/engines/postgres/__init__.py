@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from agent.config import ConfigTable
     from agent.engines.base import Engine
 
+# template1 seeds every database created after it; postgres is the default maintenance database
+RESERVED_TARGETS = frozenset({"template0", "template1", "postgres"})
+MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: the server silently truncates a longer name
+
 _REFUSED = {
     "--file": "the agent writes the dump file itself",
     "-f": "the agent writes the dump file itself",
@@ -33,6 +37,7 @@ class PostgresFamily(EngineFamily):
     server_wide = ServerWide(kind="globals", database="postgres")
     refused_arguments = MappingProxyType(_REFUSED)
     refused_prefixes = ("-f", "-F", "-d")
+    reserved_targets = RESERVED_TARGETS
 
     def engine_class(self) -> type[Engine]:
         from agent.engines.postgres.engine import PostgresEngine
@@ -41,6 +46,12 @@ class PostgresFamily(EngineFamily):
 
     def read_options(self, table: ConfigTable) -> PostgresOptions:
         return read_options(table)
+
+    def target_name_problem(self, name: str) -> str | None:
+        size = len(name.encode())
+        if size > MAX_NAME_BYTES:
+            return f"a PostgreSQL database name is at most {MAX_NAME_BYTES} bytes (this one has {size})"
+        return super().target_name_problem(name)
 
 
 FAMILY = PostgresFamily()
