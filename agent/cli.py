@@ -7,7 +7,6 @@ terminal, to stderr, so they never mix into it.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +28,23 @@ from agent.errors import (
 )
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _say(*lines: str, error: bool = False) -> None:
+    """The one printer of human-readable output, a line per argument: control characters are escaped
+    as in the log (`\\x1b`), so a hostile database name can neither drive the terminal nor split a line."""
+    from agent.log import escape_controls
+
+    stream = sys.stderr if error else sys.stdout
+    for line in lines:
+        print(escape_controls(line), file=stream)
+
+
+def _say_json(value: Any, **options: Any) -> None:
+    """Output for programs: JSON escapes control characters, the log's encoder the line breaks JSON allows."""
+    from agent.log import json_text
+
+    print(json_text(value, indent=2, **options))
 
 
 class _StopFlag:
@@ -88,15 +104,15 @@ def command_backup(args: argparse.Namespace) -> int:
         for target in outcome.targets:
             label = target.database or f"({target.kind})"
             if target.status == Status.OK:
-                print(f"ok      {name} {label} -> {target.path}")
+                _say(f"ok      {name} {label} -> {target.path}")
             elif target.status == Status.INTERRUPTED:
-                print(f"INTERRUPTED {name} {label}: {target.message}")
+                _say(f"INTERRUPTED {name} {label}: {target.message}")
             else:
-                print(f"FAILED  {name} {label}: {target.message}")
+                _say(f"FAILED  {name} {label}: {target.message}")
         if not outcome.ok:
             failed = True
             if outcome.message:
-                print(f"{outcome.status.upper():7} {name}: {outcome.message}")
+                _say(f"{outcome.status.upper():7} {name}: {outcome.message}")
     if stop.signal_number is not None:
         return 128 + stop.signal_number
     return EXIT_FAILED if failed else EXIT_OK
@@ -131,15 +147,14 @@ def command_list(args: argparse.Namespace) -> int:
         for record in records
     ]
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        _say_json(rows, ensure_ascii=False)
         return EXIT_OK
     from agent.units import format_size
 
     for row in rows:
         created = (row["created_at"] or "?")[:19]
-        database = json.dumps(row["database"], ensure_ascii=True)[1:-1]  # never print raw control bytes
         size = format_size(row["stored_bytes"])
-        print(f"{row['status']:10} {created} {size:>10}  {row['job']}: {database}  {row['path']}")
+        _say(f"{row['status']:10} {created} {size:>10}  {row['job']}: {row['database']}  {row['path']}")
     return EXIT_OK
 
 
@@ -158,20 +173,17 @@ def command_verify(args: argparse.Namespace) -> int:
     if running:
         summary += f", {len(running)} being written"
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": not bad,
-                    "summary": summary,
-                    "findings": [{"path": str(f.path), "status": f.status, "message": f.message} for f in findings],
-                },
-                indent=2,
-            )
+        _say_json(
+            {
+                "ok": not bad,
+                "summary": summary,
+                "findings": [{"path": str(f.path), "status": f.status, "message": f.message} for f in findings],
+            }
         )
     else:
         for finding in bad + running:
-            print(f"{finding.status.upper():10} {finding.path}: {finding.message}")
-        print(summary)
+            _say(f"{finding.status.upper():10} {finding.path}: {finding.message}")
+        _say(summary)
     return EXIT_FAILED if bad else EXIT_OK
 
 
@@ -182,11 +194,11 @@ def command_check_config(args: argparse.Namespace) -> int:
     config = load_config(config_path_from(args.config))
     plan = describe_plan(config, discover=not args.offline)
     if args.json:
-        print(json.dumps(plan, indent=2, ensure_ascii=False, default=str))
+        _say_json(plan, ensure_ascii=False, default=str)
     else:
         from agent.plan import render_plan
 
-        print(render_plan(plan))
+        _say(*render_plan(plan))
     refused = any(entry.get("untrusted_server") for entry in plan["jobs"].values())
     return EXIT_FAILED if refused else EXIT_OK
 
@@ -198,9 +210,9 @@ def command_status(args: argparse.Namespace) -> int:
     log.configure(level="warning", console=True)  # read-only: never needs the agent's log file
     picture = status.collect(config)
     if args.json:
-        print(json.dumps(picture, indent=2, ensure_ascii=False))
+        _say_json(picture, ensure_ascii=False)
     else:
-        print(status.render_text(picture))
+        _say(*status.render_text(picture))
     return EXIT_FAILED if args.check and not picture["ok"] else EXIT_OK
 
 
@@ -212,9 +224,9 @@ def command_doctor(args: argparse.Namespace) -> int:
     log.configure(level="error", console=True)
     diagnosis = diagnose(config_path_from(args.config))
     for finding in diagnosis.findings:
-        print(f"{'ok' if finding.ok else 'PROBLEM':8} {finding.topic}: {finding.message}")
+        _say(f"{'ok' if finding.ok else 'PROBLEM':8} {finding.topic}: {finding.message}")
     problems = sum(1 for finding in diagnosis.findings if not finding.ok)
-    print(f"DOCTOR {'OK' if diagnosis.ok else 'CRITICAL'} - {len(diagnosis.findings)} check(s), {problems} problem(s)")
+    _say(f"DOCTOR {'OK' if diagnosis.ok else 'CRITICAL'} - {len(diagnosis.findings)} check(s), {problems} problem(s)")
     if not diagnosis.config_valid:
         return EXIT_CONFIG
     return EXIT_OK if diagnosis.ok else EXIT_FAILED
@@ -242,23 +254,23 @@ def command_restore(args: argparse.Namespace) -> int:
         restore.retarget(config.jobs[args.job], args.target_url)  # a bad URL is refused before anything runs
     if args.with_globals and args.to_file is None and not args.dry_run:
         applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url)
-        print(f"applied {applied.manifest.kind} from {applied.record.path}")
+        _say(f"applied {applied.manifest.kind} from {applied.record.path}")
     chosen = restore.choose_backup(config, args.job, args.database, at=at)
     if args.to_file is not None:
         if args.dry_run:
-            print(f"would write the decompressed {chosen.record.path} to {args.to_file}")
+            _say(f"would write the decompressed {chosen.record.path} to {args.to_file}")
             return EXIT_OK
         written = restore.restore_to_file(chosen, Path(args.to_file))
-        print(f"wrote {written}")
+        _say(f"wrote {written}")
         return EXIT_OK
     engine = restore.engine_for(config, args.job, args.target_url)
     if args.dry_run:
-        print("\n".join(restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table))))
+        _say(*restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table)))
         return EXIT_OK
     restore.restore_database(
         config, args.job, chosen, args.into, force=args.force, tables=tuple(args.table), target_url=args.target_url
     )
-    print(f"restored {chosen.record.path} into {args.into!r}")
+    _say(f"restored {chosen.record.path} into {args.into!r}")
     return EXIT_OK
 
 
@@ -274,7 +286,7 @@ def command_drill(args: argparse.Namespace) -> int:
             detail = f"{result.reason}: {result.message}" if result.reason else ""
             suffix = f" {detail}" if detail else ""
             where = f"{job}/{result.database} {result.path}" if result.database else job
-            print(f"{result.status.upper():8} {where}{suffix}")
+            _say(f"{result.status.upper():8} {where}{suffix}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -287,24 +299,24 @@ def command_prune(args: argparse.Namespace) -> int:
         _job_names(config, args.job)
     result = prune(config, args.job, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, **result.describe()}, indent=2, ensure_ascii=False))
+        _say_json({"dry_run": args.dry_run, **result.describe()}, ensure_ascii=False)
         return EXIT_OK
     verb = "delete" if args.dry_run else "deleted"
     for decision in result.plan.decisions:
         action = verb if decision.delete else "keep"
         created = decision.backup.created_at.isoformat()[:19]
         size = format_size(decision.backup.size_bytes)
-        print(f"{action:8} {decision.rule:32} {created} {size:>10}  {decision.backup.key}")
+        _say(f"{action:8} {decision.rule:32} {created} {size:>10}  {decision.backup.key}")
     figures, budget = result.figures, result.budget
     limit = f" of max {format_size(budget.max_usage_bytes)}" if budget.max_usage_bytes is not None else ""
     going = result.plan.deletions
-    print(
+    _say(
         f"{len(going)} to delete ({format_size(sum(d.backup.size_bytes for d in going))}); "
         f"usage {format_size(figures.usage_bytes)}{limit}; free {format_size(figures.free_bytes)}, "
         f"reserve {format_size(budget.reserve_bytes)}" + (" (dry run: nothing deleted)" if args.dry_run else "")
     )
     if not result.plan.fits:
-        print("warning: the disk stays over budget: only keep_min backups and pins are left to delete")
+        _say("warning: the disk stays over budget: only keep_min backups and pins are left to delete")
     return EXIT_OK
 
 
@@ -313,7 +325,7 @@ def command_pin(args: argparse.Namespace) -> int:
 
     config = _load(args, runs_programs=False)
     relative = pin(config.storage.path, Path(args.path))
-    print(f"pinned {relative}: retention will never delete it (undo with `backup-agent unpin`)")
+    _say(f"pinned {relative}: retention will never delete it (undo with `backup-agent unpin`)")
     return EXIT_OK
 
 
@@ -322,9 +334,9 @@ def command_unpin(args: argparse.Namespace) -> int:
 
     config = _load(args, runs_programs=False)
     if not unpin(config.storage.path, Path(args.path)):
-        print(f"{relative_backup_path(config.storage.path, Path(args.path))} was not pinned")
+        _say(f"{relative_backup_path(config.storage.path, Path(args.path))} was not pinned")
     else:
-        print(f"unpinned {relative_backup_path(config.storage.path, Path(args.path))}")
+        _say(f"unpinned {relative_backup_path(config.storage.path, Path(args.path))}")
     return EXIT_OK
 
 
@@ -333,13 +345,13 @@ def command_retire(args: argparse.Namespace) -> int:
 
     config = _load(args)
     result = retire(config, args.job, args.database, delete=args.delete)
-    print(f"retired {result.series}: the journal records it; verify and status no longer expect its files")
+    _say(f"retired {result.series}: the journal records it; verify and status no longer expect its files")
     if args.delete:
-        print(f"deleted {len(result.deleted)} file(s)")
+        _say(f"deleted {len(result.deleted)} file(s)")
         for path in result.pinned:
-            print(f"kept pinned {path} (unpin it, then run retire --delete again)")
+            _say(f"kept pinned {path} (unpin it, then run retire --delete again)")
     elif result.files:
-        print(f"{result.files} file(s) kept; delete them with --delete")
+        _say(f"{result.files} file(s) kept; delete them with --delete")
     return EXIT_OK
 
 
@@ -454,13 +466,13 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return handler(args)
     except ConfigError as error:
         for problem in error.problems:
-            print(f"backup-agent: config error: {problem}", file=sys.stderr)
+            _say(f"backup-agent: config error: {problem}", error=True)
         return EXIT_CONFIG
     except AgentError as error:
-        print(f"backup-agent: error: {error}", file=sys.stderr)
+        _say(f"backup-agent: error: {error}", error=True)
         return error.exit_code
     except OSError as error:
-        print(f"backup-agent: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        _say(f"backup-agent: error: {error.filename or ''}: {error.strerror}", error=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
@@ -469,9 +481,9 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
 
         config = getattr(args, "loaded_config", None)
         where = log.record_crash(error, config.log.file if config is not None else None)
-        print(
+        _say(
             f"backup-agent: internal error: {type(error).__name__}: {error} "
             f"(a bug; the traceback is in {where}, event cli.internal_error)",
-            file=sys.stderr,
+            error=True,
         )
         return EXIT_SOFTWARE

@@ -60,15 +60,15 @@ def _escape_controls(_logger: Any, _method: str, event: MutableMapping[str, Any]
     A traceback is kept on the same line too (as `traceback=`), escaped like any other value.
     """
 
-    def escape(value: Any) -> Any:
-        if isinstance(value, str) and _CONTROL.search(value):
-            return _CONTROL.sub(_escaped_character, value)
-        return value
-
-    escaped = {key: escape(value) for key, value in event.items()}
+    escaped = {key: escape_controls(value) if isinstance(value, str) else value for key, value in event.items()}
     if "exception" in escaped:
         escaped["traceback"] = escaped.pop("exception")
     return escaped
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control or line-breaking character as `\\xNN`/`\\uNNNN`: one line, no terminal codes."""
+    return _CONTROL.sub(_escaped_character, text) if _CONTROL.search(text) else text
 
 
 def _escaped_character(match: re.Match[str]) -> str:
@@ -76,7 +76,7 @@ def _escaped_character(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def _one_line_json(value: Any, **options: Any) -> str:
+def json_text(value: Any, **options: Any) -> str:
     """json.dumps that also escapes the line breaks JSON allows raw (U+0085, U+2028, U+2029)."""
     text = json.dumps(value, **options)
     for raw, escaped in _JSON_LINE_BREAKS.items():
@@ -99,7 +99,7 @@ def _json_formatter() -> logging.Formatter:
             # tracebacks as data, without frame locals (they could hold anything, secrets included)
             structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             redact,
-            structlog.processors.JSONRenderer(_one_line_json, sort_keys=False, ensure_ascii=False),
+            structlog.processors.JSONRenderer(json_text, sort_keys=False, ensure_ascii=False),
         ],
     )
 

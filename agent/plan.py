@@ -45,7 +45,8 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
     return plan
 
 
-def render_plan(plan: dict[str, Any]) -> str:
+def render_plan(plan: dict[str, Any]) -> list[str]:
+    """`check-config` for a terminal, one line per item; the CLI escapes what it prints."""
     lines = ["config is valid"]
     storage = plan["config"].get("storage", {})
     lines.append(f"storage: {storage.get('path')} (compression {storage.get('compression')})")
@@ -57,7 +58,7 @@ def render_plan(plan: dict[str, Any]) -> str:
         for target in entry["targets"]:
             label = target["database"] or f"({target['kind']})"
             lines.append(f"  - {label!r} -> {target['folder']}/")
-    return "\n".join(lines)
+    return lines
 
 
 def _schedule_text(job: dict[str, Any]) -> str:

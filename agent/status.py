@@ -496,18 +496,16 @@ def _drills_of(
 
 
 def _label(database: dict[str, Any]) -> str:
-    if database["kind"] != "database":
-        return f"({database['kind']})"
-    # never print raw control bytes: a database name may hold anything
-    text: str = database["database"].encode("unicode_escape").decode("ascii")
-    return text
+    # the name as it is: the CLI escapes control characters in every line it prints, JSON escapes its own
+    return f"({database['kind']})" if database["kind"] != "database" else str(database["database"])
 
 
 def _ago(seconds: float | None) -> str:
     return "?" if seconds is None else f"{_age_text(timedelta(seconds=seconds))} ago"
 
 
-def render_text(status: dict[str, Any]) -> str:
+def render_text(status: dict[str, Any]) -> list[str]:
+    """The status for a terminal, one line per item; the CLI escapes what it prints."""
     lines: list[str] = []
     storage = status["storage"]
     limit = f" of max {format_size(storage['max_usage_bytes'])}" if storage["max_usage_bytes"] is not None else ""
@@ -557,7 +555,7 @@ def render_text(status: dict[str, Any]) -> str:
     verdict = "OK" if status["ok"] else "CRITICAL"
     lines.append(f"STATUS {verdict} - {len(status['problems'])} problem(s)")
     lines.extend(f"  {problem}" for problem in status["problems"])
-    return "\n".join(lines)
+    return lines
 
 
 def _database_line(database: dict[str, Any]) -> str:
