@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -14,6 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from servers.common import skip_or_fail
 
 from agent import cli
 from agent.compression import method_for_path, open_decompressed
@@ -193,3 +200,79 @@ class FreeSpaceWatch:
         output, _ = self._process.communicate("stop\n", timeout=30)
         lowest, samples = output.split()
         self.lowest, self.samples = int(lowest), int(samples)
+
+
+def reachable_by_others(path: Path) -> bool:
+    """A user with no rights of its own can reach `path`: every folder above it searchable, it readable."""
+    path = Path(os.path.realpath(path))
+    if any(not folder.stat().st_mode & stat.S_IXOTH for folder in path.parents):
+        return False
+    return bool(path.stat().st_mode & stat.S_IROTH)
+
+
+def _runtime_distributions() -> list[importlib.metadata.Distribution]:
+    """backup-agent's installed runtime dependencies, transitively (extras followed, test extras not)."""
+    wanted: dict[str, frozenset[str]] = {}
+    waiting: list[tuple[str, frozenset[str]]] = [("backup-agent", frozenset())]
+    while waiting:
+        name, extras = waiting.pop()
+        key = canonicalize_name(name)
+        if key in wanted and extras <= wanted[key]:
+            continue
+        wanted[key] = wanted.get(key, frozenset()) | extras
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in (extras or {""})
+            ):
+                waiting.append((requirement.name, frozenset(requirement.extras)))
+    return [importlib.metadata.distribution(key) for key in sorted(wanted) if key != "backup-agent"]
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link where the file is readable by others already (instant, nothing duplicated), else a 0644 copy."""
+    if os.stat(source).st_mode & stat.S_IROTH:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # another filesystem
+    shutil.copy2(source, target)
+    os.chmod(target, 0o644)
+
+
+def agent_command_for_another_user(directory: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run `python -m agent` as a user who may not read this checkout.
+
+    Cloned under a private folder (as /root is), neither the package nor the venv can be read by
+    that user: then the agent and its installed dependencies are copied into `directory` (which must
+    be reachable by others) and run by an interpreter of the same version that user can reach.
+    """
+    import agent
+
+    package = Path(agent.__file__).parent
+    distributions = _runtime_distributions()
+    environment = dict(os.environ)
+    places = [package, Path(sys.executable), *(Path(d.locate_file("")) for d in distributions)]
+    if all(reachable_by_others(place) for place in places):
+        return [sys.executable, "-m", "agent"], environment
+    site = directory / "python"
+    shutil.copytree(package, site / "agent", copy_function=_link_or_copy)
+    for distribution in distributions:
+        root = Path(distribution.locate_file(""))
+        for relative in distribution.files or []:
+            source = root / relative
+            if not source.is_file() or ".." in relative.parts:  # byte code kept: that user cannot write it
+                continue
+            target = site / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(source, target)
+    for folder in [site, *(path for path in site.rglob("*") if path.is_dir())]:
+        folder.chmod(0o755)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable, os.path.realpath(sys.executable), shutil.which(version, path="/usr/bin:/bin")]
+    interpreter = next((c for c in candidates if c and reachable_by_others(Path(c))), None)
+    if interpreter is None:
+        skip_or_fail(f"no {version} interpreter another user can run ({', '.join(filter(None, candidates))})")
+    environment["PYTHONPATH"] = str(site)
+    return [str(interpreter), "-m", "agent"], environment

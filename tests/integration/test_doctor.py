@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import password_file, run_cli, write_config
+from agent_helpers import agent_command_for_another_user, password_file, run_cli, write_config
 from psycopg import sql
 from servers.common import skip_or_fail
 from servers.postgres import PostgresServer
@@ -183,20 +183,30 @@ def test_storage_the_agent_cannot_write_is_named(world_readable_directory: Path)
     config.chmod(0o644)
     storage = directory / "storage"
     storage.mkdir(mode=0o755)
-    command = [sys.executable, "-m", "agent", "-c", str(config), "doctor"]
+    command, environment = [sys.executable, "-m", "agent"], dict(os.environ)
     if os.geteuid() == 0:  # root writes anywhere: ask as an unprivileged user instead
         if shutil.which("setpriv") is None:
             skip_or_fail("setpriv (util-linux) is needed to run doctor as another user")
+        command, environment = agent_command_for_another_user(directory)  # one that user can read
         command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
     else:
         storage.chmod(0o555)
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    result = subprocess.run(
+        [*command, "-c", str(config), "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env=environment,
+        check=False,
+    )
 
-    assert result.returncode == 1, result.stdout + result.stderr
+    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 1, shown
     assert any(
         line.startswith("PROBLEM") and f"cannot write in {storage}" in line for line in result.stdout.splitlines()
-    ), result.stdout
+    ), shown
 
 
 def test_an_unknown_time_zone_in_the_config_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
