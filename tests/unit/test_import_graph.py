@@ -1,12 +1,19 @@
 """The layers hold: agent/'s import graph has no circle and no engine imports an operations module.
 
-Every `import` counts, wherever it is written: at module level, inside a function (a lazy import is
-still an arrow between layers, it only runs later) and inside `if TYPE_CHECKING:` (a module that needs
-another's types depends on it: mypy follows the arrow, and issue 13's circle closes through one,
-state -> runner). `importlib.import_module("agent....")` with a literal name counts too. Importing
-`agent.a.b` is an arrow to `agent.a.b` only, not to the package `agent.a` that Python also runs: the
-engine registry in `agent/engines/__init__.py` imports every engine, so each engine would otherwise
-form a circle with its own registry.
+An arrow is any `import` of one of agent's modules, wherever it is written: at module level, inside a
+function (a lazy import is still an arrow between layers, it only runs later), inside
+`if TYPE_CHECKING:`, or `importlib.import_module("agent....")` with a literal name.
+
+- Layering counts every arrow, TYPE_CHECKING ones too: an engine that needs an operations module's
+  types knows that layer.
+- Circles count the arrows that run (module level and lazy) and leave out TYPE_CHECKING-only ones:
+  those never import anything, and a helper annotating its owner (`builtin_dump` typing `MongoEngine`,
+  an engine's options reader typing config's `ConfigTable`) is how a callback is typed, not a circle
+  of behaviour. Issue 13's circle runner -> events -> runner ran (a lazy import), so it is caught.
+
+Importing `agent.a.b` is an arrow to `agent.a.b` only, not to the package `agent.a` that Python also
+runs: the engine registry in `agent/engines/__init__.py` finds every engine, so each engine would
+otherwise form a circle with its own registry.
 """
 
 from __future__ import annotations
@@ -40,15 +47,18 @@ KNOWN_ENGINE_ARROWS: frozenset[tuple[str, str]] = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class Arrow:
-    """One import: `source` imports `target` at `path:line`."""
+    """One import: `source` imports `target` at `path:line`; `type_only` when only under TYPE_CHECKING."""
 
     source: str
     target: str
     path: Path
     line: int
+    type_only: bool = False
 
     def __str__(self) -> str:
-        return f"{self.source} -> {self.target} ({self.path.name}:{self.line})"
+        return (
+            f"{self.source} -> {self.target} ({self.path.name}:{self.line}{', types only' if self.type_only else ''})"
+        )
 
 
 def module_names(package: Path) -> dict[str, Path]:
@@ -85,23 +95,43 @@ def _imported_names(node: ast.AST, module: str, is_package: bool) -> Iterator[tu
         yield node.args[0].value, []
 
 
+def _type_checking_imports(tree: ast.AST) -> set[ast.AST]:
+    """The import statements inside `if TYPE_CHECKING:` (or `if typing.TYPE_CHECKING:`) bodies."""
+    found: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else None
+        if isinstance(node, ast.If) and name == "TYPE_CHECKING":
+            for statement in node.body:
+                found.update(inner for inner in ast.walk(statement) if isinstance(inner, ast.Import | ast.ImportFrom))
+    return found
+
+
 def import_arrows(package: Path) -> list[Arrow]:
     """Every arrow between the package's own modules, from anywhere in each module's source."""
     modules = module_names(package)
     arrows: dict[tuple[str, str], Arrow] = {}
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        type_only = _type_checking_imports(tree)
+        for node in ast.walk(tree):
             for imported, names in _imported_names(node, module, path.name == "__init__.py"):
                 targets = [f"{imported}.{name}" for name in names if f"{imported}.{name}" in modules]
                 if len(targets) < len(names) or not names:
                     targets.append(imported)  # names that are not submodules come from the module itself
                 for target in targets:
                     if target in modules and target != module:
-                        arrow = Arrow(module, target, path, getattr(node, "lineno", 0))
+                        arrow = Arrow(module, target, path, getattr(node, "lineno", 0), node in type_only)
                         known = arrows.get((module, target))
-                        if known is None or arrow.line < known.line:
+                        # one arrow per pair: one that runs beats a type-only one, then the first line
+                        if known is None or (arrow.type_only, arrow.line) < (known.type_only, known.line):
                             arrows[(module, target)] = arrow
     return sorted(arrows.values(), key=lambda arrow: (arrow.source, arrow.target))
+
+
+def running(arrows: list[Arrow]) -> list[Arrow]:
+    """The arrows that import something when the code runs (no TYPE_CHECKING-only ones)."""
+    return [arrow for arrow in arrows if not arrow.type_only]
 
 
 def _graph(arrows: list[Arrow]) -> dict[str, list[Arrow]]:
@@ -172,7 +202,9 @@ def arrows() -> list[Arrow]:
 
 
 def test_agent_has_no_import_circle(arrows: list[Arrow]) -> None:
-    circle = find_circle([arrow for arrow in arrows if (arrow.source, arrow.target) not in KNOWN_CIRCLE_ARROWS])
+    circle = find_circle(
+        [arrow for arrow in running(arrows) if (arrow.source, arrow.target) not in KNOWN_CIRCLE_ARROWS]
+    )
     assert circle == [], "import circle: " + "; ".join(map(str, circle))
 
 
@@ -182,11 +214,11 @@ def test_no_engine_imports_an_operations_module(arrows: list[Arrow]) -> None:
 
 
 def test_the_allow_lists_only_shrink(arrows: list[Arrow]) -> None:
-    present = {(arrow.source, arrow.target) for arrow in arrows}
+    present = {(arrow.source, arrow.target) for arrow in running(arrows)}
     stale_circle = sorted(
         (source, target)
         for source, target in KNOWN_CIRCLE_ARROWS
-        if (source, target) not in present or not reaches(arrows, target, source)
+        if (source, target) not in present or not reaches(running(arrows), target, source)
     )
     stale_engine = sorted(KNOWN_ENGINE_ARROWS - {(a.source, a.target) for a in engine_arrows_up(arrows)})
     assert stale_circle == [], f"no longer closes a circle, remove from KNOWN_CIRCLE_ARROWS: {stale_circle}"
@@ -207,41 +239,45 @@ def test_lazy_type_checking_and_relative_imports_are_arrows(tmp_path: Path) -> N
         {
             "agent/__init__.py": "",
             "agent/runner.py": "def run():\n    from agent import status\n",
-            "agent/status.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .state import State\n",
+            "agent/status.py": "import typing\nif typing.TYPE_CHECKING:\n    from .state import State\n",
             "agent/state.py": "import importlib\nimportlib.import_module('agent.runner')\n",
             "agent/engines/__init__.py": "",
-            "agent/engines/base.py": "from ..writer import write\n",
+            "agent/engines/base.py": "import typing as t\nif t.TYPE_CHECKING:\n    from ..writer import W\n",
             "agent/engines/pg/__init__.py": "from . import dump\n",
             "agent/engines/pg/dump.py": "from agent.engines.base import Engine\nfrom agent import __version__\n",
             "agent/writer.py": "",
         },
     )
-    found = {(arrow.source, arrow.target) for arrow in import_arrows(package)}
-    assert found == {
-        ("agent.runner", "agent.status"),
-        ("agent.status", "agent.state"),
-        ("agent.state", "agent.runner"),
-        ("agent.engines.base", "agent.writer"),
-        ("agent.engines.pg", "agent.engines.pg.dump"),
-        ("agent.engines.pg.dump", "agent.engines.base"),
-        ("agent.engines.pg.dump", "agent"),
+    arrows = import_arrows(package)
+    assert {(arrow.source, arrow.target, arrow.type_only) for arrow in arrows} == {
+        ("agent.runner", "agent.status", False),
+        ("agent.status", "agent.state", True),
+        ("agent.state", "agent.runner", False),
+        ("agent.engines.base", "agent.writer", True),
+        ("agent.engines.pg", "agent.engines.pg.dump", False),
+        ("agent.engines.pg.dump", "agent.engines.base", False),
+        ("agent.engines.pg.dump", "agent", False),
     }
-    circle = find_circle(import_arrows(package))
-    assert {arrow.source for arrow in circle} == {"agent.runner", "agent.status", "agent.state"}
-    assert [(arrow.source, arrow.target) for arrow in engine_arrows_up(import_arrows(package))] == [
+    # a type-only arrow is an arrow up for layering, but closes no circle
+    assert [(arrow.source, arrow.target) for arrow in engine_arrows_up(arrows)] == [
         ("agent.engines.base", "agent.writer")
     ]
+    assert find_circle(running(arrows)) == []
+    assert {arrow.source for arrow in find_circle(arrows)} == {"agent.runner", "agent.status", "agent.state"}
 
 
-def test_a_graph_without_a_circle_has_none(tmp_path: Path) -> None:
+def test_a_lazy_import_closes_a_circle(tmp_path: Path) -> None:
     package = _write_package(
         tmp_path,
         {
             "agent/__init__.py": "",
             "agent/cli.py": "from agent import runner\n",
-            "agent/runner.py": "import agent.cli\n",
+            "agent/runner.py": "def observe():\n    import agent.cli\n",
         },
     )
-    arrows = import_arrows(package)
-    assert len(find_circle(arrows)) == 2
+    arrows = running(import_arrows(package))
+    assert [str(arrow) for arrow in find_circle(arrows)] == [
+        "agent.cli -> agent.runner (cli.py:1)",
+        "agent.runner -> agent.cli (runner.py:2)",
+    ]
     assert find_circle([arrow for arrow in arrows if arrow.source != "agent.runner"]) == []
