@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from agent.config import ConfigTable, JobConfig
     from agent.engines.base import Engine
 
-EVERY_DATABASE = "all"  # the one target: a snapshot holds every logical database of the server
-
 
 class RedisFamily(EngineFamily):
     options_type = RedisOptions

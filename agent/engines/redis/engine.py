@@ -30,7 +30,6 @@ from agent.engines.base import (
     StreamCheck,
     options_of,
 )
-from agent.engines.redis import EVERY_DATABASE
 from agent.engines.redis.client import (
     Endpoint,
     RedisConnection,
@@ -39,7 +38,7 @@ from agent.engines.redis.client import (
     parse_keyspace,
     read_config,
 )
-from agent.engines.redis.options import RedisOptions
+from agent.engines.redis.options import EVERY_DATABASE, RedisOptions
 from agent.engines.redis.rdb import NEWEST_VERSION, RDB_FORMAT, RdbCheck
 from agent.errors import ToolError, UntrustedServer, UsageError, VerificationError
 from agent.log import get_logger

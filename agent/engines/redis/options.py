@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from agent.engines.base import EngineOptions
 
+EVERY_DATABASE = "all"  # the one target: a snapshot holds every logical database of the server
+
 if TYPE_CHECKING:
     from agent.config import ConfigTable
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from agent import process
 from agent.engines.redis.client import Endpoint, RedisConnection, ReplyError, parse_info, parse_keyspace
 from agent.errors import AgentError, ConnectionFailed, DumpError
-from agent.writer import ensure_directory
 
 SNAPSHOT_NAME = "dump.rdb"
 PID_FILE = "redis.pid"
@@ -49,7 +48,7 @@ class ScratchServer:
 
     def load(self, chunks: Iterable[bytes], *, databases: int, timeout: float) -> None:
         """Write the snapshot, start the server on it and wait until it has loaded every key."""
-        ensure_directory(self.folder.parent, 0o700)
+        self.folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # inside the job's private scratch folder
         self.folder.mkdir(mode=0o700)  # a fresh folder: a leftover of the same name is an error
         descriptor = os.open(
             self.folder / SNAPSHOT_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
