@@ -301,6 +301,8 @@ def test_in_flight_space_given_back_by_deletions_counts_for_the_agent() -> None:
     # 60 MiB written, 40 MiB deleted: the agent added 20 MiB, free fell by 20 MiB, nobody else wrote
     room = in_flight_room(_BASELINE, _RESERVE, agent_bytes=20 * MIB, free_bytes=280 * MIB, need_bytes=200 * MIB)
     assert (room.action, room.taken_by_others_bytes) == (DELETE, 0)
+
+
 class _SeriesWatchingTheCollector(list[Series]):
     """The planner's input; records whether the cyclic garbage collector is on as the plan reads it."""
 
