@@ -116,7 +116,10 @@ def sqlite_job(database: Path, **settings: Any) -> dict[str, Any]:
     return {"engine": "sqlite", "databases": [str(database)], "jitter": "0s", **settings}
 
 
-SLOW_STORAGE = {"compression": "none", "max_write_rate": "256KiB/s"}  # a 400 KB file takes ~1.6 s
+SLOW_STORAGE = {
+    "compression": "none",
+    "max_write_rate": "100KiB/s",
+}  # a 400 KB file takes ~4 s, long enough on a loaded machine
 
 
 def moment(event: Event) -> datetime:
@@ -257,7 +260,7 @@ def test_a_run_longer_than_its_interval_never_overlaps_and_dumps_take_turns_for_
         storage=SLOW_STORAGE,
     )
     daemon = daemons(tmp_path, config)
-    daemon.wait_for("backup.finished", count=3, timeout=20)
+    daemon.wait_for("backup.finished", count=3, timeout=45)
     code, _ = daemon.stop()
 
     assert code == 0
