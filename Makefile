@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup system-deps test lint demo bench install clean
+.PHONY: setup system-deps test lint demo bench install install-user clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: setup
 # DESTDIR=DIR installs into DIR only; INSTALL_FLAGS="--dry-run" shows every step and changes nothing.
 install:
 	DESTDIR="$(DESTDIR)" bash scripts/install.sh $(INSTALL_FLAGS)
+
+# no root, no systemd: a virtualenv, config, storage and log under your home, and the crontab lines that
+# keep `backup-agent run` alive (INSTALL_FLAGS="--cron" adds them to your crontab); see README.md.
+install-user:
+	bash scripts/install.sh --user $(INSTALL_FLAGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

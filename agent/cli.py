@@ -121,9 +121,15 @@ def command_backup(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     from agent.config import config_path_from
     from agent.daemon import run_daemon
+    from agent.errors import DaemonRunning
 
     config = _load(args)
-    return run_daemon(config, config_path_from(args.config))
+    try:
+        return run_daemon(config, config_path_from(args.config))
+    except DaemonRunning as error:
+        if sys.stderr.isatty():  # a person asked; cron and service managers get the exit status alone
+            print(f"backup-agent: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def command_list(args: argparse.Namespace) -> int:

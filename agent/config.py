@@ -35,7 +35,8 @@ from agent.units import (
     validate_timezone,
 )
 
-DEFAULT_CONFIG_PATH = Path("/etc/backup-agent/config.toml")
+DEFAULT_CONFIG_PATH = Path("/etc/backup-agent/config.toml")  # a system install (scripts/install.sh)
+USER_CONFIG_NAME = Path("backup-agent") / "config.toml"  # under ~/.config: a user install (install.sh --user)
 CONFIG_ENV_VARIABLE = "BACKUP_AGENT_CONFIG"
 
 COMPRESSION_LEVELS = {"zstd": (3, 1, 19), "gzip": (6, 1, 9)}  # default, lowest, highest
@@ -245,14 +246,40 @@ def _mask_url(url: str) -> str:
 # Entry points
 
 
-def config_path_from(argv_value: str | None) -> Path:
-    """The config file to read: --config, else $BACKUP_AGENT_CONFIG, else the default path."""
+def user_config_path(environment: Mapping[str, str]) -> Path | None:
+    """Where a user install keeps its config: $XDG_CONFIG_HOME/backup-agent/config.toml, else
+    ~/.config/backup-agent/config.toml; None without an absolute home (a service account may have none)."""
+    for variable, below in (("XDG_CONFIG_HOME", Path()), ("HOME", Path(".config"))):
+        base = environment.get(variable, "")
+        if base and os.path.isabs(base):
+            return Path(base) / below / USER_CONFIG_NAME
+    return None
+
+
+def config_path_from(argv_value: str | None, environment: Mapping[str, str] | None = None) -> Path:
+    """The config file to read: --config, else $BACKUP_AGENT_CONFIG, else the user's own config when
+    it exists (a user install, no root needed), else the system one in /etc."""
+    environment = os.environ if environment is None else environment
     if argv_value:
         return Path(argv_value)
-    from_environment = os.environ.get(CONFIG_ENV_VARIABLE)
+    from_environment = environment.get(CONFIG_ENV_VARIABLE)
     if from_environment:
         return Path(from_environment)
+    user_path = user_config_path(environment)
+    if user_path is not None and user_path.exists():
+        return user_path
     return DEFAULT_CONFIG_PATH
+
+
+def _not_found(path: Path) -> str:
+    """The missing-config message; for the default path it names both places looked in."""
+    user_path = user_config_path(os.environ) if path == DEFAULT_CONFIG_PATH else None
+    if user_path is None:
+        return f"{path}: config file not found; create it, pass --config or set {CONFIG_ENV_VARIABLE}"
+    return (
+        f"no config file: neither {user_path} (a user install: scripts/install.sh --user) nor {path} "
+        f"(a system install) exists; create one, pass --config or set {CONFIG_ENV_VARIABLE}"
+    )
 
 
 def load_config(path: Path, *, check_permissions: bool = True, check_programs: bool = True) -> Config:
@@ -264,9 +291,7 @@ def load_config(path: Path, *, check_permissions: bool = True, check_programs: b
             file_mode = os.fstat(handle.fileno()).st_mode
             raw = handle.read()
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found; create it, pass --config or set {CONFIG_ENV_VARIABLE}"
-        ) from None
+        raise ConfigError(_not_found(path)) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as error:

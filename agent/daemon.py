@@ -33,7 +33,7 @@ from apscheduler.triggers.base import BaseTrigger
 from agent import __version__, catalog, log, process
 from agent.activity import DaemonRecord, remove_daemon_record, write_daemon_record
 from agent.config import Config, JobConfig, load_config
-from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, LockedError
+from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, DaemonRunning, LockedError
 from agent.observed import drill_job, run_job
 from agent.outcome import Reason, RunOutcome, Status
 from agent.records import read_history, recent_durations, record_next_runs
@@ -172,12 +172,14 @@ class Daemon:
         """Take the storage's daemon lock and run until SIGTERM/SIGINT; the exit code."""
         self.layout.prepare()
         root = self.layout.root
-        try:
-            with exclusive_lock(self.layout.lock_file("daemon"), f"a backup-agent daemon for storage {root}"):
-                return self._run_locked()
-        except LockedError as error:
-            self.log.error("daemon.refused", reason="locked", error=str(error))
-            raise
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(exclusive_lock(self.layout.lock_file("daemon"), f"a daemon for storage {root}"))
+            except LockedError as error:
+                # Every minute under cron: not worth a line in the log, nor a mail from cron.
+                self.log.debug("daemon.already_running", error=str(error))
+                raise DaemonRunning(str(error)) from None
+            return self._run_locked()
 
     def _run_locked(self) -> int:
         previous_handlers = self._install_signal_handlers()

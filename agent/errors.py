@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: an unexpected error (a bug); the traceback is in the log
+EXIT_ALREADY_RUNNING = 75  # EX_TEMPFAIL: `run` found a daemon on its storage (cron keep-alive: see README)
 EXIT_CONFIG = 78
 
 
@@ -53,6 +54,13 @@ class VerificationError(DumpError):
 
 class LockedError(AgentError):
     """Another run holds the lock this one needs."""
+
+
+class DaemonRunning(LockedError):  # noqa: N818 - a state, like LockedError, not a failure
+    """`run` found another daemon holding its storage: the wanted state already holds, so it exits
+    at once and quietly (a crontab starts `run` every minute to keep one daemon alive)."""
+
+    exit_code = EXIT_ALREADY_RUNNING
 
 
 class ConnectionFailed(AgentError):  # noqa: N818 - names the event users see, like LockedError

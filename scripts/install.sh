@@ -8,28 +8,44 @@
 #   - the unit /etc/systemd/system/backup-agent.service, /etc/logrotate.d/backup-agent and
 #     /usr/share/doc/backup-agent/operations.md,
 #   - `systemctl enable` (not start: edit the config and run `backup-agent doctor` first).
+# With --user (no root, no systemd: a PaaS account with cron), everything under your home instead:
+#   - a virtualenv in ~/.local/share/backup-agent/venv, linked as ~/.local/bin/backup-agent,
+#   - ~/.config/backup-agent/config.toml (0600) with storage ~/.local/share/backup-agent/storage and
+#     log ~/.local/state/backup-agent/agent.log (XDG_*_HOME are honoured),
+#   - ~/.config/backup-agent/crontab: the two lines that keep `backup-agent run` alive (--cron adds
+#     them to your crontab).
 #
 # Options:
 #   --dry-run     print every command instead of running it; changes nothing
 #   --no-venv     skip the virtualenv (you provide /usr/bin/backup-agent another way)
 #   --no-enable   do not run systemctl (also implied by DESTDIR and when systemd is not running)
 #   --start       also start the service now (`systemctl enable --now`)
+#   --user        install for the current user only (see above); no root needed
+#   --cron        with --user: also add the keep-alive lines to your crontab (`crontab -l` is kept)
 # Environment:
 #   DESTDIR=DIR   install under DIR (for packaging and tests): no user, no chown, no systemctl
 #   PREFIX=/opt/backup-agent   where the virtualenv goes;  PYTHON=python3
+#   PACKAGE=...   with --user: what pip installs instead of this source tree (a wheel; or `backup-agent`
+#                 with PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR, offline)
 set -euo pipefail
 
-dry_run=0; make_venv=1; enable=1; start=0
+dry_run=0; make_venv=1; enable=1; start=0; user_install=0; cron=0
 for argument in "$@"; do
   case "$argument" in
     --dry-run) dry_run=1 ;;
     --no-venv) make_venv=0 ;;
     --no-enable) enable=0 ;;
     --start) start=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --user) user_install=1 ;;
+    --cron) cron=1 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $argument (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$cron" -eq 1 ] && [ "$user_install" -eq 0 ]; then
+  echo "install.sh: --cron goes with --user (a system install runs under systemd)" >&2
+  exit 2
+fi
 
 source_dir="$(cd "$(dirname "$0")/.." && pwd)"
 destdir="${DESTDIR:-}"
@@ -47,6 +63,11 @@ run() {
     "$@"
   fi
 }
+
+if [ "$user_install" -eq 1 ]; then
+  source "$source_dir/scripts/install-user.sh"
+  exit 0
+fi
 
 # owner for chown: only on a real install (DESTDIR trees are packaged, the user may not exist)
 owned() { [ -z "$destdir" ]; }

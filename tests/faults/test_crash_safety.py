@@ -264,8 +264,8 @@ def test_a_second_daemon_refuses_and_starts_after_kill_9_of_the_first_without_cl
 
     refused = run_agent(config, "run")
 
-    assert refused.returncode == 1
-    assert f"already running (held by pid {first.pid})" in refused.stderr
+    assert refused.returncode == 75  # a daemon already holds the storage: quietly, for cron
+    assert refused.stderr == ""
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     (orphan,) = partial_files(storage)

@@ -306,11 +306,14 @@ def test_a_manual_backup_while_the_daemon_runs_the_same_job_is_skipped_as_locked
     assert code == 0
 
 
-def test_a_second_daemon_on_the_same_storage_refuses_to_start(tmp_path: Path, daemons: Any) -> None:
+def test_a_second_daemon_on_the_same_storage_exits_75_at_once_and_says_nothing(
+    tmp_path: Path, daemons: Any
+) -> None:
     database = sqlite_database(tmp_path / "app.db")
     config = write_config(tmp_path, {"app": sqlite_job(database, every="1h")})
     first = daemons(tmp_path, config)
     first.wait_for("daemon.started")
+    started = time.monotonic()
     second = subprocess.run(
         [sys.executable, "-m", "agent", "-c", str(config), "run"],
         cwd=PROJECT,
@@ -320,11 +323,37 @@ def test_a_second_daemon_on_the_same_storage_refuses_to_start(tmp_path: Path, da
         check=False,
     )
 
-    assert second.returncode == 1
-    assert "daemon" in second.stderr and "already running" in second.stderr
-    assert f"pid {first.process.pid}" in second.stderr
+    assert second.returncode == 75  # EX_TEMPFAIL: a daemon already keeps this storage
+    assert time.monotonic() - started < 10
+    assert (second.stdout, second.stderr) == ("", "")  # cron would mail any output, every minute
+    said = [event for event in log_events(tmp_path) if "already running" in json.dumps(event)]
+    assert [event["level"] for event in said] == ["debug"]  # nor a line a minute at the default level (info)
     assert first.process.poll() is None
-    assert [event["reason"] for event in first.events("daemon.refused")] == ["locked"]
+    assert first.stop()[0] == 0
+
+
+def test_a_second_daemon_started_on_a_terminal_names_the_running_one(tmp_path: Path, daemons: Any) -> None:
+    database = sqlite_database(tmp_path / "app.db")
+    config = write_config(tmp_path, {"app": sqlite_job(database, every="1h")})
+    first = daemons(tmp_path, config)
+    first.wait_for("daemon.started")
+    primary, terminal = os.openpty()
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "agent", "-c", str(config), "run"],
+            cwd=PROJECT,
+            stderr=terminal,
+            stdout=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+        os.close(terminal)
+        said = os.read(primary, 4096).decode()
+    finally:
+        os.close(primary)
+
+    assert second.returncode == 75
+    assert "daemon" in said and "already running" in said and f"pid {first.process.pid}" in said
     assert first.stop()[0] == 0
 
 
