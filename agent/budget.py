@@ -18,12 +18,13 @@ from pathlib import Path
 
 from agent.config import StorageConfig
 from agent.errors import DumpError
+from agent.units import format_size
 
 MIB = 1 << 20
 PREDICTION_HISTORY = 5  # the last N stored sizes of a series
 GROWTH_MARGIN = 1.2  # the next dump may be 20% larger than the largest of those
-# With no history: stored bytes per byte the server reports. Deliberately pessimistic (databases
-# compress 3-10x and a logical dump leaves out indexes); the in-flight check covers a miss.
+# With no history and no measured ratio for the engine (Engine.first_dump_ratios): stored bytes per
+# byte the server reports, deliberately pessimistic; the in-flight check covers a miss.
 COMPRESSION_RATIO = {"none": 1.0, "gzip": 0.5, "zstd": 0.5}
 UNKNOWN_PREDICTION = MIB  # no history and no estimate (globals, grants): a small dump
 
@@ -189,21 +190,35 @@ def measure(storage: StorageConfig) -> DiskFigures:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    stored_bytes: int  # the predicted size of the dump file
+    stored_bytes: int  # the predicted size of the dump file: what room is planned for
     basis: str  # history | estimate | unknown
     scratch_bytes: int = 0  # a scratch copy the engine makes on the same disk while it runs
+    # the smallest size the dump plausibly has: when only this fits, the dump starts and the
+    # in-flight checks decide (they stop it at the reserve and remove the partial)
+    least_bytes: int = 0
 
 
-def predict(history: Sequence[int], size_estimate: int | None, compression: str) -> Prediction:
-    """The next dump's size: the largest of the last few stored sizes times a growth margin, or,
-    with no history, the server's size estimate times a pessimistic compression ratio."""
+def predict(
+    history: Sequence[int],
+    size_estimate: int | None,
+    compression: str,
+    first_dump_ratio: tuple[float, float] | None = None,
+) -> Prediction:
+    """The next dump's size: the largest of the last few stored sizes times a growth margin (at least
+    the newest size), or with no history the server's size estimate times the engine's measured
+    first-dump ratio (lowest, highest), else a pessimistic compression ratio."""
     recent = [size for size in history[-PREDICTION_HISTORY:] if size > 0]
     if recent:
-        return Prediction(math.ceil(max(recent) * GROWTH_MARGIN), "history")
+        return Prediction(math.ceil(max(recent) * GROWTH_MARGIN), "history", least_bytes=recent[-1])
     if size_estimate is not None and size_estimate > 0:
-        ratio = COMPRESSION_RATIO.get(compression, 1.0)
-        return Prediction(max(UNKNOWN_PREDICTION, math.ceil(size_estimate * ratio)), "estimate")
-    return Prediction(UNKNOWN_PREDICTION, "unknown")
+        fallback = COMPRESSION_RATIO.get(compression, 1.0)
+        low, high = first_dump_ratio or (fallback, fallback)
+        return Prediction(
+            max(UNKNOWN_PREDICTION, math.ceil(size_estimate * high)),
+            "estimate",
+            least_bytes=max(UNKNOWN_PREDICTION, math.ceil(size_estimate * low)),
+        )
+    return Prediction(UNKNOWN_PREDICTION, "unknown", least_bytes=UNKNOWN_PREDICTION)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +231,66 @@ class InsufficientSpaceError(DumpError):
     def __init__(self, message: str, figures: dict[str, int | None]) -> None:
         super().__init__(message, reason="insufficient_space")
         self.figures = figures
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    """Why a dump cannot start: what it needs at the least, and what the budget can give it."""
+
+    what: str  # "the first backup of main/shop"
+    prediction: Prediction
+    least_need_bytes: int  # the smallest plausible dump, its scratch copy and the check slack
+    freeable_bytes: int  # what the budget may delete
+    protected_backups: int  # backups kept by keep_min or a pin
+    protected_bytes: int
+    keep_min: int
+
+
+def explain_shortage(shortage: Shortage, figures: DiskFigures, budget: Budget, storage: StorageConfig) -> str:
+    """One message that says why the dump cannot start and exactly what to change, by how much
+    (which setting, to what value); it reads right with no backups at all."""
+    prediction, need, freeable = shortage.prediction, shortage.least_need_bytes, shortage.freeable_bytes
+    room_free = figures.free_bytes + freeable - budget.reserve_bytes
+    room, limit = (
+        room_free,
+        f"{format_size(figures.free_bytes)} free - storage.reserve {format_size(budget.reserve_bytes)}",
+    )
+    if freeable:
+        limit += f" + {format_size(freeable)} of old backups it may delete"
+    room_usage = None if budget.max_usage_bytes is None else budget.max_usage_bytes - figures.usage_bytes + freeable
+    if budget.max_usage_bytes is not None and room_usage is not None and room_usage < room:
+        kept = figures.usage_bytes - freeable
+        room, limit = room_usage, f"storage.max_usage {format_size(budget.max_usage_bytes)} - {format_size(kept)} kept"
+    likely = "predicted" if prediction.basis == "history" else "likely up to"
+    needs = f"at least {format_size(need)} (the dump {format_size(prediction.least_bytes)}, {likely} "
+    needs += f"{format_size(prediction.stored_bytes)}"
+    if prediction.scratch_bytes:
+        needs += f"; its scratch copy {format_size(prediction.scratch_bytes)}"
+    slack = need - prediction.least_bytes - prediction.scratch_bytes
+    needs += f"; {format_size(slack)} between free-space checks)"
+    backups = ""
+    if shortage.protected_backups == 0 and freeable == 0:
+        backups = "; there are no backups to delete yet"
+    elif shortage.protected_backups:
+        backups = (
+            f"; {shortage.protected_backups} backup(s) ({format_size(shortage.protected_bytes)}) are kept by "
+            f"retention.keep_min = {shortage.keep_min} or a pin"
+        )
+    advice = []
+    if room_free < need:
+        highest_reserve = figures.free_bytes + freeable - need
+        if highest_reserve >= MIB:
+            advice.append(f'set storage.reserve = "{highest_reserve // MIB}MiB" or less (now "{storage.reserve}")')
+        advice.append(f"free {format_size(need - room_free)} more on the filesystem holding {storage.path}")
+    if room_usage is not None and room_usage < need:
+        lowest = figures.usage_bytes - freeable + need
+        advice.append(f'set storage.max_usage = "{-(-lowest // MIB)}MiB" or more (now "{storage.max_usage}")')
+    if shortage.protected_bytes and shortage.protected_bytes >= need - room:
+        advice.append(f"lower retention.keep_min (now {shortage.keep_min}) or unpin a backup")
+    return (
+        f"not enough disk space for {shortage.what}: it needs {needs}, but {format_size(max(0, room))} can be "
+        f"used ({limit}){backups}. To let it run: " + "; or ".join(advice)
+    )
 
 
 def headroom(figures: DiskFigures, budget: Budget) -> int:

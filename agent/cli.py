@@ -107,8 +107,9 @@ def command_backup(args: argparse.Namespace) -> int:
                 _say(f"ok      {name} {label} -> {target.path}")
             elif target.status == Status.INTERRUPTED:
                 _say(f"INTERRUPTED {name} {label}: {target.message}")
-            else:
-                _say(f"FAILED  {name} {label}: {target.message}")
+            else:  # REFUSED: not tried, for lack of room (the message says what to change); FAILED: tried
+                word = "REFUSED" if target.status == Status.REFUSED else "FAILED"
+                _say(f"{word:7} {name} {label}: {target.message}")
         if not outcome.ok:
             failed = True
             if outcome.message:
@@ -388,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scheduled logical database dumps, kept as immutable checksummed files within a disk budget.",
     )
     parser.add_argument(
-        "-c", "--config", help="config file (default: $BACKUP_AGENT_CONFIG or /etc/backup-agent/config.toml)"
+        "-c",
+        "--config",
+        help="config file (default: $BACKUP_AGENT_CONFIG, else ~/.config/backup-agent/config.toml if it exists, "
+        "else /etc/backup-agent/config.toml)",
     )
     parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")

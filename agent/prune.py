@@ -34,8 +34,10 @@ from agent.budget import (
     DiskFigures,
     InsufficientSpaceError,
     Prediction,
+    Shortage,
     allocated_bytes,
     check_interval,
+    explain_shortage,
     free_bytes_now,
     in_flight_room,
     measure,
@@ -362,53 +364,54 @@ def prepare_dump(
     log: BoundLogger,
 ) -> DumpSpace:
     """Pre-flight: predict the dump, plan its room; raise InsufficientSpaceError (nothing deleted) when
-    it cannot fit without going below keep_min or touching a pin.
+    even its smallest plausible size cannot fit without going below keep_min or touching a pin.
+
+    When the predicted size does not fit but a plausible smaller one does (a first dump, estimated from
+    the server's figures), the dump starts and the in-flight checks decide: room is taken just in time
+    and the dump is stopped at the reserve, its partial removed, rather than never tried.
 
     `inventory` is the run's one scan of the disk (`take_inventory`), kept up to date by the runner.
     """
     figures = measure(config.storage)
     budget = resolve_budget(config.storage, figures.total_bytes)
     history = inventory.history(job.name, folder)
-    scratch_copy = engines.family(job.engine).scratch_copy
+    family = engines.family(job.engine)
+    scratch_copy = family.scratch_copy
     estimate = _size_estimate(engine, target, log) if not history or scratch_copy else None
-    prediction = predict(history, estimate, config.storage.compression)
+    measured = family.first_dump_ratios.get(config.storage.compression)
+    ratio = (measured.low, measured.high) if measured is not None else None
+    prediction = predict(history, estimate, config.storage.compression, ratio)
     if scratch_copy:
-        prediction = Prediction(prediction.stored_bytes, prediction.basis, estimate or 0)
-    need = prediction.stored_bytes + prediction.scratch_bytes + 2 * check_interval(figures.total_bytes, budget)
-    plan = retention.plan(
-        inventory.series,
-        figures,
-        budget,
-        now=datetime.now(UTC),
-        need_bytes=need,
-        policy_scope=(),
-    )
+        prediction = Prediction(prediction.stored_bytes, prediction.basis, estimate or 0, prediction.least_bytes)
+    slack = 2 * check_interval(figures.total_bytes, budget)
+    need = prediction.stored_bytes + prediction.scratch_bytes + slack
+    now = datetime.now(UTC)
+    plan = retention.plan(inventory.series, figures, budget, now=now, need_bytes=need, policy_scope=())
+    in_flight_decides = False
     if not plan.fits:
-        available = max(0, need - plan.shortfall_bytes + plan.freeable_bytes)
-        raise InsufficientSpaceError(
-            f"not enough disk space: the dump needs about {format_size(need)} "
-            f"(predicted {format_size(prediction.stored_bytes)}) but at most {format_size(available)} "
-            f"can be made free without going below keep_min; free {format_size(figures.free_bytes)}, "
-            f"reserve {format_size(budget.reserve_bytes)}",
-            {
-                "available": available,
-                "free": figures.free_bytes,
-                "reserve": budget.reserve_bytes,
-                "predicted": prediction.stored_bytes,
-                "need": need,
-                "usage": figures.usage_bytes,
-                "max_usage": budget.max_usage_bytes,
-                "total": figures.total_bytes,
-                "freeable": plan.freeable_bytes,
-                "shortfall": plan.shortfall_bytes,
-            },
-        )
+        least_need = min(need, prediction.least_bytes + prediction.scratch_bytes + slack)
+        plan = retention.plan(inventory.series, figures, budget, now=now, need_bytes=least_need, policy_scope=())
+        if not plan.fits:
+            raise _refusal(
+                config,
+                job,
+                target,
+                inventory=inventory,
+                plan=plan,
+                figures=figures,
+                budget=budget,
+                prediction=prediction,
+                need=least_need,
+            )
+        in_flight_decides = True
     log.info(
         "retention.preflight",
         predicted_bytes=prediction.stored_bytes,
+        least_bytes=prediction.least_bytes,
         basis=prediction.basis,
         scratch_bytes=prediction.scratch_bytes,
         need_bytes=need,
+        in_flight_decides=in_flight_decides,
         free_bytes=figures.free_bytes,
         reserve_bytes=budget.reserve_bytes,
         usage_bytes=figures.usage_bytes,
@@ -417,6 +420,54 @@ def prepare_dump(
     )
     return DumpSpace(
         config, plan=plan, figures=figures, budget=budget, prediction=prediction, inventory=inventory, log=log
+    )
+
+
+def _refusal(
+    config: Config,
+    job: JobConfig,
+    target: DumpTarget,
+    *,
+    inventory: Inventory,
+    plan: Plan,
+    figures: DiskFigures,
+    budget: Budget,
+    prediction: Prediction,
+    need: int,
+) -> InsufficientSpaceError:
+    """The refusal, with a message that says what to change (the plan is the one for `need`)."""
+    queued = {decision.backup.key for decision in plan.queue}
+    protected = [
+        backup for series in inventory.series for backup in series.backups if backup.key not in queued and backup.good
+    ]
+    label = target.database or target.kind
+    first = "first" if prediction.basis != "history" else "next"
+    shortage = Shortage(
+        what=f"the {first} backup of {job.name}/{label}",
+        prediction=prediction,
+        least_need_bytes=need,
+        freeable_bytes=plan.freeable_bytes,
+        protected_backups=len(protected),
+        protected_bytes=sum(backup.size_bytes for backup in protected),
+        keep_min=job.retention.keep_min,
+    )
+    available = max(0, need - plan.shortfall_bytes + plan.freeable_bytes)
+    return InsufficientSpaceError(
+        explain_shortage(shortage, figures, budget, config.storage),
+        {
+            "available": available,
+            "free": figures.free_bytes,
+            "reserve": budget.reserve_bytes,
+            "predicted": prediction.stored_bytes,
+            "least": prediction.least_bytes,
+            "need": need,
+            "usage": figures.usage_bytes,
+            "max_usage": budget.max_usage_bytes,
+            "total": figures.total_bytes,
+            "freeable": plan.freeable_bytes,
+            "shortfall": plan.shortfall_bytes,
+            "protected": shortage.protected_bytes,
+        },
     )
 
 

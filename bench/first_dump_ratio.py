@@ -162,10 +162,50 @@ def load_generated_mongo(files: dict[str, Path], client: Any, database: str) -> 
             target[table].insert_many(batch)
 
 
+def pagila_tables(server: Any) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    """Pagila's tables as (columns, rows) of plain values, to load the same real rows elsewhere."""
+    tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
+    with server.connect("pagila") as connection:
+        names = connection.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' AND NOT c.relispartition ORDER BY 1"
+        ).fetchall()
+        for (name,) in names:
+            cursor = connection.execute(f'SELECT * FROM "{name}"')  # partitioned parents include their rows
+            columns = [column.name for column in cursor.description or ()]
+            rows = [tuple(_plain(value) for value in row) for row in cursor.fetchall()]
+            tables[name] = (columns, rows)
+    return tables
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, int | float | str | bytes):
+        return value
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return str(value)
+
+
+def load_tables_sqlite(tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]], path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for name, (columns, rows) in tables.items():
+            connection.execute(f'CREATE TABLE "{name}" ({", ".join(f"{chr(34)}{c}{chr(34)}" for c in columns)})')
+            connection.executemany(f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+        connection.commit()
+
+
+def load_tables_mongo(tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]], client: Any, database: str) -> None:
+    for name, (columns, rows) in tables.items():
+        documents = [dict(zip(columns, row, strict=True)) for row in rows]
+        for start in range(0, len(documents), 2000):
+            client[database][name].insert_many(documents[start : start + 2000])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="64MB", help="generated rows per engine (e.g. 64MB)")
     parser.add_argument("--only", choices=("postgresql", "mysql", "mongodb", "sqlite"))
+    parser.add_argument("--skip-generated", action="store_true", help="only the sample databases")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     size = int(float(args.size.upper().removesuffix("MB")) * 1_000_000)
@@ -178,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="first-dump-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
-        files = dataset.Part(size).write(work / "data")
+        files = {} if args.skip_generated else dataset.Part(size).write(work / "data")
         generated = f"generated {sum(path.stat().st_size for path in files.values()) / 1e6:.0f} MB of rows"
 
         def measure(engine: str, server: Any, database: str, label: str) -> None:
@@ -187,40 +227,52 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"engine": engine, "data": label, "compression": compression, **figures})
                 print(json.dumps(results[-1]), flush=True)
 
+        postgres = stack.enter_context(running_postgres())
+        with postgres.connect() as connection:
+            connection.execute("CREATE DATABASE pagila")
+        load_pagila(postgres, "pagila")
+        pagila = pagila_tables(postgres)  # the same real rows for SQLite and MongoDB
         if args.only in (None, "postgresql"):
-            postgres = stack.enter_context(running_postgres())
-            with postgres.connect() as connection:
-                connection.execute("CREATE DATABASE pagila")
-                connection.execute("CREATE DATABASE generated")
-            load_pagila(postgres, "pagila")
-            with postgres.connect("generated") as connection:
-                connection.execute(dataset.POSTGRES_SCHEMA)
-                dataset.load_postgres(connection, files)
-                connection.execute("VACUUM (FREEZE, ANALYZE)")
             measure("postgresql", postgres, "pagila", "Pagila")
-            measure("postgresql", postgres, "generated", generated)
+            if not args.skip_generated:
+                with postgres.connect() as connection:
+                    connection.execute("CREATE DATABASE generated")
+                with postgres.connect("generated") as connection:
+                    connection.execute(dataset.POSTGRES_SCHEMA)
+                    dataset.load_postgres(connection, files)
+                    connection.execute("VACUUM (FREEZE, ANALYZE)")
+                measure("postgresql", postgres, "generated", generated)
         if args.only in (None, "mysql"):
             mariadb = stack.enter_context(running_mariadb())
             load_sakila(mariadb, "sakila")
-            with mariadb.connect(local_infile=True) as connection, connection.cursor() as cursor:
-                cursor.execute("CREATE DATABASE generated")
-                cursor.execute("USE generated")
-                for statement in dataset.MARIADB_SCHEMA.split(";"):
-                    if statement.strip():
-                        cursor.execute(statement)
-                dataset.load_mariadb(connection, files)
-                cursor.execute("ANALYZE TABLE orders, documents, attachments")
             measure("mysql", mariadb, "sakila", "Sakila")
-            measure("mysql", mariadb, "generated", generated)
+            if not args.skip_generated:
+                with mariadb.connect(local_infile=True) as connection, connection.cursor() as cursor:
+                    cursor.execute("CREATE DATABASE generated")
+                    cursor.execute("USE generated")
+                    for statement in dataset.MARIADB_SCHEMA.split(";"):
+                        if statement.strip():
+                            cursor.execute(statement)
+                    dataset.load_mariadb(connection, files)
+                    cursor.execute("ANALYZE TABLE orders, documents, attachments")
+                measure("mysql", mariadb, "generated", generated)
         if args.only in (None, "mongodb"):
             mongo = stack.enter_context(running_secantus(auth=False))
             with mongo.client() as client:
-                load_generated_mongo(files, client, "generated")
-            measure("mongodb", mongo, "generated", generated + " as documents (SecantusDB)")
+                load_tables_mongo(pagila, client, "pagila")
+            measure("mongodb", mongo, "pagila", "Pagila's rows as documents (SecantusDB)")
+            if not args.skip_generated:
+                with mongo.client() as client:
+                    load_generated_mongo(files, client, "generated")
+                measure("mongodb", mongo, "generated", generated + " as documents (SecantusDB)")
         if args.only in (None, "sqlite"):
-            database = work / "generated.db"
-            load_generated_sqlite(files, database)
-            measure("sqlite", None, str(database), generated)
+            database = work / "pagila.db"
+            load_tables_sqlite(pagila, database)
+            measure("sqlite", None, str(database), "Pagila's rows")
+            if not args.skip_generated:
+                database = work / "generated.db"
+                load_generated_sqlite(files, database)
+                measure("sqlite", None, str(database), generated)
 
     print()
     print("| engine | data | compression | size estimate | raw dump | stored | stored / estimate |")

@@ -87,6 +87,9 @@ class EngineFamily(ABC):
     refused_prefixes: ClassVar[tuple[str, ...]] = ()  # short options also refused with a value attached
     short_password_option: ClassVar[bool] = False  # the tool takes a password as -pSECRET
     reserved_targets: ClassVar[frozenset[str]] = frozenset()  # template and system databases: --force only
+    # by compression method: a first dump's stored bytes per byte of `Engine.size_estimate`, measured;
+    # a family without measurements gets the budget's pessimistic default
+    first_dump_ratios: ClassVar[Mapping[str, SizeRatio]] = MappingProxyType({})
 
     @abstractmethod
     def engine_class(self) -> type[Engine]:
@@ -159,6 +162,15 @@ class ServerInfo:
     server_version: str
     tool: str
     tool_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRatio:
+    """Stored bytes of a first dump per byte of `Engine.size_estimate`: the lowest and the highest
+    measured on real data (bench/first_dump_ratio.py; the figures are in docs/retention.md)."""
+
+    low: float
+    high: float
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ import sqlite3
 import struct
 import uuid
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -24,6 +25,7 @@ from agent.engines.base import (
     PrivilegeFinding,
     ServerInfo,
     Sink,
+    SizeRatio,
     StreamCheck,
 )
 from agent.errors import ConnectionFailed, DumpError, VerificationError
@@ -74,6 +76,14 @@ class SqliteFamily(EngineFamily):
 
     connects = False
     scratch_copy = True  # the consistent copy sits in the scratch folder, on the storage disk, while it streams
+    # the file itself is dumped: its size is exact uncompressed
+    first_dump_ratios = MappingProxyType(
+        {
+            "zstd": SizeRatio(0.25, 0.35),
+            "gzip": SizeRatio(0.25, 0.35),
+            "none": SizeRatio(1.0, 1.0),
+        }
+    )
 
     def engine_class(self) -> type[Engine]:
         return SqliteEngine

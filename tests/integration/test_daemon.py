@@ -306,9 +306,7 @@ def test_a_manual_backup_while_the_daemon_runs_the_same_job_is_skipped_as_locked
     assert code == 0
 
 
-def test_a_second_daemon_on_the_same_storage_exits_75_at_once_and_says_nothing(
-    tmp_path: Path, daemons: Any
-) -> None:
+def test_a_second_daemon_on_the_same_storage_exits_75_at_once_and_says_nothing(tmp_path: Path, daemons: Any) -> None:
     database = sqlite_database(tmp_path / "app.db")
     config = write_config(tmp_path, {"app": sqlite_job(database, every="1h")})
     first = daemons(tmp_path, config)

@@ -239,13 +239,16 @@ def test_one_shortfall_covers_both_the_reserve_and_max_usage() -> None:
 
 
 def test_the_prediction_is_the_largest_recent_size_with_a_growth_margin() -> None:
-    assert predict([5, 1000, 10, 10, 10, 10, 10], 999_999, "zstd") == Prediction(12, "history")
-    assert predict([100, 300, 200], None, "none") == Prediction(360, "history")
+    assert predict([5, 1000, 10, 10, 10, 10, 10], 999_999, "zstd") == Prediction(12, "history", least_bytes=10)
+    assert predict([100, 300, 200], None, "none") == Prediction(360, "history", least_bytes=200)
 
 
 def test_with_no_history_the_prediction_comes_from_the_servers_estimate() -> None:
-    assert predict([], 100 * 2**20, "none") == Prediction(100 * 2**20, "estimate")
-    assert predict([], 100 * 2**20, "zstd") == Prediction(50 * 2**20, "estimate")
+    mebibytes = 2**20
+    assert predict([], 100 * mebibytes, "none") == Prediction(100 * mebibytes, "estimate", least_bytes=100 * mebibytes)
+    assert predict([], 100 * mebibytes, "zstd") == Prediction(50 * mebibytes, "estimate", least_bytes=50 * mebibytes)
+    measured = predict([], 100 * mebibytes, "zstd", (0.05, 0.3))
+    assert measured == Prediction(30 * mebibytes, "estimate", least_bytes=5 * mebibytes)
     assert predict([], None, "zstd").basis == "unknown"
 
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from agent.engines.base import EngineFamily, options_of
+from agent.engines.base import EngineFamily, SizeRatio, options_of
 from agent.engines.mongo.options import MongoOptions, read_options
 
 if TYPE_CHECKING:
@@ -27,6 +27,14 @@ _NAME_FORBIDDEN = '/\\. "$'  # on every platform (the server adds *<>:|? on Wind
 class MongoFamily(EngineFamily):
     options_type = MongoOptions
     url_schemes = ("mongodb",)
+    # dbStats.dataSize is the BSON the archive carries, uncompressed
+    first_dump_ratios = MappingProxyType(
+        {
+            "zstd": SizeRatio(0.11, 0.25),
+            "gzip": SizeRatio(0.11, 0.25),
+            "none": SizeRatio(1.0, 1.05),
+        }
+    )
     short_password_option = True
     refused_arguments = MappingProxyType(
         {

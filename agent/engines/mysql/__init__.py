@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.engines.base import EngineFamily, ServerWide
+from agent.engines.base import EngineFamily, ServerWide, SizeRatio
 from agent.engines.mysql.options import MysqlOptions, read_options
 
 if TYPE_CHECKING:
@@ -38,6 +38,14 @@ class MysqlFamily(EngineFamily):
     options_type = MysqlOptions
     url_schemes = ("mysql", "mariadb")
     server_wide = ServerWide(kind="grants", database="")
+    # DATA_LENGTH + INDEX_LENGTH: InnoDB pages with their free space and the indexes the dump leaves out
+    first_dump_ratios = MappingProxyType(
+        {
+            "zstd": SizeRatio(0.1, 0.3),
+            "gzip": SizeRatio(0.1, 0.3),
+            "none": SizeRatio(0.51, 1.05),
+        }
+    )
     refused_arguments = MappingProxyType(_REFUSED)
     short_password_option = True
     reserved_targets = RESERVED_TARGETS

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.engines.base import EngineFamily, ServerWide
+from agent.engines.base import EngineFamily, ServerWide, SizeRatio
 from agent.engines.postgres.options import PostgresOptions, read_options
 
 if TYPE_CHECKING:
@@ -35,6 +35,14 @@ class PostgresFamily(EngineFamily):
     options_type = PostgresOptions
     url_schemes = ("postgresql", "postgres")
     server_wide = ServerWide(kind="globals", database="postgres")
+    # pg_database_size() counts indexes, free space and ~7.5 MB of catalogs; the dump leaves them out
+    first_dump_ratios = MappingProxyType(
+        {
+            "zstd": SizeRatio(0.05, 0.3),
+            "gzip": SizeRatio(0.04, 0.3),
+            "none": SizeRatio(0.21, 1.05),
+        }
+    )
     refused_arguments = MappingProxyType(_REFUSED)
     refused_prefixes = ("-f", "-F", "-d")
     reserved_targets = RESERVED_TARGETS
