@@ -276,20 +276,23 @@ def explain_shortage(shortage: Shortage, figures: DiskFigures, budget: Budget, s
             f"; {shortage.protected_backups} backup(s) ({format_size(shortage.protected_bytes)}) are kept by "
             f"retention.keep_min = {shortage.keep_min} or a pin"
         )
-    advice = []
+    needed = []  # every limit that binds must change; within one, any of its remedies will do
     if room_free < need:
+        remedies = []
         highest_reserve = figures.free_bytes + freeable - need
         if highest_reserve >= MIB:
-            advice.append(f'set storage.reserve = "{highest_reserve // MIB}MiB" or less (now "{storage.reserve}")')
-        advice.append(f"free {format_size(need - room_free)} more on the filesystem holding {storage.path}")
+            remedies.append(f'set storage.reserve = "{highest_reserve // MIB}MiB" or less (now "{storage.reserve}")')
+        remedies.append(f"free {format_size(need - room_free)} more on the filesystem holding {storage.path}")
+        needed.append(" or ".join(remedies))
     if room_usage is not None and room_usage < need:
         lowest = figures.usage_bytes - freeable + need
-        advice.append(f'set storage.max_usage = "{-(-lowest // MIB)}MiB" or more (now "{storage.max_usage}")')
+        needed.append(f'set storage.max_usage = "{-(-lowest // MIB)}MiB" or more (now "{storage.max_usage}")')
+    advice = "; and ".join(needed)
     if shortage.protected_bytes and shortage.protected_bytes >= need - room:
-        advice.append(f"lower retention.keep_min (now {shortage.keep_min}) or unpin a backup")
+        advice += f"; or lower retention.keep_min (now {shortage.keep_min}) or unpin a backup"
     return (
         f"not enough disk space for {shortage.what}: it needs {needs}, but {format_size(max(0, room))} can be "
-        f"used ({limit}){backups}. To let it run: " + "; or ".join(advice)
+        f"used ({limit}){backups}. To let it run: {advice}"
     )
 
 
