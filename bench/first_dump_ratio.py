@@ -31,7 +31,7 @@ from agent import log  # noqa: E402
 from agent.config import load_config  # noqa: E402
 from agent.engines import engine_class  # noqa: E402
 from agent.engines.base import EngineContext, StreamLimits  # noqa: E402
-from agent.runner import run_job  # noqa: E402
+from agent.observed import run_job  # noqa: E402
 
 COMPRESSIONS = ("zstd", "gzip", "none")
 csv.field_size_limit(1 << 30)
