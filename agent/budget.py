@@ -23,7 +23,7 @@ from agent.units import format_size
 MIB = 1 << 20
 PREDICTION_HISTORY = 5  # the last N stored sizes of a series
 GROWTH_MARGIN = 1.2  # the next dump may be 20% larger than the largest of those
-# With no history and no measured ratio for the engine (Engine.first_dump_ratios): stored bytes per
+# With no history and no measured ratio for the engine (EngineFamily.first_dump_ratios): stored bytes per
 # byte the server reports, deliberately pessimistic; the in-flight check covers a miss.
 COMPRESSION_RATIO = {"none": 1.0, "gzip": 0.5, "zstd": 0.5}
 UNKNOWN_PREDICTION = MIB  # no history and no estimate (globals, grants): a small dump
