@@ -118,9 +118,7 @@ def test_a_first_dump_that_might_fit_is_tried_and_stopped_at_the_reserve_when_it
         for number in range(6):
             connection.execute("INSERT INTO blob VALUES (%s, %s)", (number, os.urandom(MIB)))
     reserve = 11 * MIB
-    # threads = 0: zstd's worker threads hand over several MiB at once, more than the slack between
-    # two free-space checks on a disk this small (a limit of the in-flight check, not of this decision)
-    config = postgres_config(tmp_path, small_disk, pg_server, pg_database, f"{reserve // MIB}MiB", threads=0)
+    config = postgres_config(tmp_path, small_disk, pg_server, pg_database, f"{reserve // MIB}MiB")
 
     with LowestFreeSpace(small_disk) as watch:
         result = backup(config)
