@@ -255,9 +255,9 @@ def test_under_umask_000_every_file_and_folder_gets_its_documented_mode(tmp_path
 def test_a_second_daemon_refuses_and_starts_after_kill_9_of_the_first_without_cleanup(
     tmp_path: Path, processes: list[Any]
 ) -> None:
-    # ~5 s of dump at the slow rate: the second `run` (a Python start, ~1.5 s on a loaded machine)
+    # ~6 s of dump at SLOW_STORAGE's rate: the second `run` (a Python start, ~1.5 s on a loaded machine)
     # must find the first still dumping
-    database = sqlite_database(tmp_path / "app.db", payload_bytes=1_200_000)
+    database = sqlite_database(tmp_path / "app.db", payload_bytes=400_000)
     config = write_config(tmp_path, {"app": sqlite_job(database, every="1h")}, storage=SLOW_STORAGE)
     storage = tmp_path / "storage"
     first = start_agent(config, "run")
