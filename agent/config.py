@@ -42,6 +42,7 @@ CONFIG_ENV_VARIABLE = "BACKUP_AGENT_CONFIG"
 COMPRESSION_LEVELS = {"zstd": (3, 1, 19), "gzip": (6, 1, 9)}  # default, lowest, highest
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMPACTS = ("gentle", "fastest")  # agent/runner.py: what each one changes
 RETENTION_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 
 _KeyPath = tuple[str, ...]
@@ -67,6 +68,7 @@ class StorageConfig:
     quota: SizeSpec | None = None
     immutable: bool = False
     max_write_rate: int | None = None
+    impact: str = "gentle"  # gentle | fastest: how much a dump may take from the application
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ class JobConfig:
     lock_wait_timeout: timedelta = timedelta(minutes=5)
     nice: int = 10
     ionice: str = "best-effort"
+    impact: str | None = None  # None: storage.impact
     tool: str | None = None
     extra_args: tuple[str, ...] = ()
     max_backup_age: timedelta | None = None
@@ -672,13 +675,14 @@ def _empty_table(path: _KeyPath, problems: _Problems) -> _Table:
 _TOP_LEVEL_KEYS = ("storage", "log", "retention", "snapshots", "daemon", "metrics", "notify", "jobs")
 _STORAGE_KEYS = (
     "path", "compression", "level", "threads", "max_usage", "reserve", "quota", "immutable", "max_write_rate",
+    "impact",
 )  # fmt: skip
 _LOG_KEYS = ("file", "level", "format", "rotate", "max_size", "keep")
 _RETENTION_KEYS = (*RETENTION_COUNTS, "max_age", "keep_min")
 _COMMON_JOB_KEYS = (
     "engine", "host", "port", "socket", "server_user", "user", "password", "password_file", "password_env",
     "databases", "exclude", "schedule", "every", "timezone", "jitter", "timeout", "stall_timeout",
-    "connect_timeout", "lock_wait_timeout", "nice", "ionice", "tool", "extra_args", "max_backup_age",
+    "connect_timeout", "lock_wait_timeout", "nice", "ionice", "impact", "tool", "extra_args", "max_backup_age",
     "retention", "hooks", "drill",
 )  # fmt: skip
 _CONNECTION_KEYS = ("host", "port", "socket", "server_user", "user", "password", "password_file", "password_env")
@@ -749,6 +753,7 @@ class _ConfigReader:
             quota=table.size("quota", None, allow_percent=False),
             immutable=table.flag("immutable", False),
             max_write_rate=table.rate("max_write_rate"),
+            impact=table.choice("impact", IMPACTS, "gentle"),
         )
         return storage if path is not None else None
 
@@ -933,6 +938,7 @@ class _JobReader:
             lock_wait_timeout=table.duration("lock_wait_timeout", timedelta(minutes=5)),
             nice=table.integer("nice", 10, minimum=0, maximum=19),
             ionice=table.choice("ionice", ("idle", "best-effort", "none"), "best-effort"),
+            impact=table.choice("impact", IMPACTS, None),
             tool=tool,
             extra_args=extra_args,
             max_backup_age=table.duration("max_backup_age", None),

@@ -19,12 +19,13 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from agent import trust
 from agent.errors import DumpError, ToolError
+from agent.pressure import Pacer
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -94,12 +95,19 @@ def _child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _ionice_arguments(ionice: str) -> list[str]:
+    return ["-c", "3"] if ionice == "idle" else ["-c", "2", "-n", "7"]
+
+
 def _priority_prefix(nice: int, ionice: str) -> list[str]:
+    """`nice` is the niceness the child ends up with: `nice -n` adds to the caller's own, which
+    is already lowered while the agent runs a dump at the job's priority (`own_priority`)."""
     prefix: list[str] = []
     if ionice != "none" and shutil.which("ionice"):
-        prefix += ["ionice", "-c", "3"] if ionice == "idle" else ["ionice", "-c", "2", "-n", "7"]
-    if nice > 0:
-        prefix += ["nice", "-n", str(nice)]
+        prefix += ["ionice", *_ionice_arguments(ionice)]
+    increment = nice - os.getpriority(os.PRIO_PROCESS, 0)
+    if increment > 0:
+        prefix += ["nice", "-n", str(increment)]
     return prefix
 
 
@@ -110,6 +118,33 @@ def _refuse_unsafe_programs(*names: str) -> None:
         problem = trust.check_program(resolved) if resolved is not None else None
         if problem is not None:
             raise ToolError(f"refusing to run {name}: {problem}")
+
+
+@contextlib.contextmanager
+def own_priority(nice: int) -> Iterator[None]:
+    """Run the block with the calling thread at the job's niceness.
+
+    Linux keeps niceness per thread and a new thread or child inherits its creator's, so the
+    threads the block starts (zstd's workers, the stderr reader, row counters) and the dump tool
+    run at it too, while a daemon's other threads keep theirs. The I/O priority follows: a thread
+    with no I/O class of its own gets best-effort level (nice + 20) / 5 from the kernel (6 at nice
+    10), and the dump tool, which does the reading, still gets the job's `ionice` explicitly.
+    Never raises the priority; puts the old one back afterwards where the system allows (an
+    unprivileged process cannot undo a nice, so a daemon's dump thread then stays low: it only
+    runs dumps).
+    """
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    lowered = nice > before
+    if lowered:
+        with contextlib.suppress(OSError):  # a priority is never worth a failed backup
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+    try:
+        yield
+    finally:
+        if lowered:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, thread, before)
 
 
 class Child:
@@ -220,6 +255,7 @@ class StreamLimits:
     stall_timeout: float | None = None
     should_stop: Callable[[], bool] = lambda: False
     kill_grace: float = KILL_GRACE  # SIGTERM -> SIGKILL; shorter than the daemon's shutdown timeout
+    pacer: Pacer | None = None  # pauses between reads while the machine is contended (agent/pressure.py)
 
 
 def stream_stdout(child: Child, consume: Callable[[bytes], None], limits: StreamLimits, what: str) -> None:
@@ -232,6 +268,9 @@ def stream_stdout(child: Child, consume: Callable[[bytes], None], limits: Stream
     started = last_data = time.monotonic()
     # only with room to spare: a 64 KiB pipe would fill during the pause and stall the tool
     pause = TRICKLE_PAUSE if child.pipe_size >= _PIPE_SIZE else 0.0
+    pacer = limits.pacer
+    if pacer is not None:
+        pacer.restart()
     try:
         while True:
             if limits.should_stop():
@@ -246,7 +285,11 @@ def stream_stdout(child: Child, consume: Callable[[bytes], None], limits: Stream
                     break
                 consume(data)
                 last_data = now
-                if pause and len(data) < TRICKLE_BYTES:
+                paced = pacer.pause() if pacer is not None else 0.0
+                if paced > 0:
+                    time.sleep(paced)
+                    last_data = time.monotonic()
+                elif pause and len(data) < TRICKLE_BYTES:
                     time.sleep(pause)
                 continue
             if limits.stall_timeout is not None and now - last_data > limits.stall_timeout:

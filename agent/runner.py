@@ -6,6 +6,7 @@ A failure of one database never stops the others; each ends as exactly one log e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import time
@@ -20,16 +21,18 @@ from agent import __version__, engines, journal
 from agent.activity import ProgressRecorder
 from agent.budget import InsufficientSpaceError
 from agent.catalog import GOOD, BackupRecord
-from agent.compression import CompressionSettings
+from agent.compression import CompressionSettings, worker_threads
 from agent.config import Config, JobConfig
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer
 from agent.immutable import ImmutableUnsupported, set_immutable
+from agent.limits import current_usable_cpus
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_backup_filename
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
-from agent.process import KILL_GRACE, StreamLimits
+from agent.pressure import Pacer, new_pacer
+from agent.process import KILL_GRACE, StreamLimits, own_priority
 from agent.prune import DumpSpace, Inventory, apply_after_dump, prepare_dump, take_inventory
 from agent.storage import StorageLayout, exclusive_lock
 from agent.writer import DumpWriter, PublishedFile, ensure_directory
@@ -45,9 +48,22 @@ def folder_for(target: DumpTarget, engine_name: str) -> str:
     return encode_name(engines.family(engine_name).folder_name(target.database))
 
 
-def compression_of(config: Config) -> CompressionSettings:
+GENTLE = "gentle"
+# zstd workers `impact = "gentle"` leaves to the application. 0: leaving one of two cores made the
+# niced backup 3x slower on a busy machine with no gain in the application's p99 (docs/performance.md)
+GENTLE_SPARE_CORES = 0
+
+
+def impact_of(config: Config, job: JobConfig) -> str:
+    return job.impact or config.storage.impact
+
+
+def compression_of(config: Config, job: JobConfig | None = None) -> CompressionSettings:
+    """The storage's compression; `threads = -1` resolved to the cores the container allows."""
     storage = config.storage
-    return CompressionSettings(storage.compression, storage.level, storage.threads)
+    spare = GENTLE_SPARE_CORES if job is not None and impact_of(config, job) == GENTLE else 0
+    threads = worker_threads(storage.threads, current_usable_cpus(), spare_cores=spare)
+    return CompressionSettings(storage.compression, storage.level, threads)
 
 
 def _reason_for(error: BaseException) -> str:
@@ -87,6 +103,14 @@ def _abandon(check: StreamCheck | None, writer: DumpWriter | None) -> None:
         check.abort()
     if writer is not None:
         writer.abort()
+
+
+def _pacing_fields(pacer: Pacer | None, paused_before: float) -> dict[str, float]:
+    """How long the gentle impact paused this dump because the machine was busy (agent/pressure.py)."""
+    if pacer is None or pacer.paused_seconds <= paused_before:
+        return {}
+    paused = round(pacer.paused_seconds - paused_before, 2)
+    return {"paced_seconds": paused, "paced_share": round(pacer.highest_share, 2)}
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -139,6 +163,7 @@ class JobRun:
             should_stop=should_stop,
             # a tool ignoring SIGTERM is SIGKILLed well within the shutdown timeout
             kill_grace=min(KILL_GRACE, config.daemon.shutdown_timeout.total_seconds() / 2),
+            pacer=new_pacer() if impact_of(config, job) == GENTLE else None,
         )
         self.host = socket.gethostname()
         self._before_dumps = before_dumps
@@ -150,7 +175,10 @@ class JobRun:
         started = time.monotonic()
         try:
             self.layout.prepare()
-            with exclusive_lock(self.layout.lock_file(f"job-{self.job.name}"), f"a backup of job {self.job.name}"):
+            with (
+                exclusive_lock(self.layout.lock_file(f"job-{self.job.name}"), f"a backup of job {self.job.name}"),
+                self._priority(),
+            ):
                 self._run_locked(database, outcome)
         except LockedError as error:
             outcome.status, outcome.reason, outcome.message = Status.SKIPPED, Reason.LOCKED, str(error)
@@ -161,6 +189,13 @@ class JobRun:
             self.log.error("backup.failed", reason=Reason.INTERNAL_ERROR, error=outcome.message, exc_info=error)
         outcome.duration_seconds = round(time.monotonic() - started, 3)
         return outcome
+
+    def _priority(self) -> contextlib.AbstractContextManager[None]:
+        """Gentle: the whole run (this thread, zstd's workers, the dump tool) at the job's nice;
+        fastest: only the dump tool (agent/process.py)."""
+        if impact_of(self.config, self.job) == GENTLE:
+            return own_priority(self.job.nice)
+        return contextlib.nullcontext()
 
     def _run_locked(self, database: str | None, outcome: RunOutcome) -> None:
         if self._before_dumps is not None and not self._before_dumps(database, outcome):
@@ -222,10 +257,11 @@ class JobRun:
     def _dump(
         self, engine: Engine, info: ServerInfo, target: DumpTarget, *, folder: str, space: DumpSpace, log: BoundLogger
     ) -> TargetOutcome:
-        compression = compression_of(self.config)
+        compression = compression_of(self.config, self.job)
         started_at = datetime.now(UTC)
         started = time.monotonic()
         log.info("backup.started")
+        paused_before = self.limits.pacer.paused_seconds if self.limits.pacer is not None else 0.0
         extension = target.extension + compression.extension
 
         def name_for(sequence: int) -> str:
@@ -316,6 +352,7 @@ class JobRun:
             stored_bytes=published.stored_bytes,
             sha256=published.sha256,
             duration=manifest.duration_seconds,
+            **_pacing_fields(self.limits.pacer, paused_before),
         )
         return TargetOutcome(
             target.database, TargetKind(target.kind), Status.OK, path=published.path, manifest=manifest

@@ -10,7 +10,9 @@ BENCH_PG_CHECK=pg_restore puts back the old `pg_restore --file=/dev/null` check,
 measure what the in-process check saves; BENCH_CHUNK_SIZE=BYTES changes the pipe read size,
 BENCH_TRICKLE_PAUSE=SECONDS the pause after a short read (0: none); BENCH_ZSTD_JOB_SIZE=BYTES
 the smallest zstd job (8 MiB: zstd's own default at level 3);
-BENCH_CPROFILE=PATH profiles the main thread.
+BENCH_CPROFILE=PATH profiles the main thread; BENCH_PACING=0 turns the gentle impact's
+pressure pacing off and BENCH_SPARE_CORES=N sets the cores it leaves to the application, so the
+bench can measure each of its levers alone.
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def main() -> int:
         import agent.process
 
         agent.process.TRICKLE_PAUSE = float(os.environ["BENCH_TRICKLE_PAUSE"])
+    if os.environ.get("BENCH_PACING") == "0":
+        agent.runner.new_pacer = lambda: None  # type: ignore[assignment,return-value]
+    if os.environ.get("BENCH_SPARE_CORES"):
+        agent.runner.GENTLE_SPARE_CORES = int(os.environ["BENCH_SPARE_CORES"])
     sampler = ThreadSampler()
     sampler.start()
     profile_path = os.environ.get("BENCH_CPROFILE")

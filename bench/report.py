@@ -6,7 +6,7 @@ from typing import Any
 
 MiB = 1 << 20
 ENGINE_NAMES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.05  # at impact = "fastest", on a quiet machine
 TARGET_GZIP = 4.0
 TARGET_RSS = 150e6  # MB as the targets are written: 10^6 bytes (143 MiB)
 TARGET_IDLE_RSS = 60e6
@@ -152,6 +152,8 @@ def headline(results: dict[str, Any]) -> list[str]:
                 f"for {_mb(gzip['stored_bytes'])}"
             )
         parts.append(text)
+    if results["args"].get("note"):
+        lines += [f"**Note:** {results['args']['note']}", ""]
     lines.append(
         f"Measured by `make bench` on {machine['cores']} cores ({machine['cpu']}, {machine['virtualization']}) with "
         f"{size / 1e6:.0f} MB of generated rows per server, medians of interleaved runs. " + ". ".join(parts) + "."
@@ -179,6 +181,9 @@ def headline(results: dict[str, Any]) -> list[str]:
     if facts:
         text = "; ".join(facts)
         lines += ["", text[0].upper() + text[1:] + "."]
+    application = impact_headline(results)
+    if application:
+        lines += ["", application]
     minutes = results.get("total_seconds", 0) / 60
     lines += [
         "",
@@ -241,7 +246,8 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# Performance", ""]
     lines += headline(results)
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {target} | {measured} | {verdict} |" for target, measured, verdict in targets(results)]
+    rows = impact_targets(results) + targets(results)
+    lines += [f"| {target} | {measured} | {verdict} |" for target, measured, verdict in rows]
     lines += ["", *changes_section(results)]
     lines += ["## Machine, versions, data", ""]
     if args.get("note"):
@@ -280,9 +286,9 @@ def render(results: dict[str, Any]) -> str:
         "thread, and how long `main` took once the modules were imported (the daemon's case). Its wall time "
         "includes start-up, probe, pre-flight, the row counts, the check, fsync, manifest, journal and "
         "retention. The agent's modules are byte-compiled first, as a wheel install leaves them.",
-        '- Same CPU priority: the bench\'s jobs set `nice = 0` and `ionice = "none"` (by default the agent '
-        "runs its dump tool under `nice -n 10` and best-effort I/O class 7, which only matters when something "
-        "else wants the CPU); the reference pipelines run at normal priority.",
+        '- Same CPU priority: the comparison\'s jobs set `nice = 0`, `ionice = "none"` and `impact = "fastest"` '
+        "(by default the whole dump runs at nice 10 and best-effort I/O class 7 and is paced by pressure: "
+        "see the application section); the reference pipelines run at normal priority.",
         "- The references write the same format the agent stores: PostgreSQL `pg_dump --format=custom "
         "--compress=0`, MariaDB `mariadb-dump` with the agent's options. `sync f` fsyncs the output file "
         "(the agent fsyncs its file and folder), not every file system of a shared machine.",
@@ -300,6 +306,7 @@ def render(results: dict[str, Any]) -> str:
             shown = command if variant["key"].startswith("agent") else f"`{command}`"
             lines.append(f"- {variant['label']}: {shown}")
         lines.append("")
+    lines += impact_section(results)
     lines += memory_section(results)
     lines += check_section(results)
     lines += profile_section(results)
@@ -607,3 +614,158 @@ def notes_section(results: dict[str, Any]) -> list[str]:
     if not notes:
         return []
     return ["## Notes on the misses", "", *notes, ""]
+
+
+# --------------------------------------------------------------------------------------------------
+# the application during a backup (bench/impact.py)
+
+TARGET_APP_TPS = 0.95  # of the scheduled rate, with the default settings
+TARGET_APP_P99 = 2.0  # x the no-backup window's p99
+TARGET_BACKUP_SLOWDOWN = 3.0  # x the unthrottled backup
+VALID_QUIET_P99 = 1.0  # seconds: above it pgbench was behind its schedule with no backup running
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "-"
+    return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def impact_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    section = results.get("impact", {}).get("postgresql")
+    if not section:
+        return []
+    windows = {window["key"]: window for window in section["windows"]}
+    quiet, default = windows.get("none"), windows.get("agent_default")
+    if not (quiet and default):
+        return []
+    if quiet["p99"] > VALID_QUIET_P99:  # behind its schedule with no backup: nothing to compare with
+        return [
+            (
+                f"PostgreSQL app at half its maximum ({section['rate']:,.0f} TPS): >= {TARGET_APP_TPS:.0%} of the "
+                f"scheduled TPS, p99 within {TARGET_APP_P99:.0f}x, backup within {TARGET_BACKUP_SLOWDOWN:.0f}x",
+                f"no-backup window p99 {_ms(quiet['p99'])}: the machine could not hold the rate even without a "
+                "backup (see the load), so the windows cannot be compared",
+                "**not measured**",
+            )
+        ]
+    rows = [
+        (
+            f"PostgreSQL app at half its maximum ({section['rate']:,.0f} TPS), agent at its defaults: "
+            f">= {TARGET_APP_TPS:.0%} of the scheduled TPS",
+            f"{default['scheduled_share']:.1%} ({default['tps']:,.0f} TPS; no backup: {quiet['scheduled_share']:.1%})",
+            _verdict(default["scheduled_share"] >= TARGET_APP_TPS),
+        ),
+        (
+            f"... and p99 within {TARGET_APP_P99:.0f}x the no-backup window",
+            f"{default['p99'] / quiet['p99']:.2f}x ({_ms(default['p99'])} vs {_ms(quiet['p99'])})",
+            _verdict(default["p99"] <= TARGET_APP_P99 * quiet["p99"]),
+        ),
+    ]
+    if default.get("backup_seconds"):
+        slowdown = default["backup_seconds"] / section["alone_fastest_seconds"]
+        rows.append(
+            (
+                f"... while the backup finishes within {TARGET_BACKUP_SLOWDOWN:.0f}x its unthrottled time",
+                f"{slowdown:.2f}x ({_s(default['backup_seconds'])} vs {_s(section['alone_fastest_seconds'])} "
+                'at impact = "fastest" with no application running)',
+                _verdict(slowdown <= TARGET_BACKUP_SLOWDOWN),
+            )
+        )
+    return rows
+
+
+def impact_headline(results: dict[str, Any]) -> str:
+    section = results.get("impact", {}).get("postgresql")
+    if not section:
+        return ""
+    windows = {window["key"]: window for window in section["windows"]}
+    quiet, default, pipe = windows.get("none"), windows.get("agent_default"), windows.get("pipe")
+    fastest = windows.get("agent_fastest")
+    if not (quiet and default):
+        return ""
+    if quiet["p99"] > VALID_QUIET_P99:
+        return (
+            f"The application-impact windows (pgbench TPC-B at half its maximum, {section['rate']:,.0f} TPS) could "
+            f"not be compared in this run: with no backup at all its p99 was {_ms(quiet['p99'])}. Of the backup "
+            f"windows, the agent's default (gentle) one kept the application closest to its schedule: "
+            f"{default['scheduled_share']:.0%} of the scheduled TPS, p50 {_ms(default['p50'])}, p99 "
+            f"{_ms(default['p99'])}"
+            + (f'; `impact = "fastest"` {fastest["scheduled_share"]:.0%}, p50 {_ms(fastest["p50"])}' if fastest else "")
+            + (f"; `pg_dump | zstd -T0` {pipe['scheduled_share']:.0%}, p50 {_ms(pipe['p50'])}" if pipe else "")
+            + "."
+        )
+    text = (
+        f"With pgbench (TPC-B) running at half its maximum, {section['rate']:,.0f} TPS, on the same PostgreSQL "
+        f"server, the application kept {default['scheduled_share']:.0%} of its scheduled TPS during the agent's "
+        f"default (gentle) backup, p99 {_ms(default['p99'])} against {_ms(quiet['p99'])} without a backup"
+    )
+    if fastest:
+        text += f'; at `impact = "fastest"` {fastest["scheduled_share"]:.0%}, p99 {_ms(fastest["p99"])}'
+    if pipe:
+        text += f"; during `pg_dump | zstd -T0` {pipe['scheduled_share']:.0%}, p99 {_ms(pipe['p99'])}"
+    return text + "."
+
+
+def impact_section(results: dict[str, Any]) -> list[str]:
+    found = results.get("impact")
+    if not found:
+        return []
+    lines = ["## The application during a backup", ""]
+    section = found.get("postgresql")
+    if section:
+        lines += [
+            f"pgbench TPC-B (scale {section['scale']}, {section['clients']} clients) on its own database of the "
+            f"bench's PostgreSQL server: flat out {section['maximum_tps']:,.0f} TPS, then a fixed "
+            f"{section['rate']:,.0f} TPS (`--rate`, half) for the whole section with every transaction logged "
+            "(`--log`: latency from its scheduled start, so a backlog counts). Meanwhile the windows below "
+            f"ran in rotation, {section['rounds']} round(s), {SETTLE_NOTE}. TPS counts the transactions that "
+            "completed inside a window; percentiles are over the same transactions. The agent runs at its "
+            "defaults here (nice 10, the dump tool also at best-effort 7), unlike the comparison above. Load average "
+            f"{section['load_before']} before, {section['load_after']} after; CPU stall is the share of time "
+            "some task waited for a CPU (/proc/pressure/cpu), the whole machine's.",
+            "",
+            "| during the window | TPS | of scheduled | p50 | p95 | p99 | p99 vs none | backup | CPU stall | load |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        quiet = next((window for window in section["windows"] if window["key"] == "none"), None)
+        for window in section["windows"]:
+            versus = f"{window['p99'] / quiet['p99']:.2f}x" if quiet and quiet["p99"] else "-"
+            stall = "-" if window["cpu_stall"] is None else f"{window['cpu_stall']:.0%}"
+            label = window["label"].replace("|", "\\|")
+            lines.append(
+                f"| {label} | {window['tps']:,.0f} | {window['scheduled_share']:.1%} | {_ms(window['p50'])} | "
+                f"{_ms(window['p95'])} | {_ms(window['p99'])} | {versus} | {_s(window['backup_seconds'])} | "
+                f"{stall} | {window['load']:.1f} |"
+            )
+        lines += [
+            "",
+            f'The agent alone, nothing else on the server, `impact = "fastest"`: '
+            f"{_s(section['alone_fastest_seconds'])} (median of {', '.join(map(str, section['alone_walls']))} s).",
+            "",
+        ]
+    mysql = found.get("mysql")
+    if mysql:
+        lines += [
+            f"MariaDB, a hot set: {mysql['hot_rows']:,} rows looked up at random by primary key (one client), "
+            f"buffer pool {mysql['pool_bytes'] / 2**20:.0f} MiB, smaller than hot set and dumped data together; "
+            f"innodb_old_blocks_time {mysql['old_blocks_time']} ms, innodb_old_blocks_pct "
+            f"{mysql['old_blocks_pct']}. Hit ratio = 1 - Innodb_buffer_pool_reads / "
+            "Innodb_buffer_pool_read_requests over the lookups. Before: after two warming passes; after: the "
+            "first pass after the dump; again: the second.",
+            "",
+            "| dump | dump wall | before: hit ratio, p50, p99 | after | again |",
+            "|---|---|---|---|---|",
+        ]
+        for run in mysql["runs"]:
+            cells = [
+                f"{run[phase]['hit_ratio']:.2%}, {_ms(run[phase]['p50'])}, {_ms(run[phase]['p99'])}"
+                for phase in ("before", "after", "again")
+            ]
+            label = run["label"].replace("|", "\\|")
+            lines.append(f"| {label} | {_s(run['dump_seconds'])} | {' | '.join(cells)} |")
+        lines.append("")
+    return lines
+
+
+SETTLE_NOTE = "3 s apart so a backlog drains before the next window"

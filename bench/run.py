@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(BENCH)]
 
 import counts_bench  # noqa: E402
 import dataset  # noqa: E402
+import impact  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 from measure import Sample, run_timed  # noqa: E402
@@ -73,14 +74,29 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("double", "mongo", "retention", "daemon", "check-cost", "profile", "counts"),
+        choices=("comparison", "impact", "double", "mongo", "retention", "daemon", "check-cost", "profile", "counts"),
         help="leave a section out (repeatable)",
+    )
+    parser.add_argument("--impact-rounds", type=int, default=2, help="rounds of the application-impact windows")
+    parser.add_argument("--pgbench-scale", type=int, default=20, help="pgbench -i scale of the application")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes: 150MB, 2 rounds, one impact round, short idle watch (for iterating, not for the docs)",
     )
     parser.add_argument(
         "--variants", action="store_true", help="also time tuning variants (zstd level 1, threads 0, 256 KiB reads)"
     )
     parser.add_argument("--note", default="", help="a sentence about the machine for the report (e.g. shared)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size = min(args.size, parse_size("150MB"))
+        args.repeat, args.gzip_repeat, args.double_repeat = 2, 1, 1
+        args.idle_seconds, args.mongo_documents = min(args.idle_seconds, 30), 20_000
+        args.impact_rounds, args.pgbench_scale = 1, min(args.pgbench_scale, 10)
+        if args.output == ROOT / "docs" / "performance.md":
+            args.output = ROOT / "bench" / "quick.md"  # never the published figures
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,9 +181,20 @@ class Bench:
         return sample
 
     def agent_config(
-        self, storage: Path, *, level: int = ZSTD_LEVEL, threads: int = -1, copies: tuple[str, ...] = ("",)
+        self,
+        storage: Path,
+        *,
+        level: int = ZSTD_LEVEL,
+        threads: int = -1,
+        copies: tuple[str, ...] = ("",),
+        impact: str | None = None,
+        default_priority: bool = False,
     ) -> Path:
-        """A config for every running server; `copies` repeats each job under name + suffix."""
+        """A config for every running server; `copies` repeats each job under name + suffix.
+
+        The comparison runs every job at nice 0 (as the reference pipes run); `default_priority`
+        leaves nice and ionice at the agent's defaults, `impact` sets storage.impact.
+        """
         lines = [
             "[storage]",
             f'path = "{storage}"',
@@ -176,6 +203,7 @@ class Bench:
             f"threads = {threads}",
             'max_usage = "95%"',
             'reserve = "1GiB"',
+            *([f'impact = "{impact}"'] if impact else []),
             "",
             "[log]",
             f'file = "{storage.parent / (storage.name + ".log")}"',
@@ -185,7 +213,8 @@ class Bench:
             "keep_last = 30",
             "keep_min = 1",
         ]
-        common = ['databases = ["bench"]', "nice = 0", 'ionice = "none"', 'schedule = "0 3 1 1 *"', 'jitter = "0s"']
+        priority = [] if default_priority else ["nice = 0", 'ionice = "none"']
+        common = ['databases = ["bench"]', *priority, 'schedule = "0 3 1 1 *"', 'jitter = "0s"']
         for suffix in copies:
             if "postgresql" in self.servers:
                 server = self.servers["postgresql"]
@@ -237,9 +266,15 @@ class Bench:
         level: int = ZSTD_LEVEL,
         threads: int = -1,
         keep: bool = False,
+        impact: str | None = None,
+        default_priority: bool = False,
     ) -> Sample:
         storage = self.scratch("storage")
-        config = self.agent_config(storage, level=level, threads=threads)
+        if impact is None and not default_priority:
+            impact = "fastest"  # the comparison: no pacing, as fast as the reference pipes
+        config = self.agent_config(
+            storage, level=level, threads=threads, impact=impact, default_priority=default_priority
+        )
         result = storage.parent / (storage.name + ".probe.json")
         module = {
             "postgresql": "agent.engines.postgres.engine",
@@ -788,9 +823,12 @@ def run(args: argparse.Namespace) -> int:
                 variants = bench.variants(engine)
                 variants[0].run()  # warm-up: the data is read once from disk into the caches
                 comparison[engine] = variants
-            for engine in engines:
-                bench.rounds(engine, comparison[engine], args.repeat, args.gzip_repeat)
-            results["comparison"] = {engine: [variant_summary(v) for v in comparison[engine]] for engine in engines}
+            if "impact" not in args.skip:  # first, while the data is what the warm-up read
+                results["impact"] = impact_section(bench)
+            if "comparison" not in args.skip:
+                for engine in engines:
+                    bench.rounds(engine, comparison[engine], args.repeat, args.gzip_repeat)
+                results["comparison"] = {engine: [variant_summary(v) for v in comparison[engine]] for engine in engines}
             if "profile" not in args.skip:
                 results["profiles"] = {
                     engine: profile_run(bench, "pg" if engine == "postgresql" else "mariadb", engine)
@@ -818,6 +856,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def impact_section(bench: Bench) -> dict[str, Any]:
+    """The application during a backup: pgbench's TPS and latency per window; MariaDB's hot set."""
+    args = bench.args
+    found: dict[str, Any] = {"machine_load_at_start": [round(value, 2) for value in os.getloadavg()]}
+    bench.results["impact"] = found  # kept in results.json whatever happens to the next part
+    if "postgresql" in bench.servers:
+        found["postgresql"] = impact.postgres_section(
+            bench, rounds=args.impact_rounds, scale=args.pgbench_scale, probe_seconds=10 if args.quick else 20
+        )
+    if "mysql" in bench.servers:
+        # the pool smaller than hot set + the dumped data, as on a container sized for its working set
+        pool = 128 << 20 if args.size < 400e6 else 256 << 20
+        found["mysql"] = impact.mariadb_section(bench, pool_bytes=pool, lookups=5_000 if args.quick else 20_000)
+    return found
 
 
 def double_and_idle(bench: Bench, engines: list[str]) -> None:

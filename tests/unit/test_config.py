@@ -564,3 +564,26 @@ def test_the_config_path_comes_from_argv_then_environment_then_default(
     assert config_path_from(None) == Path("/from/env.toml")
     monkeypatch.delenv("BACKUP_AGENT_CONFIG")
     assert config_path_from(None) == DEFAULT_CONFIG_PATH == Path("/etc/backup-agent/config.toml")
+
+
+# ------------------------------------------------------------------------------------------------
+# impact: how much a dump may take from the application
+
+
+def test_impact_is_gentle_by_default_and_a_job_may_choose_its_own() -> None:
+    from agent.runner import impact_of
+
+    config = parse(MINIMAL)
+    assert config.storage.impact == "gentle" and config.jobs["main"].impact is None
+    assert impact_of(config, config.jobs["main"]) == "gentle"
+    config = parse(STORAGE.replace("[storage]", '[storage]\nimpact = "fastest"') + MINIMAL[len(STORAGE) :])
+    assert impact_of(config, config.jobs["main"]) == "fastest"
+    config = parse(job('impact = "fastest"'))
+    assert config.storage.impact == "gentle" and impact_of(config, config.jobs["main"]) == "fastest"
+
+
+def test_an_unknown_impact_is_refused_with_the_choices() -> None:
+    problems = problems_of(job('impact = "slow"'))
+    assert any(p.startswith("jobs.main.impact") and '"gentle", "fastest"' in p for p in problems), problems
+    problems = problems_of(STORAGE + "impact = 1\n" + MINIMAL[len(STORAGE) :])
+    assert any(p.startswith("storage.impact") for p in problems), problems

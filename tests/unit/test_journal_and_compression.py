@@ -73,3 +73,13 @@ def test_a_truncated_compressed_stream_is_always_an_error(method: str, data: byt
         return
     with pytest.raises(Exception):  # noqa: B017 - zstd and gzip raise different types
         _decompress_all(method, truncated)
+
+
+def test_every_core_means_the_cores_the_container_allows_less_the_spare_ones() -> None:
+    from agent.compression import worker_threads
+
+    assert worker_threads(-1, 2) == 2
+    assert worker_threads(-1, 2, spare_cores=1) == 1
+    assert worker_threads(-1, 1, spare_cores=1) == 1  # never fewer than one worker
+    assert worker_threads(0, 8, spare_cores=1) == 0  # a number the user set is kept
+    assert worker_threads(6, 2) == 6
