@@ -449,7 +449,7 @@ def check_section(results: dict[str, Any]) -> list[str]:
         "The in-process check reads the header and the table of contents, and for every entry with "
         "data requires its block, complete: table data is skipped at C speed by searching for its end "
         "marker (a zero-length chunk, five zero bytes, which COPY text can never contain), everything "
-        "else is walked chunk by chunk. tests/unit/test_pg_archive.py cuts real pg_dump output at random "
+        "else is walked chunk by chunk. tests/integration/test_pg_archive.py cuts real pg_dump output at random "
         "offsets, at every block boundary and inside long rows and large objects.",
     ]
     return [*lines, ""]
