@@ -10,7 +10,6 @@ over the old one (at most every few seconds for a dump), and read back as untrus
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import TypeVar
 import msgspec
 
 from agent.naming import encode_name
-from agent.storage import StorageLayout
+from agent.storage import StorageLayout, lock_held_since
 
 PROGRESS_EVERY_SECONDS = 5.0  # how often a running dump rewrites its progress record
 
@@ -75,36 +74,8 @@ def remove_daemon_record(storage: Path) -> None:
 
 
 def lock_is_held(path: Path) -> bool:
-    """Whether some process holds a `flock` on `path`: from /proc/locks, else a shared-lock probe."""
-    try:
-        inode = path.lstat().st_ino
-    except OSError:
-        return False
-    try:
-        lines = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
-    except OSError:
-        return _probe(path)
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter, not a holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            return True
-    return False
-
-
-def _probe(path: Path) -> bool:
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-    return False
+    """Whether some process holds a `flock` on `path` (looked up read-only; see storage.lock_held_since)."""
+    return lock_held_since(path) is not None
 
 
 Record = TypeVar("Record", DaemonRecord, ProgressRecord)

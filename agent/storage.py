@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from agent import trust
 from agent.errors import DumpError, LockedError
 from agent.writer import DIRECTORY_MODE, PRIVATE_DIRECTORY_MODE, ensure_directory
 
-# lock_is_held probes with a shared lock for microseconds; a run that meets a probe tries again
+# without /proc/locks, lock_held_since probes with a shared lock for microseconds: a run that meets it tries again
 _LOCK_ATTEMPTS = 10
 _LOCK_RETRY_SECONDS = 0.002
 
@@ -98,20 +99,50 @@ def lock_held_since(path: Path) -> int | None:
     """When the live holder of the `flock` at `path` took it (st_mtime_ns); None when no one holds it.
 
     `exclusive_lock` writes its pid into the file as it takes the lock, so the file's mtime is that
-    moment. The probe holds a shared lock for microseconds and never creates the file; `exclusive_lock`
-    retries for about 20 ms, so a probe never makes a real run skip as locked.
+    moment. Holders are looked up in /proc/locks, read-only, so asking never takes a lock a starting
+    run could then not get. Without /proc, a shared lock is held for microseconds instead, and
+    `exclusive_lock` retries for about 20 ms, so even then a run never skips as locked.
     """
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    held = _held_in_proc_locks(info.st_ino)
+    if held is None:
+        held = _probe(path)
+    return info.st_mtime_ns if held else None
+
+
+def _held_in_proc_locks(inode: int) -> bool | None:
+    """A holder (not a waiter) of a `flock` on the file with this inode; None when /proc/locks is unreadable."""
+    try:
+        lines = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": the device's numbers vary inside
+        # containers (overlay), so the inode alone is matched
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
+
+
+def _probe(path: Path) -> bool:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return None
+        return False
     try:
-        taken = os.fstat(descriptor).st_mtime_ns
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return taken
+        return True
     except OSError:
-        return None
+        return False
     finally:
         os.close(descriptor)  # also drops the probe's own shared lock
-    return None
+    return False

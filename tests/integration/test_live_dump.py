@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import run_cli, write_config
 
+from agent import storage
 from agent.errors import LockedError
 from agent.naming import PARTIAL_SUFFIX, backup_filename
 from agent.storage import StorageLayout, exclusive_lock, lock_held_since
@@ -134,7 +135,12 @@ def test_verify_during_a_real_backup_never_reports_its_partial_as_a_problem(
     assert (code, "being written" in out) == (0, False)
 
 
-def test_probing_a_lock_never_makes_a_run_skip_as_locked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("proc_locks", [True, False], ids=["from /proc/locks", "by a shared-lock probe"])
+def test_probing_a_lock_never_makes_a_run_skip_as_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_locks: bool
+) -> None:
+    if not proc_locks:  # /proc/locks unreadable (a hardened container): the fallback takes a shared lock
+        monkeypatch.setattr(storage, "_held_in_proc_locks", lambda _inode: None)
     lock = tmp_path / "job-app.lock"
     stop = threading.Event()
     probes = 0
