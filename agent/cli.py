@@ -94,13 +94,14 @@ def command_backup(args: argparse.Namespace) -> int:
     names = _job_names(config, args.job)
     if args.database is not None and len(names) != 1:
         raise UsageError("--database needs --job when the config has more than one job")
+    label = _backup_label(args)
     stop = _StopFlag()
     stop.install()
     failed = False
     for name in names:
         if stop():
             break
-        outcome = run_job(config, name, database=args.database, should_stop=stop)
+        outcome = run_job(config, name, database=args.database, should_stop=stop, label=label)
         for target in outcome.targets:
             label = target.database or f"({target.kind})"
             if target.status == Status.OK:
@@ -117,6 +118,17 @@ def command_backup(args: argparse.Namespace) -> int:
     if stop.signal_number is not None:
         return 128 + stop.signal_number
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _backup_label(args: argparse.Namespace) -> Any:
+    """`--label NAME [--keep 30d]`, checked before anything runs; None without --label."""
+    from agent.labels import parse_label
+
+    if args.label is None:
+        if args.keep is not None:
+            raise UsageError("--keep needs --label (it says how long the labelled backup is kept)")
+        return None
+    return parse_label(args.label, args.keep)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -150,6 +162,8 @@ def command_list(args: argparse.Namespace) -> int:
             "stored_bytes": record.stored_bytes,
             "sha256": record.manifest.sha256 if record.manifest else None,
             "path": str(record.path),
+            "label": record.manifest.label if record.manifest else None,
+            "keep_until": _iso_or_none(record.manifest.keep_until if record.manifest else None),
         }
         for record in records
     ]
@@ -161,8 +175,13 @@ def command_list(args: argparse.Namespace) -> int:
     for row in rows:
         created = (row["created_at"] or "?")[:19]
         size = format_size(row["stored_bytes"])
-        _say(f"{row['status']:10} {created} {size:>10}  {row['job']}: {row['database']}  {row['path']}")
+        label = f"  [label {row['label']} until {row['keep_until'][:10]}]" if row["label"] else ""
+        _say(f"{row['status']:10} {created} {size:>10}  {row['job']}: {row['database']}  {row['path']}{label}")
     return EXIT_OK
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment is not None else None
 
 
 def command_verify(args: argparse.Namespace) -> int:
@@ -262,7 +281,13 @@ def command_restore(args: argparse.Namespace) -> int:
     if args.with_globals and args.to_file is None and not args.dry_run:
         applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url)
         _say(f"applied {applied.manifest.kind} from {applied.record.path}")
-    chosen = restore.choose_backup(config, args.job, args.database, at=at)
+    if args.label is not None:
+        from agent.labels import label_problem
+
+        problem = label_problem(args.label)
+        if problem:
+            raise UsageError(problem)
+    chosen = restore.choose_backup(config, args.job, args.database, at=at, label=args.label)
     if args.to_file is not None:
         if args.dry_run:
             _say(f"would write the decompressed {chosen.record.path} to {args.to_file}")
@@ -367,6 +392,7 @@ def _add_restore_verb(verbs: Any) -> None:
     restore.add_argument("--job", required=True)
     restore.add_argument("--database", required=True, help="the original database name (as in `list`)")
     restore.add_argument("--at", help="newest backup at or before this time (ISO 8601; UTC unless an offset is given)")
+    restore.add_argument("--label", help="the newest backup made with `backup --label LABEL` (and --at, if given)")
     restore.add_argument("--into", help="the database to create and load")
     restore.add_argument("--to-file", help="write the plain decompressed dump here instead")
     restore.add_argument(
@@ -401,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup = verbs.add_parser("backup", help="back up now (every job, or one)")
     backup.add_argument("--job", help="only this job")
     backup.add_argument("--database", help="only this database of the job")
+    backup.add_argument("--label", help="name this backup (e.g. before-upgrade): kept like a pin until --keep runs out")
+    backup.add_argument("--keep", help="how long a labelled backup is kept, e.g. 30d or 12h (default 30d)")
     backup.set_defaults(handler=command_backup)
 
     run = verbs.add_parser("run", help="the daemon: run the scheduled jobs in the foreground until SIGTERM")

@@ -182,6 +182,7 @@ class JobConfig:
     retention: RetentionPolicy = RetentionPolicy()
     hooks: HooksConfig = HooksConfig()
     drill: DrillConfig | None = None
+    skip_unchanged: bool = False  # no new dump when the engine proves nothing changed since the last one
     options: EngineOptions = field(default_factory=EngineOptions)  # the engine's own keys, typed by the engine
 
 
@@ -684,6 +685,7 @@ _COMMON_JOB_KEYS = (
     "databases", "exclude", "schedule", "every", "timezone", "jitter", "timeout", "stall_timeout",
     "connect_timeout", "lock_wait_timeout", "nice", "ionice", "impact", "tool", "extra_args", "max_backup_age",
     "retention", "hooks", "drill",
+    "skip_unchanged",
 )  # fmt: skip
 _CONNECTION_KEYS = ("host", "port", "socket", "server_user", "user", "password", "password_file", "password_env")
 _PASSWORD_KEYS = {"password": "inline", "password_file": "file", "password_env": "env"}
@@ -945,6 +947,7 @@ class _JobReader:
             retention=self.read_retention(),
             hooks=self.read_hooks(),
             drill=self.read_drill(timezone),
+            skip_unchanged=table.flag("skip_unchanged", False),
             options=options,
         )
 

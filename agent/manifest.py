@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from agent.compression import Compression
+from agent.labels import LABEL_PATTERN
 from agent.naming import MANIFEST_SUFFIX, TargetKind
 from agent.writer import write_small_file
 
@@ -26,6 +28,9 @@ MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; per-table counts of a 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
+Moment = Annotated[datetime, msgspec.Meta(tz=True)]
+TokenPart = Annotated[str, msgspec.Meta(max_length=4096)]
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +61,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     point_in_time: bool = False
     warnings: list[str] = msgspec.field(default_factory=list)
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+    label: Label | None = None  # `backup --label`: kept like a pin until keep_until
+    keep_until: Moment | None = None
+    # what the engine read before the dump to prove a later "unchanged" (skip_unchanged); None: it cannot
+    change_token: dict[TokenPart, TokenPart] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:

@@ -24,6 +24,7 @@ from agent import hooks, metrics, notify
 from agent.config import Config, JobConfig
 from agent.drill import PASSED, DrillResult, run_drills
 from agent.errors import AgentError
+from agent.labels import BackupLabel
 from agent.log import register_secret
 from agent.manifest import manifest_path
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
@@ -40,10 +41,11 @@ class ObservedRun:
         job: JobConfig,
         should_stop: Callable[[], bool],
         next_run: Callable[[], datetime | None] = lambda: None,
+        label: BackupLabel | None = None,
     ) -> None:
         self.config = config
         self.job = job
-        self.run = JobRun(config, job, should_stop, before_dumps=self._before_dumps)
+        self.run = JobRun(config, job, should_stop, before_dumps=self._before_dumps, label=label)
         self.log = self.run.log
         self.next_run = next_run
         self.notifier = notify.Notifier(config.notify, job=job.name, run_id=self.run.run_id, host=self.run.host)
@@ -229,9 +231,11 @@ def run_job(
     database: str | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     next_run: Callable[[], datetime | None] = lambda: None,
+    label: BackupLabel | None = None,
 ) -> RunOutcome:
     """Back up one job now (all its databases, or just `database`), with its hooks, alerts, records and metrics.
 
-    `next_run` tells the daemon's next planned run of the job, recorded with this one's outcome.
+    `next_run` tells the daemon's next planned run of the job, recorded with this one's outcome;
+    `label` (`backup --label`) goes into every manifest the run writes.
     """
-    return ObservedRun(config, config.jobs[job_name], should_stop, next_run).execute(database)
+    return ObservedRun(config, config.jobs[job_name], should_stop, next_run, label).execute(database)

@@ -109,6 +109,7 @@ def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[st
         good=record.status == catalog.GOOD,
         pinned=key in pinned,
         sequence=parsed.sequence if parsed else 0,
+        keep_until=record.manifest.keep_until if record.manifest is not None else None,
     )
 
 
@@ -116,7 +117,13 @@ def _grouped(
     config: Config, grouped: dict[tuple[str, str], list[retention.Backup]], records: dict[str, catalog.BackupRecord]
 ) -> Inventory:
     series = tuple(
-        Series(f"{job}/{folder}", tuple(backups), config.jobs[job].retention, config.jobs[job].timezone)
+        Series(
+            f"{job}/{folder}",
+            tuple(backups),
+            config.jobs[job].retention,
+            config.jobs[job].timezone,
+            protect_newest=config.jobs[job].skip_unchanged,
+        )
         for (job, folder), backups in sorted(grouped.items())
         if backups
     )
@@ -176,11 +183,12 @@ def _delete(
     return freed
 
 
-def _floor_or_pin(storage: Path, decision: Decision, keep_min: int) -> str | None:
+def _floor_or_pin(storage: Path, decision: Decision, job_config: JobConfig) -> str | None:
     """Re-checked under the lock before a just-in-time deletion: the plan may be stale by then."""
     if decision.backup.key in pins.load(storage):
         return retention.PINNED
     job, folder = decision.series.split("/", 1)
+    keep_min = job_config.retention.keep_min
     good = sorted(
         (
             record
@@ -189,8 +197,14 @@ def _floor_or_pin(storage: Path, decision: Decision, keep_min: int) -> str | Non
         ),
         key=lambda record: (record.created_at, _sequence(record.path.name)),
     )
-    floor = {record.path.relative_to(storage).as_posix() for record in good[max(0, len(good) - keep_min) :]}
-    return retention.KEEP_MIN if decision.backup.key in floor else None
+    keys = [record.path.relative_to(storage).as_posix() for record in good]
+    chosen = good[keys.index(decision.backup.key)] if decision.backup.key in keys else None
+    keep_until = chosen.manifest.keep_until if chosen is not None and chosen.manifest is not None else None
+    if keep_until is not None and datetime.now(UTC) < keep_until:
+        return retention.LABELLED
+    if job_config.skip_unchanged and keys and keys[-1] == decision.backup.key:
+        return retention.RELIED_ON
+    return retention.KEEP_MIN if decision.backup.key in keys[max(0, len(keys) - keep_min) :] else None
 
 
 def _sequence(name: str) -> int:
@@ -334,7 +348,7 @@ class DumpSpace:
         with pins.deletion_lock(storage):
             if not (storage / decision.backup.key).exists():
                 return 0
-            refusal = _floor_or_pin(storage, decision, self._config.jobs[job].retention.keep_min)
+            refusal = _floor_or_pin(storage, decision, self._config.jobs[job])
             if refusal is not None:
                 self._log.info("retention.spared", path=decision.backup.key, rule=refusal)
                 return 0

@@ -40,14 +40,21 @@ class Chosen:
 
 
 def choose_backup(
-    config: Config, job: str, database: str, *, at: datetime | None = None, kind: str = "database"
+    config: Config,
+    job: str,
+    database: str,
+    *,
+    at: datetime | None = None,
+    kind: str = "database",
+    label: str | None = None,
 ) -> Chosen:
-    """The newest good backup of `database` created at or before `at` (UTC-aware)."""
+    """The newest good backup of `database` created at or before `at` (UTC-aware), with `label` if given."""
     records = [
         record
         for record in catalog.scan(config.storage.path, job)
         if record.status == catalog.GOOD
         and record.manifest is not None
+        and (label is None or record.manifest.label == label)
         and record.kind == kind
         and (kind != "database" or record.database == database)
         and record.created_at is not None
@@ -60,14 +67,18 @@ def choose_backup(
             for record in catalog.scan(config.storage.path, job)
             if record.status == catalog.GOOD
             and record.manifest is not None
+            and (label is None or record.manifest.label == label)
             and record.kind == "server"
             and record.created_at is not None
             and (at is None or record.created_at <= at)
         ]
     if not records:
         when = f" at or before {at.isoformat()}" if at else ""
-        label = database if kind == "database" else kind
-        raise UsageError(f"no good backup of {label!r} in job {job!r}{when}; see `backup-agent list --job {job}`")
+        labelled = f" labelled {label!r}" if label is not None else ""
+        what = database if kind == "database" else kind
+        raise UsageError(
+            f"no good backup{labelled} of {what!r} in job {job!r}{when}; see `backup-agent list --job {job}`"
+        )
     newest = max(records, key=lambda record: record.order)
     assert newest.manifest is not None
     if newest.manifest.kind == "server":

@@ -3,7 +3,8 @@
 A series is one database's folder (`_globals` and `_grants` are series too). In each series a
 backup is protected, strongest first, by:
 
-1. a pin (`backup-agent pin`): nothing deletes it;
+1. a pin (`backup-agent pin`), a label whose keep has not run out (`backup --label`), or, with
+   `skip_unchanged`, being the newest good backup a skip relies on: nothing deletes it;
 2. the floor: the `keep_min` newest *good* backups; nothing deletes them;
 3. the keep_* rules (GFS with restic's semantics: for each rule, walking from the newest backup,
    the newest backup of each hour/day/ISO week/month/year counts, up to N periods; rules are
@@ -38,6 +39,8 @@ MAX_AGE = "max_age"
 BUDGET = "budget"
 # Why a backup stays (besides the keep_* rule names)
 PINNED = "pinned"
+LABELLED = "labelled"  # `backup --label`, until its keep runs out
+RELIED_ON = "skip_unchanged"  # the newest good backup of a series whose job skips unchanged databases
 KEEP_MIN = "keep_min"
 NO_KEEP_RULES = "no_keep_rules"  # the policy sets no keep_* count: every good backup may stay
 NEWER_THAN_GOOD = "newer_than_good"  # an incomplete file newer than the newest good backup
@@ -70,6 +73,7 @@ class Backup:
     good: bool  # a valid manifest: only good backups count toward any rule or the floor
     pinned: bool = False
     sequence: int = 0  # orders backups made within the same second
+    keep_until: datetime | None = None  # a label's keep: protected like a pin until then
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class Series:
     backups: tuple[Backup, ...]
     policy: RetentionPolicy
     timezone: str = "UTC"
+    protect_newest: bool = False  # skip_unchanged: a skip may rely on the newest good backup
 
 
 class Decision(NamedTuple):
@@ -187,6 +192,7 @@ def _classify(series: Series, now: datetime) -> list[_Verdict]:
     good = [backup for backup in ordered if backup.good]
     policy = series.policy
     floor = {backup.key for backup in good[max(0, len(good) - policy.keep_min) :]}
+    relied_on = good[-1].key if good and series.protect_newest else None
     selected = _selected_by_rules(good, policy, series.timezone)
     any_rule = any((getattr(policy, name) or 0) > 0 for name, _period in _PERIODS)
     newest_good = (good[-1].created_at, good[-1].sequence) if good else None
@@ -195,9 +201,7 @@ def _classify(series: Series, now: datetime) -> list[_Verdict]:
     verdicts: list[_Verdict] = []
     for backup in ordered:
         moment, sequence, key = backup.created_at, backup.sequence, backup.key
-        protections: tuple[str, ...] = ()
-        if backup.pinned or key in floor:
-            protections = ((PINNED,) if backup.pinned else ()) + ((KEEP_MIN,) if key in floor else ())
+        protections = _strong_protections(backup, now, in_floor=key in floor, relied_on=key == relied_on)
         if not backup.good:
             older = newest_good is not None and (moment, sequence) < newest_good
             if protections:
@@ -218,6 +222,17 @@ def _classify(series: Series, now: datetime) -> list[_Verdict]:
         else:
             verdicts.append((_TIER_KEPT, moment, sequence, key, name, backup, BUDGET, rules or (NO_KEEP_RULES,)))
     return verdicts
+
+
+def _strong_protections(backup: Backup, now: datetime, *, in_floor: bool, relied_on: bool) -> tuple[str, ...]:
+    """The reasons nothing, not even the budget, may delete a backup (empty: none)."""
+    labelled = backup.keep_until is not None and now < backup.keep_until
+    return (
+        ((PINNED,) if backup.pinned else ())
+        + ((LABELLED,) if labelled else ())
+        + ((RELIED_ON,) if relied_on else ())
+        + ((KEEP_MIN,) if in_floor else ())
+    )
 
 
 def _selected_by_rules(good: list[Backup], policy: RetentionPolicy, timezone: str) -> dict[str, tuple[str, ...]]:

@@ -26,6 +26,7 @@ from agent.config import Config, JobConfig
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer
 from agent.immutable import ImmutableUnsupported, set_immutable
+from agent.labels import BackupLabel
 from agent.limits import current_usable_cpus
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, write_manifest
@@ -151,8 +152,10 @@ class JobRun:
         should_stop: Callable[[], bool],
         *,
         before_dumps: BeforeDumps | None = None,
+        label: BackupLabel | None = None,
     ) -> None:
         self.config = config
+        self.label = label  # `backup --label`: in every manifest of the run
         self.job = job
         self.run_id = uuid.uuid4().hex[:12]
         self.layout = StorageLayout(config.storage.path)
@@ -334,6 +337,8 @@ class JobRun:
             point_in_time=details.point_in_time,
             warnings=details.warnings,
             details=details.details,
+            label=self.label.name if self.label is not None else None,
+            keep_until=self.label.keep_until(finished_at) if self.label is not None else None,
         )
         try:
             manifest_file = write_manifest(published.path, manifest)
