@@ -7,6 +7,7 @@ terminal, to stderr, so they never mix into it.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -37,14 +38,22 @@ def _say(*lines: str, error: bool = False) -> None:
 
     stream = sys.stderr if error else sys.stdout
     for line in lines:
-        print(escape_controls(line), file=stream)
+        _write(escape_controls(line), stream)
 
 
 def _say_json(value: Any, **options: Any) -> None:
     """Output for programs: JSON escapes control characters, the log's encoder the line breaks JSON allows."""
     from agent.log import json_text
 
-    print(json_text(value, indent=2, **options))
+    _write(json_text(value, indent=2, **options), sys.stdout)
+
+
+def _write(text: str, stream: Any) -> None:
+    """One line out; a reader that went away (`status | head -1`) silences the rest, and the verb goes on."""
+    try:
+        print(text, file=stream)
+    except BrokenPipeError:
+        _reader_went_away(stream)
 
 
 class _StopFlag:
@@ -494,8 +503,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:
-        return int(exit_request.code or 0) if exit_request.code in (0, None) else EXIT_USAGE
-    return _run(args.handler, args)
+        code = int(exit_request.code or 0) if exit_request.code in (0, None) else EXIT_USAGE
+    else:
+        code = _run(args.handler, args)
+    try:
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is met below
+    except BrokenPipeError:
+        _reader_went_away(sys.stdout)
+    return code
+
+
+def _reader_went_away(stream: Any) -> None:
+    """The reader closed the pipe (`| head -1`): the rest goes to /dev/null, quietly, as with `cat`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())  # the interpreter's last flush then has nowhere to fail
+    finally:
+        os.close(devnull)
 
 
 def _run(handler: Handler, args: argparse.Namespace) -> int:
