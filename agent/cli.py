@@ -96,6 +96,7 @@ def _job_names(config: Any, job: str | None) -> list[str]:
 
 
 def command_backup(args: argparse.Namespace) -> int:
+    from agent.naming import series_label
     from agent.observed import run_job
     from agent.outcome import Status
 
@@ -112,14 +113,14 @@ def command_backup(args: argparse.Namespace) -> int:
             break
         outcome = run_job(config, name, database=args.database, should_stop=stop, label=label)
         for target in outcome.targets:
-            label = target.database or f"({target.kind})"
+            shown = series_label(target.kind, target.database)
             if target.status == Status.OK:
-                _say(f"ok      {name} {label} -> {target.path}")
+                _say(f"ok      {name} {shown} -> {target.path}")
             elif target.status == Status.INTERRUPTED:
-                _say(f"INTERRUPTED {name} {label}: {target.message}")
+                _say(f"INTERRUPTED {name} {shown}: {target.message}")
             else:  # REFUSED: not tried, for lack of room (the message says what to change); FAILED: tried
                 word = "REFUSED" if target.status == Status.REFUSED else "FAILED"
-                _say(f"{word:7} {name} {label}: {target.message}")
+                _say(f"{word:7} {name} {shown}: {target.message}")
         if not outcome.ok:
             failed = True
             if outcome.message:
@@ -179,13 +180,16 @@ def command_list(args: argparse.Namespace) -> int:
     if args.json:
         _say_json(rows, ensure_ascii=False)
         return EXIT_OK
-    from agent.units import format_size
+    from agent.naming import series_label
+    from agent.units import format_size, format_time
 
-    for row in rows:
-        created = (row["created_at"] or "?")[:19]
+    _say(f"{'STATUS':10} {'CREATED (UTC)':20} {'SIZE':>10}  JOB: DATABASE  PATH")
+    for record, row in zip(records, rows, strict=True):
         size = format_size(row["stored_bytes"])
+        shown = series_label(record.kind, record.database)
         label = f"  [label {row['label']} until {row['keep_until'][:10]}]" if row["label"] else ""
-        _say(f"{row['status']:10} {created} {size:>10}  {row['job']}: {row['database']}  {row['path']}{label}")
+        created = format_time(record.created_at)
+        _say(f"{row['status']:10} {created:20} {size:>10}  {row['job']}: {shown}  {row['path']}{label}")
     return EXIT_OK
 
 
@@ -333,7 +337,7 @@ def command_drill(args: argparse.Namespace) -> int:
 
 def command_prune(args: argparse.Namespace) -> int:
     from agent.prune import prune
-    from agent.units import format_size
+    from agent.units import format_size, format_time
 
     config = _load(args, runs_programs=False)
     if args.job is not None:
@@ -343,17 +347,20 @@ def command_prune(args: argparse.Namespace) -> int:
         _say_json({"dry_run": args.dry_run, **result.describe()}, ensure_ascii=False)
         return EXIT_OK
     verb = "delete" if args.dry_run else "deleted"
+    if result.plan.decisions:
+        _say(f"{'ACTION':8} {'RULE':32} {'CREATED (UTC)':20} {'SIZE':>10}  PATH")
     for decision in result.plan.decisions:
         action = verb if decision.delete else "keep"
-        created = decision.backup.created_at.isoformat()[:19]
-        size = format_size(decision.backup.size_bytes)
-        _say(f"{action:8} {decision.rule:32} {created} {size:>10}  {decision.backup.key}")
+        size = format_size(decision.backup.file_bytes)
+        created = format_time(decision.backup.created_at)
+        _say(f"{action:8} {decision.rule:32} {created:20} {size:>10}  {decision.backup.key}")
     figures, budget = result.figures, result.budget
     limit = f" of max {format_size(budget.max_usage_bytes)}" if budget.max_usage_bytes is not None else ""
     going = result.plan.deletions
+    files, on_disk = sum(d.backup.file_bytes for d in going), sum(d.backup.size_bytes for d in going)
     _say(
-        f"{len(going)} to delete ({format_size(sum(d.backup.size_bytes for d in going))}); "
-        f"usage {format_size(figures.usage_bytes)}{limit}; free {format_size(figures.free_bytes)}, "
+        f"{len(going)} to delete ({format_size(files)}; {format_size(on_disk)} on disk with manifests); "
+        f"usage on disk {format_size(figures.usage_bytes)}{limit}; free {format_size(figures.free_bytes)}, "
         f"reserve {format_size(budget.reserve_bytes)}" + (" (dry run: nothing deleted)" if args.dry_run else "")
     )
     if not result.plan.fits:

@@ -38,6 +38,11 @@ class TargetKind(StrEnum):
     SERVER = "server"  # a whole-server archive (MongoDB with point_in_time)
 
 
+def series_label(kind: str, database: str) -> str:
+    """The one name of a series in files, logs and every listing: the database, or `_globals`/`_grants`/`_server`."""
+    return database if kind == TargetKind.DATABASE else f"_{kind}"
+
+
 def folder_matches(kind: str, database: str, folder: str) -> bool:
     """Whether a backup of `kind` and `database` belongs in `folder`, as the runner names it.
 

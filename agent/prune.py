@@ -110,6 +110,7 @@ def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[st
         pinned=key in pinned,
         sequence=parsed.sequence if parsed else 0,
         keep_until=record.manifest.keep_until if record.manifest is not None else None,
+        file_bytes=record.stored_bytes,
     )
 
 
@@ -512,7 +513,8 @@ class PruneResult:
                     "path": decision.backup.key,
                     "series": decision.series,
                     "created_at": decision.backup.created_at.isoformat(),
-                    "bytes": decision.backup.size_bytes,
+                    "bytes": decision.backup.size_bytes,  # on disk, with the manifest: what deleting gives back
+                    "file_bytes": decision.backup.file_bytes,  # the data file's length, as `list` shows it
                     "good": decision.backup.good,
                     "action": "delete" if decision.delete else "keep",
                     "rule": decision.rule,

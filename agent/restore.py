@@ -24,6 +24,7 @@ from agent.log import get_logger
 from agent.manifest import Manifest
 from agent.process import StreamLimits
 from agent.storage import StorageLayout
+from agent.units import format_size, format_time
 from agent.verify import OK, verify_file
 
 _READ_SIZE = 1 << 20
@@ -73,7 +74,7 @@ def choose_backup(
             and (at is None or record.created_at <= at)
         ]
     if not records:
-        when = f" at or before {at.isoformat()}" if at else ""
+        when = f" at or before {format_time(at)}" if at else ""
         labelled = f" labelled {label!r}" if label is not None else ""
         what = database if kind == "database" else kind
         raise UsageError(
@@ -164,7 +165,7 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
     state = engine.database_state(into)
     lines = [
         f"backup:   {chosen.record.path}",
-        f"made:     {manifest.started_at} ({manifest.format}, {manifest.stored_bytes} bytes stored)",
+        f"made:     {format_time(manifest.started_at)} ({manifest.format}, {format_size(manifest.stored_bytes)})",
         f"sha256:   {manifest.sha256}",
         f"into:     database {into!r} on {engine.job.name}'s server ({state})",
     ]

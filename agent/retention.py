@@ -74,6 +74,7 @@ class Backup:
     pinned: bool = False
     sequence: int = 0  # orders backups made within the same second
     keep_until: datetime | None = None  # a label's keep: protected like a pin until then
+    file_bytes: int = 0  # the data file's length: the size list, status and prune show
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from agent.activity import daemon_status, runs_in_progress
 from agent.budget import headroom, measure, predict, resolve_budget
 from agent.config import Config, JobConfig
 from agent.journal import Event, JournalEntry
-from agent.naming import parse_backup_filename
+from agent.naming import parse_backup_filename, series_label
 from agent.outcome import Reason, Status
 from agent.records import DatabaseRecord, JobHistory, JobState, read_history, read_state
 from agent.schedule import (
@@ -34,7 +34,7 @@ from agent.schedule import (
     plan_for,
     previous_fire_at_or_before,
 )
-from agent.units import format_duration, format_size
+from agent.units import format_duration, format_size, format_time
 
 DEFAULT_AGE_HORIZON = timedelta(days=7)
 _MAX_FIRES_LOOKED_AT = 5000  # a cron firing every minute: about three and a half days of it
@@ -497,7 +497,7 @@ def _drills_of(
 
 def _label(database: dict[str, Any]) -> str:
     # the name as it is: the CLI escapes control characters in every line it prints, JSON escapes its own
-    return f"({database['kind']})" if database["kind"] != "database" else str(database["database"])
+    return series_label(database["kind"], str(database["database"]))
 
 
 def _ago(seconds: float | None) -> str:
@@ -511,13 +511,13 @@ def render_text(status: dict[str, Any]) -> list[str]:
     limit = f" of max {format_size(storage['max_usage_bytes'])}" if storage["max_usage_bytes"] is not None else ""
     where = f" on {storage['filesystem']}" if storage["filesystem"] else ""
     lines.append(
-        f"storage {storage['path']}{where}: {format_size(storage['used_bytes'])} used{limit}; "
+        f"storage {storage['path']}{where}: {format_size(storage['used_bytes'])} used on disk{limit}; "
         f"free {format_size(storage['free_bytes'])} (reserve {format_size(storage['reserve_bytes'])})"
         + ("; OVER BUDGET" if storage["over_budget"] else "")
     )
     daemon = status["daemon"]
     if daemon["running"]:
-        since, config_file = daemon["since"] or "?", daemon["config"] or "?"
+        since, config_file = format_time(daemon["since"]), daemon["config"] or "?"
         lines.append(f"daemon running: pid {daemon['pid'] or '?'} since {since}, config {config_file}")
     else:
         lines.append("daemon: no daemon running (no scheduled runs happen; start one with `backup-agent run`)")
@@ -529,7 +529,7 @@ def render_text(status: dict[str, Any]) -> list[str]:
         )
     for job in status["jobs"]:
         if job["next_run"]:
-            next_run = f"next run {job['next_run']}"
+            next_run = f"next run {format_time(job['next_run'])}"
         elif not daemon["running"] and job["schedule"] != "manual":
             next_run = "no daemon running"
         else:
@@ -579,7 +579,7 @@ def _database_line(database: dict[str, Any]) -> str:
     if drill is not None:
         reason = f" ({drill['reason']})" if drill["reason"] else ""
         gone = "" if drill["backup_present"] else " of a backup since deleted"
-        parts.append(f"drill {drill['result']}{reason} {drill['at']}{gone}")
+        parts.append(f"drill {drill['result']}{reason} {format_time(drill['at'])}{gone}")
     drilled = database["newest_drilled_backup"]
     if drilled is not None:
         parts.append(f"newest drilled backup {_ago(drilled['age_seconds'])}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -172,7 +172,10 @@ def _parse_duration_text(text: str, key_path: str) -> timedelta:
 
 
 def format_size(byte_count: int) -> str:
-    """A human size in binary units with at most two decimals, e.g. "1.5 GiB" or "512 B"."""
+    """A human size in binary units with at most two decimals, e.g. "1.5 GiB" or "512 B".
+
+    The one size format of every human line; a backup's size is always its data file's length.
+    """
     if byte_count < 0:
         return "-" + format_size(-byte_count)
     for name, factor in _BINARY_NAMES:
@@ -180,6 +183,24 @@ def format_size(byte_count: int) -> str:
             value = f"{byte_count / factor:.2f}".rstrip("0").rstrip(".")
             return f"{value} {name}"
     return f"{byte_count} B"
+
+
+def format_time(moment: datetime | str | None) -> str:
+    """A moment for people, always UTC with its `Z`, to the second: "2026-11-26T06:00:00Z" ("?" if unknown).
+
+    Every human line (list, prune, status, restore) uses it, so no time is ever read as local.
+    A text that is no ISO 8601 time is returned as it is.
+    """
+    if moment is None:
+        return "?"
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
+    if moment.tzinfo is None:  # the agent writes only aware times; a naive one read back is UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_duration(duration: timedelta) -> str:

@@ -308,5 +308,5 @@ def test_database_names_and_tool_stderr_never_forge_or_split_a_log_record(
     listing = run_agent(config, "list")
     rows = json.loads(run_agent(config, "list", "--json").stdout)
     assert {row["database"] for row in rows} <= set(FORGING_NAMES)
-    assert len(listing.stdout.splitlines()) == len(rows), "one line per backup in `list`"
+    assert len(listing.stdout.splitlines()) == 1 + len(rows), "a header, then one line per backup in `list`"
     assert not any(character in listing.stdout for character in "\r\x1b\x7f\u2028\u2029\x85")

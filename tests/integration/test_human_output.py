@@ -56,7 +56,7 @@ def test_list_status_verify_prune_and_check_config_escape_the_names_too(
     assert run_cli(config, "backup") == 0
     capsys.readouterr()
     code, lines = printed(capsys, config, "list")
-    assert (code, len(lines)) == (0, len(HOSTILE))
+    assert (code, len(lines)) == (0, 1 + len(HOSTILE))  # the header, then a line per backup
     code, lines = printed(capsys, config, "status")
     assert code == 0
     assert sum(" main/" in line or "clear\\x1b" in line for line in lines) >= 1
