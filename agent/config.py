@@ -24,6 +24,7 @@ from agent import engines, trust
 from agent.compression import COMPRESSIONS, Compression
 from agent.engines.base import EngineFamily, EngineOptions, refused_password_argument
 from agent.errors import ConfigError
+from agent.scope import JobScope, read_scope
 from agent.secrets import Secret, SecretSource
 from agent.units import (
     SizeSpec,
@@ -184,6 +185,7 @@ class JobConfig:
     drill: DrillConfig | None = None
     skip_unchanged: bool = False  # no new dump when the engine proves nothing changed since the last one
     options: EngineOptions = field(default_factory=EngineOptions)  # the engine's own keys, typed by the engine
+    scope: JobScope = field(default_factory=JobScope)  # which tables of each database (agent/scope.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,8 @@ def _describe(value: object) -> Any:
         return {item.name: _describe(getattr(value, item.name)) for item in fields(value)}
     if isinstance(value, tuple):
         return [_describe(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _describe(item) for key, item in value.items()}
     return _describe_scalar(value)
 
 
@@ -685,7 +689,7 @@ _COMMON_JOB_KEYS = (
     "databases", "exclude", "schedule", "every", "timezone", "jitter", "timeout", "stall_timeout",
     "connect_timeout", "lock_wait_timeout", "nice", "ionice", "impact", "tool", "extra_args", "max_backup_age",
     "retention", "hooks", "drill",
-    "skip_unchanged",
+    "skip_unchanged", "tables", "exclude_tables", "schema_only_tables", "scope",
 )  # fmt: skip
 _CONNECTION_KEYS = ("host", "port", "socket", "server_user", "user", "password", "password_file", "password_env")
 _PASSWORD_KEYS = {"password": "inline", "password_file": "file", "password_env": "env"}
@@ -920,6 +924,7 @@ class _JobReader:
         if engine is None or family is None:
             return None
         options = family.read_options(table)
+        scope = read_scope(table, databases, engine, family.table_scope)
         return JobConfig(
             name=self.name,
             engine=engine,
@@ -949,6 +954,7 @@ class _JobReader:
             drill=self.read_drill(timezone),
             skip_unchanged=table.flag("skip_unchanged", False),
             options=options,
+            scope=scope,
         )
 
     def read_engine(self) -> str | None:

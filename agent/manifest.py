@@ -20,6 +20,7 @@ import msgspec
 from agent.compression import Compression
 from agent.labels import LABEL_PATTERN
 from agent.naming import MANIFEST_SUFFIX, TargetKind
+from agent.scope import ResolvedScope
 from agent.writer import write_small_file
 
 FORMAT_VERSION = 1
@@ -31,6 +32,17 @@ Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 TokenPart = Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class ManifestScope(msgspec.Struct, frozen=True, kw_only=True):
+    """The table scope a dump was made with: the patterns as configured and the tables they gave."""
+
+    tables: list[str] | None = None  # None: every table not excluded
+    exclude_tables: list[str] = msgspec.field(default_factory=list)
+    schema_only_tables: list[str] = msgspec.field(default_factory=list)
+    dumped: list[str] = msgspec.field(default_factory=list)  # with data
+    schema_only: list[str] = msgspec.field(default_factory=list)  # definition only, restored empty
+    excluded: list[str] = msgspec.field(default_factory=list)  # not in the dump at all
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +77,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     keep_until: Moment | None = None
     # what the engine read before the dump to prove a later "unchanged" (skip_unchanged); None: it cannot
     change_token: dict[TokenPart, TokenPart] | None = None
+    scope: ManifestScope | None = None  # None: the whole database
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:
@@ -116,3 +129,18 @@ def read_manifest(path: Path) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: unreadable manifest: larger than {MAX_MANIFEST_BYTES} bytes")
     return decode_manifest(data, str(path))
+
+
+def manifest_scope(resolved: ResolvedScope | None) -> ManifestScope | None:
+    """What the manifest records of a dump's resolved table scope."""
+    if resolved is None:
+        return None
+    scope = resolved.scope
+    return ManifestScope(
+        tables=list(scope.tables) if scope.tables is not None else None,
+        exclude_tables=list(scope.exclude_tables),
+        schema_only_tables=list(scope.schema_only_tables),
+        dumped=list(resolved.dumped),
+        schema_only=list(resolved.schema_only),
+        excluded=list(resolved.excluded),
+    )

@@ -7,7 +7,7 @@ from typing import Any
 from agent import engines
 from agent.config import Config
 from agent.engines import engine_class
-from agent.engines.base import EngineContext
+from agent.engines.base import Engine, EngineContext
 from agent.errors import AgentError, UntrustedServer
 from agent.process import StreamLimits
 from agent.runner import folder_for
@@ -41,8 +41,26 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
                     "folder": str(layout.job_directory(name) / folder),
                 }
             )
+        if discover and entry["error"] is None and not job.scope.is_everything:
+            entry["warnings"] = _scope_warnings(
+                engine, [target.database for target in targets if target.kind == "database"]
+            )
         plan["jobs"][name] = entry
     return plan
+
+
+def _scope_warnings(engine: Engine, databases: list[str]) -> list[str]:
+    """The table scope resolved against each database's tables now: patterns that match nothing,
+    and what a restore of that scope would trip on (agent/scope.py, the engine's scope_warnings)."""
+    warnings: list[str] = []
+    for database in databases:
+        try:
+            resolved = engine.resolve_scope(database)
+            if resolved is not None:
+                warnings += engine.scope_warnings(database, resolved)
+        except AgentError as error:
+            warnings.append(f"database {database!r}: cannot list its tables: {error}")
+    return warnings
 
 
 def render_plan(plan: dict[str, Any]) -> list[str]:
@@ -55,6 +73,7 @@ def render_plan(plan: dict[str, Any]) -> list[str]:
         lines.append(f"job {name}: engine {entry['engine']}, schedule {_schedule_text(job)}")
         if entry["error"]:
             lines.append(f"  ! {entry['error']}")
+        lines.extend(f"  ! warning: {warning}" for warning in entry.get("warnings", []))
         for target in entry["targets"]:
             label = target["database"] or f"({target['kind']})"
             lines.append(f"  - {label!r} -> {target['folder']}/")

@@ -88,6 +88,16 @@ def choose_backup(
     return Chosen(newest, newest.manifest)
 
 
+def tables_left_out(manifest: Manifest, tables: tuple[str, ...]) -> list[str]:
+    """The requested tables the backup's scope left out (a name, or its part after the schema)."""
+    if manifest.scope is None:
+        return []
+    kept = {*manifest.scope.dumped, *manifest.scope.schema_only}
+    kept_short = {name.rsplit(".", 1)[-1] for name in kept}
+    excluded = set(manifest.scope.excluded) | {name.rsplit(".", 1)[-1] for name in manifest.scope.excluded}
+    return [table for table in tables if table in excluded and table not in kept and table not in kept_short]
+
+
 def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
     with path.open("rb") as stream:
         reader = open_decompressed(stream, method)
@@ -208,6 +218,12 @@ def restore_database(
 ) -> None:
     engine = engine_for(config, job, target_url)
     check_target(engine.name, into, force=force)
+    left_out = tables_left_out(chosen.manifest, tables)
+    if left_out:
+        raise UsageError(
+            f"--table {left_out[0]!r}: not in this backup; its table scope excluded it "
+            f"(see the manifest's scope: {chosen.record.path.name}.json)"
+        )
     log = get_logger(job=job, database=chosen.manifest.database, into=into)
     state = engine.database_state(into)
     if state == NOT_EMPTY and not force:

@@ -29,7 +29,7 @@ from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.labels import BackupLabel
 from agent.limits import current_usable_cpus
 from agent.log import get_logger, register_secret
-from agent.manifest import Manifest, write_manifest
+from agent.manifest import Manifest, manifest_scope, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_backup_filename
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
 from agent.pressure import Pacer, new_pacer
@@ -339,6 +339,7 @@ class JobRun:
             details=details.details,
             label=self.label.name if self.label is not None else None,
             keep_until=self.label.keep_until(finished_at) if self.label is not None else None,
+            scope=manifest_scope(details.scope),
         )
         try:
             manifest_file = write_manifest(published.path, manifest)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from agent import trust
 from agent.errors import ConnectionFailed, DumpError, UntrustedServer, UsageError
 from agent.process import StreamLimits
+from agent.scope import ResolvedScope, resolve
 
 if TYPE_CHECKING:
     from agent.config import ConfigTable, JobConfig
@@ -86,6 +87,7 @@ class EngineFamily(ABC):
     refused_arguments: ClassVar[Mapping[str, str]] = MappingProxyType({})  # extra_args option -> why
     refused_prefixes: ClassVar[tuple[str, ...]] = ()  # short options also refused with a value attached
     short_password_option: ClassVar[bool] = False  # the tool takes a password as -pSECRET
+    table_scope: ClassVar[bool] = False  # tables / exclude_tables / schema_only_tables (agent/scope.py)
     reserved_targets: ClassVar[frozenset[str]] = frozenset()  # template and system databases: --force only
     # by compression method: a first dump's stored bytes per byte of `Engine.size_estimate`, measured;
     # a family without measurements gets the budget's pessimistic default
@@ -182,6 +184,8 @@ class DumpDetails:
     point_in_time: bool = False
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    scope: ResolvedScope | None = None  # None: the whole database
+    empty_tables: tuple[str, ...] = ()  # schema-only tables as `count_rows` keys them: recorded with 0 rows
 
 
 class StreamCheck(Protocol):
@@ -281,13 +285,36 @@ class Engine(ABC):
         the snapshot itself, so the stream is parsed once). A RowCountingCheck's counts (PostgreSQL,
         MySQL) are the dump's own snapshot, so consistent; most other checks add nothing."""
         if not isinstance(check, RowCountingCheck):
-            return details
+            return scope_checked(details)
         counts = check.row_counts()
         if counts is None:
             details.warnings.append("row counts not recorded: some table data is not in a form the check counts")
         else:
             details.counts, details.counts_consistent = counts, True
-        return details
+        return scope_checked(details)
+
+    # --- table scope: engines whose family has table_scope override table_names ---------------
+    def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
+        """The database's tables as scope patterns match them, and each partition's parent table."""
+        raise UsageError(f"engine {self.name} has no table scope")
+
+    def resolve_scope(self, database: str) -> ResolvedScope | None:
+        """The job's scope for `database` against the server's tables now (None: every table)."""
+        scope = self.job.scope.for_database(database)
+        if scope.is_everything:
+            return None
+        names, parents = self.table_names(database)
+        return resolve(scope, names, matches=self.scope_matches, parents=parents)
+
+    def scope_warnings(self, database: str, resolved: ResolvedScope) -> list[str]:
+        """What check-config and the dump say of a resolved scope: patterns that match nothing, and
+        (engines that can tell) what a restore of it would trip on."""
+        return resolved.warnings(database)
+
+    @staticmethod
+    def scope_matches(pattern: str, name: str) -> bool:
+        """Whether a scope pattern names a table (engines with qualified names override it)."""
+        return fnmatch.fnmatchcase(name, pattern)
 
     # --- restore and drills: engines that can restore override these -------------------------
     def database_state(self, database: str) -> str:
@@ -338,6 +365,23 @@ class Engine(ABC):
                 raise DumpError(f"there is no database {only_database!r} on the server", reason="not_found")
             return [self.database_target(only_database)]
         return [*self.extra_targets(), *(self.database_target(name) for name in self.selected_databases())]
+
+
+def scope_checked(details: DumpDetails) -> DumpDetails:
+    """The counts with each schema-only table at 0 rows, refusing a dump whose own data holds rows of
+    a table its scope leaves out or keeps empty (a scope the tool did not apply is a failed dump)."""
+    if details.scope is None:
+        return details
+    from agent.errors import VerificationError
+
+    excluded = set(details.scope.excluded)
+    empty = set(details.scope.schema_only) | set(details.empty_tables)
+    wrong = sorted(name for name in details.counts if name in excluded or (name in empty and details.counts[name]))
+    if wrong:
+        raise VerificationError(f"the dump holds rows of tables its scope leaves out: {', '.join(wrong[:5])}")
+    for name in details.empty_tables:
+        details.counts.setdefault(name, 0)
+    return details
 
 
 def select_databases(available: Sequence[str], exclude: Sequence[str]) -> list[str]:

@@ -46,6 +46,7 @@ class PostgresFamily(EngineFamily):
     refused_arguments = MappingProxyType(_REFUSED)
     refused_prefixes = ("-f", "-F", "-d")
     reserved_targets = RESERVED_TARGETS
+    table_scope = True
 
     def engine_class(self) -> type[Engine]:
         from agent.engines.postgres.engine import PostgresEngine

@@ -10,6 +10,7 @@ any table on the server. The password reaches libpq through a
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ from agent.engines.postgres.archive import CustomArchiveCheck
 from agent.engines.postgres.options import PostgresOptions
 from agent.errors import ConnectionFailed, ToolError, UntrustedServer, VerificationError
 from agent.manifest import Manifest
+from agent.scope import ResolvedScope, resolve
 from agent.secrets import Secret
 
 DEFAULT_PORT = 5432
@@ -57,6 +59,36 @@ _USER_TABLES = """
       AND c.relpersistence <> 't'
     ORDER BY 1, 2
 """
+
+
+# the tables a scope chooses from: plain and partitioned tables, each partition with its parent
+_SCOPE_TABLES = """
+    SELECT n.nspname, c.relname, c.relkind, pn.nspname, p.relname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND c.relispartition
+    LEFT JOIN pg_class p ON p.oid = i.inhparent LEFT JOIN pg_namespace pn ON pn.oid = p.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' AND c.relpersistence <> 't'
+"""
+# (dependent, what it needs): views and materialized views reading a table, foreign keys referencing one
+_SCOPE_DEPENDENCIES = """
+    SELECT DISTINCT 'view', vn.nspname || '.' || v.relname, tn.nspname || '.' || t.relname
+    FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+    JOIN pg_namespace vn ON vn.oid = v.relnamespace JOIN pg_class t ON t.oid = d.refobjid
+    JOIN pg_namespace tn ON tn.oid = t.relnamespace
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND v.oid <> t.oid
+      AND t.relkind IN ('r', 'p')
+    UNION
+    SELECT DISTINCT 'foreign key', fn.nspname || '.' || f.relname, tn.nspname || '.' || t.relname
+    FROM pg_constraint k JOIN pg_class f ON f.oid = k.conrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+    JOIN pg_class t ON t.oid = k.confrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+    WHERE k.contype = 'f' AND f.oid <> t.oid
+"""
+
+
+def table_pattern(qualified: tuple[str, str]) -> str:
+    """An exact pg_dump table pattern: inside double quotes no character is a wildcard."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in qualified)
 
 
 def _conninfo_value(value: str) -> str:
@@ -334,14 +366,33 @@ class PostgresEngine(Engine):
         return details
 
     def _dump_database(self, database: str, sink: Sink) -> DumpDetails:
-        """pg_dump alone; the runner's CustomArchiveCheck counts the rows from the archive it writes."""
+        """pg_dump alone; the runner's CustomArchiveCheck counts the rows from the archive it writes.
+
+        A table scope becomes exact `--exclude-table` / `--exclude-table-data` names (never
+        `--table`, which would leave out the types, functions and schemas the tables need).
+        """
         lock_wait = int(self.job.lock_wait_timeout.total_seconds() * 1000)
+        details = DumpDetails()
+        scope_args: list[str] = []
+        scope = self.job.scope.for_database(database)
+        if not scope.is_everything:
+            rows = self._scope_catalog(database)
+            catalog = {name: (schema, table, kind) for name, schema, table, kind, _ in rows}
+            parents = {row[0]: row[4] for row in rows if row[4]}
+            details.scope = resolve(scope, list(catalog), matches=self.scope_matches, parents=parents)
+            scope_args += [f"--exclude-table={table_pattern(catalog[name][:2])}" for name in details.scope.excluded]
+            scope_args += [
+                f"--exclude-table-data={table_pattern(catalog[name][:2])}" for name in details.scope.schema_only
+            ]
+            details.empty_tables = tuple(name for name in details.scope.schema_only if catalog[name][2] == "r")
+            details.warnings += self.scope_warnings(database, details.scope)
         argv = [
             self._tool("pg_dump"),
             "--format=custom",
             "--compress=0",
             f"--lock-wait-timeout={lock_wait}",
             *self._connection_args(),
+            *scope_args,
             *self.job.extra_args,
             f"--dbname=dbname={_conninfo_value(database)}",
         ]
@@ -349,7 +400,50 @@ class PostgresEngine(Engine):
             self._driver_check(database)  # the driver connects as pg_dump will, refusing what it cannot
             child = process.start(self._command(argv, env, fds))
             process.stream_stdout(child, sink, self.context.limits, f"pg_dump of {database!r}")
-        return DumpDetails()
+        return details
+
+    # --- table scope -----------------------------------------------------------------------
+    def _scope_catalog(self, database: str) -> list[tuple[str, str, str, str, str | None]]:
+        """(schema.table, schema, table, relkind, parent schema.table) of every table a scope may name."""
+        with self.connect(database) as connection:
+            rows = connection.execute(_SCOPE_TABLES).fetchall()
+        return [
+            (f"{schema}.{table}", schema, table, kind, f"{parent_schema}.{parent}" if parent else None)
+            for schema, table, kind, parent_schema, parent in rows
+        ]
+
+    def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
+        rows = self._scope_catalog(database)
+        return [row[0] for row in rows], {row[0]: row[4] for row in rows if row[4]}
+
+    @staticmethod
+    def scope_matches(pattern: str, name: str) -> bool:
+        """`schema.table` globs; a pattern without a dot names a table in any schema."""
+        if "." not in pattern:
+            return fnmatch.fnmatchcase(name.split(".", 1)[1] if "." in name else name, pattern)
+        return fnmatch.fnmatchcase(name, pattern)
+
+    def scope_warnings(self, database: str, resolved: ResolvedScope) -> list[str]:
+        """Patterns that match nothing, and what a restore of this scope would trip on: a view or a
+        foreign key needing a table left out, a foreign key needing rows a schema-only table lacks."""
+        warnings = resolved.warnings(database)
+        excluded, empty = set(resolved.excluded), set(resolved.schema_only)
+        with self.connect(database) as connection:
+            rows = connection.execute(_SCOPE_DEPENDENCIES).fetchall()
+        for kind, dependent, needed in sorted(rows):
+            if dependent in excluded:
+                continue
+            if needed in excluded:
+                warnings.append(
+                    f"database {database!r}: {kind} {dependent} needs {needed}, which the scope excludes: "
+                    "a restore of this dump fails; exclude it too or keep the table (schema_only_tables)"
+                )
+            elif kind == "foreign key" and needed in empty and dependent not in empty:
+                warnings.append(
+                    f"database {database!r}: foreign key of {dependent} references {needed}, whose data is left "
+                    "out (schema_only_tables): a restore fails unless that table is empty too"
+                )
+        return warnings
 
     # --- restore and drills ----------------------------------------------------------------
     def database_state(self, database: str) -> str:
