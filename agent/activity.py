@@ -159,6 +159,10 @@ class ProgressRecorder:
         if time.monotonic() - self._last >= self._every:
             self._write(raw_bytes)
 
+    def record(self, raw_bytes: int) -> None:
+        """Write the record now (a progress meter calls this at its own interval)."""
+        self._write(raw_bytes)
+
     def finish(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()

@@ -7,14 +7,16 @@ terminal, to stderr, so they never mix into it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
 from agent.errors import (
@@ -27,6 +29,9 @@ from agent.errors import (
     ConfigError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from agent.progress import Snapshot
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,6 +59,54 @@ def _write(text: str, stream: Any) -> None:
         print(text, file=stream)
     except BrokenPipeError:
         _reader_went_away(stream)
+
+
+class _TerminalProgress:
+    """A dump's, restore's or drill's progress as one line on a terminal's stderr, redrawn every half
+    second with \\r, cleared at the end and before any log line reaches the same terminal."""
+
+    at_start = True
+
+    def __init__(self, stream: TextIO) -> None:
+        from agent.progress import TERMINAL_EVERY_SECONDS
+
+        self.every = TERMINAL_EVERY_SECONDS
+        self._stream = stream
+        self._shown = False
+
+    def update(self, snapshot: Snapshot) -> None:
+        from agent.log import escape_controls
+        from agent.progress import describe
+
+        width = max(20, shutil.get_terminal_size().columns - 1)  # never wrap: \r redraws one line only
+        self._stream.write("\r" + escape_controls(describe(snapshot))[:width] + "\x1b[K")
+        self._stream.flush()
+        self._shown = True
+
+    def finish(self, _snapshot: Snapshot) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+    def filter(self, _record: logging.LogRecord) -> bool:
+        """As a filter of the terminal's log handler: a log line first clears the progress line."""
+        self.clear()
+        return True
+
+
+def _terminal_progress() -> _TerminalProgress | None:
+    """The progress line when stderr is a terminal (a person watches); None when it is piped or a file."""
+    if not sys.stderr.isatty():
+        return None
+    line = _TerminalProgress(sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
+            handler.addFilter(line)
+    return line
 
 
 class _StopFlag:
@@ -108,10 +161,11 @@ def command_backup(args: argparse.Namespace) -> int:
     stop = _StopFlag()
     stop.install()
     failed = False
+    progress = _terminal_progress()
     for name in names:
         if stop():
             break
-        outcome = run_job(config, name, database=args.database, should_stop=stop, label=label)
+        outcome = run_job(config, name, database=args.database, should_stop=stop, label=label, progress=progress)
         for target in outcome.targets:
             shown = series_label(target.kind, target.database)
             if target.status == Status.OK:
@@ -291,8 +345,9 @@ def command_restore(args: argparse.Namespace) -> int:
         restore.check_target(config.jobs[args.job].engine, args.into, force=args.force)
     if args.target_url is not None:
         restore.retarget(config.jobs[args.job], args.target_url)  # a bad URL is refused before anything runs
+    progress = _terminal_progress()
     if args.with_globals and args.to_file is None and not args.dry_run:
-        applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url)
+        applied = restore.restore_server_wide(config, args.job, at=at, target_url=args.target_url, progress=progress)
         _say(f"applied {applied.manifest.kind} from {applied.record.path}")
     if args.label is not None:
         from agent.labels import label_problem
@@ -305,7 +360,7 @@ def command_restore(args: argparse.Namespace) -> int:
         if args.dry_run:
             _say(f"would write the decompressed {chosen.record.path} to {args.to_file}")
             return EXIT_OK
-        written = restore.restore_to_file(chosen, Path(args.to_file))
+        written = restore.restore_to_file(chosen, Path(args.to_file), config=config, progress=progress)
         _say(f"wrote {written}")
         return EXIT_OK
     engine = restore.engine_for(config, args.job, args.target_url)
@@ -313,7 +368,14 @@ def command_restore(args: argparse.Namespace) -> int:
         _say(*restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table)))
         return EXIT_OK
     restore.restore_database(
-        config, args.job, chosen, args.into, force=args.force, tables=tuple(args.table), target_url=args.target_url
+        config,
+        args.job,
+        chosen,
+        args.into,
+        force=args.force,
+        tables=tuple(args.table),
+        target_url=args.target_url,
+        progress=progress,
     )
     _say(f"restored {chosen.record.path} into {args.into!r}")
     return EXIT_OK
@@ -325,8 +387,9 @@ def command_drill(args: argparse.Namespace) -> int:
 
     config = _load(args)
     failed = False
+    progress = _terminal_progress()
     for job in _job_names(config, args.job):  # a failed job's drill never stops the next job's
-        for result in drill_job(config, job):
+        for result in drill_job(config, job, progress=progress):
             failed |= result.status != PASSED
             detail = f"{result.reason}: {result.message}" if result.reason else ""
             suffix = f" {detail}" if detail else ""

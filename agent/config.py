@@ -80,6 +80,7 @@ class LogConfig:
     rotate: bool = True
     max_size: SizeSpec = _DEFAULT_LOG_MAX_SIZE
     keep: int = 5
+    progress_every: timedelta = timedelta(minutes=5)  # a `backup.progress` event this often during a dump
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +683,7 @@ _STORAGE_KEYS = (
     "path", "compression", "level", "threads", "max_usage", "reserve", "quota", "immutable", "max_write_rate",
     "impact",
 )  # fmt: skip
-_LOG_KEYS = ("file", "level", "format", "rotate", "max_size", "keep")
+_LOG_KEYS = ("file", "level", "format", "rotate", "max_size", "keep", "progress_every")
 _RETENTION_KEYS = (*RETENTION_COUNTS, "max_age", "keep_min")
 _COMMON_JOB_KEYS = (
     "engine", "host", "port", "socket", "server_user", "user", "password", "password_file", "password_env",
@@ -773,6 +774,7 @@ class _ConfigReader:
             rotate=table.flag("rotate", True),
             max_size=table.size("max_size", _DEFAULT_LOG_MAX_SIZE, allow_percent=False),
             keep=table.integer("keep", 5, minimum=1),
+            progress_every=table.duration("progress_every", timedelta(minutes=5), minimum=timedelta(seconds=1)),
         )
 
     def read_retention_rules(self, table: _Table) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from agent import catalog, journal
 from agent.config import Config
 from agent.errors import AgentError, ConnectionFailed
 from agent.log import get_logger
-from agent.restore import Chosen, decompressed_chunks, engine_for, reverify
+from agent.progress import Watcher, counted
+from agent.restore import Chosen, decompressed_chunks, engine_for, new_meter, reverify
 
 DRILL_MARKER = "__drill_"
 _SCRATCH = re.compile(r"__drill_\d{8}T\d{6}Z$")  # only names the agent made; never a user's database
@@ -86,7 +87,9 @@ def failure_reason(error: BaseException, step: str) -> str:
 _ACCESS_DENIED_CODES = frozenset({1044, 1045, 1142, 1227})  # MySQL/MariaDB: access denied for this user
 
 
-def run_drills(config: Config, job: str, *, now: datetime | None = None) -> list[DrillResult]:
+def run_drills(
+    config: Config, job: str, *, now: datetime | None = None, progress: Watcher | None = None
+) -> list[DrillResult]:
     """Drill the newest good backup of every database of `job`; never raises.
 
     A drill that cannot start (no server, no engine) is one failed result with an empty database
@@ -113,11 +116,11 @@ def run_drills(config: Config, job: str, *, now: datetime | None = None) -> list
     for database in databases:
         newest = catalog.latest_good(records, job, database)
         assert newest is not None and newest.manifest is not None
-        results.append(_drill_one(config, job, Chosen(newest, newest.manifest), now))
+        results.append(_drill_one(config, job, Chosen(newest, newest.manifest), now, progress))
     return results
 
 
-def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> DrillResult:
+def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime, progress: Watcher | None) -> DrillResult:
     database = chosen.manifest.database
     log = get_logger(job=job, database=database)
     relative = str(chosen.record.path.relative_to(config.storage.path))
@@ -131,12 +134,9 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime) -> Drill
         engine.create_database(scratch)
         try:
             step = "restore"
-            engine.restore(
-                decompressed_chunks(chosen.record.path, chosen.manifest.compression),
-                chosen.manifest,
-                scratch,
-                drill=True,
-            )
+            with new_meter(config, chosen, "drill", log, progress) as meter:
+                chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
+                engine.restore(counted(chunks, meter), chosen.manifest, scratch, drill=True)
             step = "count"
             tables, rows = compare_counts(chosen.manifest.counts, engine.count_rows(scratch))
             # counts taken outside the dump's snapshot (MySQL, MongoDB without one) may drift on a busy

@@ -28,6 +28,7 @@ from agent.labels import BackupLabel
 from agent.log import register_secret
 from agent.manifest import manifest_path
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
+from agent.progress import Watcher
 from agent.records import DrillFacts, record_databases, record_drills, record_job
 from agent.runner import JobRun
 
@@ -42,10 +43,11 @@ class ObservedRun:
         should_stop: Callable[[], bool],
         next_run: Callable[[], datetime | None] = lambda: None,
         label: BackupLabel | None = None,
+        progress: Watcher | None = None,
     ) -> None:
         self.config = config
         self.job = job
-        self.run = JobRun(config, job, should_stop, before_dumps=self._before_dumps, label=label)
+        self.run = JobRun(config, job, should_stop, before_dumps=self._before_dumps, label=label, progress=progress)
         self.log = self.run.log
         self.next_run = next_run
         self.notifier = notify.Notifier(config.notify, job=job.name, run_id=self.run.run_id, host=self.run.host)
@@ -200,7 +202,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def drill_job(config: Config, job_name: str) -> list[DrillResult]:
+def drill_job(config: Config, job_name: str, *, progress: Watcher | None = None) -> list[DrillResult]:
     """Drill one job (agent/drill.py), record the results, and alert a failed drill like a failed backup.
 
     Never raises: the CLI's `drill` over every job and the daemon's scheduled drills go on to the next.
@@ -209,7 +211,7 @@ def drill_job(config: Config, job_name: str) -> list[DrillResult]:
     notifier = notify.Notifier(config.notify, job=job_name, run_id=run_id, host=socket.gethostname())
     tail = notify.LogTail(run_id)
     with tail.capturing(), bound_contextvars(run_id=run_id):
-        results = run_drills(config, job_name)
+        results = run_drills(config, job_name, progress=progress)
         facts = [DrillFacts(item.database, item.status, item.reason, item.message, item.path) for item in results]
         record_drills(config.storage.path, job_name, facts, datetime.now(UTC))
         failed = [item for item in results if item.status != PASSED]
@@ -232,10 +234,12 @@ def run_job(
     should_stop: Callable[[], bool] = lambda: False,
     next_run: Callable[[], datetime | None] = lambda: None,
     label: BackupLabel | None = None,
+    progress: Watcher | None = None,
 ) -> RunOutcome:
     """Back up one job now (all its databases, or just `database`), with its hooks, alerts, records and metrics.
 
     `next_run` tells the daemon's next planned run of the job, recorded with this one's outcome;
-    `label` (`backup --label`) goes into every manifest the run writes.
+    `label` (`backup --label`) goes into every manifest the run writes; `progress` is told how each
+    dump advances (the CLI's terminal line).
     """
-    return ObservedRun(config, config.jobs[job_name], should_stop, next_run, label).execute(database)
+    return ObservedRun(config, config.jobs[job_name], should_stop, next_run, label, progress).execute(database)

@@ -75,6 +75,18 @@ class Inventory:
                 return [self._stored(backup.key) for backup in ordered if backup.good]
         return []
 
+    def newest_raw_bytes(self, job: str, folder: str) -> int | None:
+        """The raw (uncompressed) size of a series' newest good backup: the next dump's likely size."""
+        name = f"{job}/{folder}"
+        for one in self.series:
+            if one.name == name:
+                good = [backup for backup in one.backups if backup.good]
+                if good:
+                    newest = max(good, key=lambda backup: (backup.created_at, backup.sequence))
+                    manifest = self.records[newest.key].manifest
+                    return manifest.raw_bytes if manifest is not None else None
+        return None
+
     def _stored(self, key: str) -> int:
         manifest = self.records[key].manifest
         return manifest.stored_bytes if manifest is not None else 0
@@ -268,8 +280,10 @@ class DumpSpace:
         prediction: Prediction,
         inventory: Inventory,
         log: BoundLogger,
+        expected_raw_bytes: int | None = None,
     ) -> None:
         self.predicted_bytes = prediction.stored_bytes
+        self.expected_raw_bytes = expected_raw_bytes  # for progress: the last dump's raw size, or the server's estimate
         self.check_every = check_interval(figures.total_bytes, budget)
         self.deleted: list[Decision] = []
         self._config = config
@@ -434,7 +448,14 @@ def prepare_dump(
         planned_deletions=plan.expected_deletions,
     )
     return DumpSpace(
-        config, plan=plan, figures=figures, budget=budget, prediction=prediction, inventory=inventory, log=log
+        config,
+        plan=plan,
+        figures=figures,
+        budget=budget,
+        prediction=prediction,
+        inventory=inventory,
+        log=log,
+        expected_raw_bytes=inventory.newest_raw_bytes(job.name, folder) or estimate,
     )
 
 

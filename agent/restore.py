@@ -7,6 +7,7 @@ exactly what it would do. `--to-file` writes the plain decompressed dump for man
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
+from structlog.stdlib import BoundLogger
 
 from agent import catalog, engines
 from agent.compression import open_decompressed
@@ -23,6 +25,7 @@ from agent.errors import AgentError, UsageError
 from agent.log import get_logger
 from agent.manifest import Manifest
 from agent.process import StreamLimits
+from agent.progress import LogWatcher, Meter, Watcher, counted
 from agent.storage import StorageLayout
 from agent.units import format_size, format_time
 from agent.verify import OK, verify_file
@@ -105,6 +108,16 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
+def new_meter(config: Config, chosen: Chosen, operation: str, log: BoundLogger, progress: Watcher | None) -> Meter:
+    """A restore's or drill's progress over the decompressed bytes, the manifest's raw size its total:
+    the log's `<operation>.progress` every `log.progress_every`, and the terminal line when given."""
+    watchers: list[Watcher] = [LogWatcher(log, config.log.progress_every.total_seconds())]
+    if progress is not None:
+        watchers.append(progress)
+    label = chosen.manifest.database or chosen.manifest.kind
+    return Meter(operation, label, chosen.manifest.raw_bytes, watchers, clock=time.monotonic)
+
+
 def check_target(engine: str, into: str, *, force: bool) -> None:
     """Refuse (UsageError) a name the server could not hold, or a template or system database unless forced."""
     family = engines.family(engine)
@@ -154,15 +167,21 @@ def reverify(chosen: Chosen) -> None:
         raise RestoreError(f"refusing to restore {chosen.record.path}: {finding.status}: {finding.message}")
 
 
-def restore_to_file(chosen: Chosen, output: Path) -> Path:
+def restore_to_file(
+    chosen: Chosen, output: Path, *, config: Config | None = None, progress: Watcher | None = None
+) -> Path:
     """Write the decompressed dump to a new file (never over an existing one)."""
     if output.exists() or output.is_symlink():
         raise RestoreError(f"{output} already exists; choose a new file name")
     reverify(chosen)
     descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
     try:
         with os.fdopen(descriptor, "wb") as sink:
-            for chunk in decompressed_chunks(chosen.record.path, chosen.manifest.compression):
+            if config is not None:
+                log = get_logger(job=chosen.manifest.job, database=chosen.manifest.database)
+                chunks = counted(chunks, new_meter(config, chosen, "restore", log, progress))
+            for chunk in chunks:
                 sink.write(chunk)
     except BaseException:
         output.unlink(missing_ok=True)
@@ -189,7 +208,12 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
 
 
 def restore_server_wide(
-    config: Config, job: str, *, at: datetime | None = None, target_url: str | None = None
+    config: Config,
+    job: str,
+    *,
+    at: datetime | None = None,
+    target_url: str | None = None,
+    progress: Watcher | None = None,
 ) -> Chosen:
     """Apply the job's roles/grants file (PostgreSQL globals, MySQL grants) before its databases."""
     engine = engine_for(config, job, target_url)
@@ -201,7 +225,9 @@ def restore_server_wide(
     reverify(chosen)
     log = get_logger(job=job, kind=kind)
     log.info("restore.started", path=str(chosen.record.path))
-    engine.restore(decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, database)
+    with new_meter(config, chosen, "restore", log, progress) as meter:
+        chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
+        engine.restore(counted(chunks, meter), chosen.manifest, database)
     log.info("restore.finished", path=str(chosen.record.path))
     return chosen
 
@@ -215,6 +241,7 @@ def restore_database(
     force: bool = False,
     tables: tuple[str, ...] = (),
     target_url: str | None = None,
+    progress: Watcher | None = None,
 ) -> None:
     engine = engine_for(config, job, target_url)
     check_target(engine.name, into, force=force)
@@ -234,10 +261,11 @@ def restore_database(
     if state == MISSING:
         engine.create_database(into)
         created = True
+    meter = new_meter(config, chosen, "restore", log, progress)
     try:
-        engine.restore(
-            decompressed_chunks(chosen.record.path, chosen.manifest.compression), chosen.manifest, into, tables=tables
-        )
+        with meter:
+            chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
+            engine.restore(counted(chunks, meter), chosen.manifest, into, tables=tables)
     except BaseException as error:
         log.error("restore.failed", error=str(error))
         if created:

@@ -18,7 +18,7 @@ from pathlib import Path
 from structlog.stdlib import BoundLogger
 
 from agent import __version__, engines, journal
-from agent.activity import ProgressRecorder
+from agent.activity import PROGRESS_EVERY_SECONDS, ProgressRecorder
 from agent.budget import InsufficientSpaceError
 from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings, worker_threads
@@ -34,6 +34,7 @@ from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_bac
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
 from agent.pressure import Pacer, new_pacer
 from agent.process import KILL_GRACE, StreamLimits, own_priority
+from agent.progress import CallbackWatcher, LogWatcher, Meter, Watcher
 from agent.prune import DumpSpace, Inventory, apply_after_dump, prepare_dump, take_inventory
 from agent.storage import StorageLayout, exclusive_lock
 from agent.writer import DumpWriter, PublishedFile, ensure_directory
@@ -153,9 +154,11 @@ class JobRun:
         *,
         before_dumps: BeforeDumps | None = None,
         label: BackupLabel | None = None,
+        progress: Watcher | None = None,
     ) -> None:
         self.config = config
         self.label = label  # `backup --label`: in every manifest of the run
+        self.progress = progress  # the CLI's terminal line, when a person watches
         self.job = job
         self.run_id = uuid.uuid4().hex[:12]
         self.layout = StorageLayout(config.storage.path)
@@ -275,6 +278,7 @@ class JobRun:
         progress = ProgressRecorder(  # `status` shows the dump in progress from this small record
             self.layout.root, self.job.name, database=target.database or folder, kind=target.kind, run_id=self.run_id
         ).start()
+        meter = self._meter(target.database or folder, space, progress, log)
         try:
             job_directory = ensure_directory(self.layout.job_directory(self.job.name))  # never a symlink
             writer = DumpWriter(
@@ -291,7 +295,7 @@ class JobRun:
             def sink(data: bytes) -> None:
                 active_check.feed(data)
                 active_writer.write(data)
-                progress.update(active_writer.raw_bytes)
+                meter.advance(len(data))
 
             details = engine.dump(target, space.watch(sink))
             if writer.raw_bytes == 0:
@@ -307,6 +311,7 @@ class JobRun:
             log.warning("backup.interrupted", reason=Reason.INTERRUPTED, error="the run was interrupted")
             raise
         finally:
+            meter.finish()
             progress.finish()
         finished_at = datetime.now(UTC)
         manifest = Manifest(
@@ -363,6 +368,16 @@ class JobRun:
         return TargetOutcome(
             target.database, TargetKind(target.kind), Status.OK, path=published.path, manifest=manifest
         )
+
+    def _meter(self, database: str, space: DumpSpace, record: ProgressRecorder, log: BoundLogger) -> Meter:
+        """One dump's progress: the status record, the log's `backup.progress`, and the terminal line."""
+        watchers: list[Watcher] = [
+            CallbackWatcher(PROGRESS_EVERY_SECONDS, record.record),
+            LogWatcher(log, self.config.log.progress_every.total_seconds()),
+        ]
+        if self.progress is not None:
+            watchers.append(self.progress)
+        return Meter("backup", database, space.expected_raw_bytes, watchers, clock=time.monotonic)
 
     def _journal_created(self, published: PublishedFile, log: BoundLogger) -> None:
         """The journal's `created` line; the backup is whole without it (its manifest says so),
