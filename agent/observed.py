@@ -43,6 +43,7 @@ class ObservedRun:
         should_stop: Callable[[], bool],
         next_run: Callable[[], datetime | None] = lambda: None,
         label: BackupLabel | None = None,
+        *,
         progress: Watcher | None = None,
     ) -> None:
         self.config = config
@@ -242,4 +243,4 @@ def run_job(
     `label` (`backup --label`) goes into every manifest the run writes; `progress` is told how each
     dump advances (the CLI's terminal line).
     """
-    return ObservedRun(config, config.jobs[job_name], should_stop, next_run, label, progress).execute(database)
+    return ObservedRun(config, config.jobs[job_name], should_stop, next_run, label, progress=progress).execute(database)
