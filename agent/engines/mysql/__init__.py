@@ -47,6 +47,7 @@ class MysqlFamily(EngineFamily):
         }
     )
     refused_arguments = MappingProxyType(_REFUSED)
+    table_scope = True
     short_password_option = True
     reserved_targets = RESERVED_TARGETS
 

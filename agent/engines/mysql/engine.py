@@ -78,6 +78,7 @@ from agent.errors import (
     VerificationError,
 )
 from agent.log import get_logger
+from agent.scope import ResolvedScope, resolve
 
 if TYPE_CHECKING:
     from agent.config import JobConfig
@@ -472,6 +473,12 @@ class MysqlEngine(Engine):
                 f"database's name inside (restore those under the same name, or recreate the accounts)"
             )
         argv = self._dump_argv(tool, tool_version, database, lock_tables)
+        scope = self.job.scope.for_database(database)
+        if not scope.is_everything:
+            details.scope = resolve(scope, facts.base_tables)
+            argv[-2:-2] = self._scope_args(tool, database, details.scope)
+            details.empty_tables = details.scope.schema_only
+            details.warnings += self.scope_warnings(database, details.scope)
         rewriter = AlterDatabaseRewriter(database, sink)  # the runner's SqlDumpCheck counts the rows
         with self._options() as (defaults, fds):
             child = process.start(self._command([argv[0], defaults, *argv[1:]], fds))
@@ -480,6 +487,67 @@ class MysqlEngine(Engine):
         if rewriter.rewritten:
             details.details["alter_database_rewritten"] = rewriter.rewritten
         return details
+
+    # --- table scope ----------------------------------------------------------------------
+    def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
+        with self.connect() as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')",
+                (database,),
+            )
+            return [str(row[0]) for row in cursor.fetchall()], {}
+
+    def _scope_args(self, tool: str, database: str, resolved: ResolvedScope) -> list[str]:
+        """`--ignore-table` / `--ignore-table-data` with exact `database.table` names (the tool compares
+        the whole string: no pattern, and a dot or quote in a name is safe), all in the one snapshot."""
+        if resolved.schema_only and not self._has_option(tool, "--ignore-table-data"):
+            raise DumpError(
+                f"schema_only_tables needs a dump tool with --ignore-table-data (mariadb-dump of MariaDB 10.6 "
+                f"or later); {Path(tool).name} has none: use exclude_tables, or install mariadb-client",
+                "unsupported",
+            )
+        arguments = [f"--ignore-table={database}.{table}" for table in resolved.excluded]
+        return arguments + [f"--ignore-table-data={database}.{table}" for table in resolved.schema_only]
+
+    def _has_option(self, tool: str, option: str) -> bool:
+        result = process.run([tool, "--help"], timeout=30)
+        return re.search(rf"^\s*{re.escape(option)}[=\s]", result.stdout, re.MULTILINE) is not None
+
+    def scope_warnings(self, database: str, resolved: ResolvedScope) -> list[str]:
+        """Patterns that match nothing; views that read a table left out (their CREATE VIEW fails on
+        restore); foreign keys into a table left out or emptied (restored rows then point at nothing)."""
+        warnings = resolved.warnings(database)
+        excluded, empty = set(resolved.excluded), set(resolved.schema_only)
+        with self.connect() as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s",
+                (database,),
+            )
+            views = [(str(name), str(definition or "")) for name, definition in cursor.fetchall()]
+            cursor.execute(
+                "SELECT DISTINCT TABLE_NAME, REFERENCED_TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE "
+                "WHERE TABLE_SCHEMA = %s AND REFERENCED_TABLE_SCHEMA = %s AND REFERENCED_TABLE_NAME IS NOT NULL",
+                (database, database),
+            )
+            keys = sorted((str(table), str(referenced)) for table, referenced in cursor.fetchall())
+        prefix = quote_identifier(database) + "."
+        for view, definition in sorted(views):
+            for table in sorted(excluded):
+                if prefix + quote_identifier(table) in definition:
+                    warnings.append(
+                        f"database {database!r}: view {view} needs {table}, which the scope excludes: "
+                        "a restore of this dump fails; keep the table (schema_only_tables) instead"
+                    )
+        for table, referenced in keys:
+            if table in excluded or table == referenced or (table in empty and referenced in empty):
+                continue
+            if referenced in excluded or referenced in empty:
+                warnings.append(
+                    f"database {database!r}: foreign key of {table} references {referenced}, which the scope "
+                    f"{'excludes' if referenced in excluded else 'keeps empty'}: restored rows point at nothing"
+                )
+        return warnings
 
     # --- doctor ---------------------------------------------------------------------------
     def check_privileges(self) -> list[PrivilegeFinding]:
