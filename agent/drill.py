@@ -17,7 +17,7 @@ from agent.config import Config
 from agent.errors import AgentError, ConnectionFailed
 from agent.log import get_logger
 from agent.progress import Watcher, counted
-from agent.restore import Chosen, decompressed_chunks, engine_for, new_meter, reverify
+from agent.restore import VERIFYING, Chosen, decompressed_chunks, engine_for, new_meter, reverify
 
 DRILL_MARKER = "__drill_"
 _SCRATCH = re.compile(r"__drill_\d{8}T\d{6}Z$")  # only names the agent made; never a user's database
@@ -129,7 +129,7 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime, progress
     step = "verify"
     try:
         engine = engine_for(config, job)
-        reverify(chosen)
+        reverify(chosen, new_meter(config, chosen, "drill", log, progress, step=VERIFYING))
         step = "create"
         engine.create_database(scratch)
         try:

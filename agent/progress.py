@@ -29,6 +29,7 @@ class Snapshot:
     total_bytes: int | None
     elapsed_seconds: float
     finished: bool = False
+    step: str = ""  # a step before the operation proper: "verifying" the stored file before a restore
 
     @property
     def rate(self) -> float:
@@ -53,6 +54,7 @@ class Snapshot:
     def log_fields(self) -> dict[str, Any]:
         """The fields of a `*.progress` log event."""
         return {
+            **({"step": self.step} if self.step else {}),
             "database": self.database,
             "bytes": self.done_bytes,
             "expected_bytes": self.expected_bytes,
@@ -82,7 +84,8 @@ def describe(snapshot: Snapshot) -> str:
     remaining = snapshot.remaining_seconds
     if remaining is not None and snapshot.elapsed_seconds >= TERMINAL_EVERY_SECONDS:
         parts.append(f"~{clock_text(remaining)} left")
-    return f"{snapshot.operation} {snapshot.database}: " + ", ".join(parts)
+    step = f" ({snapshot.step})" if snapshot.step else ""
+    return f"{snapshot.operation} {snapshot.database}{step}: " + ", ".join(parts)
 
 
 class Watcher(Protocol):
@@ -148,8 +151,9 @@ class Meter:
         watchers: Sequence[Watcher],
         *,
         clock: Callable[[], float],
+        step: str = "",
     ) -> None:
-        self.operation, self.database, self.total_bytes = operation, database, total_bytes
+        self.operation, self.database, self.total_bytes, self.step = operation, database, total_bytes, step
         self.done_bytes = 0
         self._watchers = list(watchers)
         self._clock = clock
@@ -167,7 +171,13 @@ class Meter:
     def snapshot(self, now: float | None = None, *, finished: bool = False) -> Snapshot:
         moment = self._clock() if now is None else now
         return Snapshot(
-            self.operation, self.database, self.done_bytes, self.total_bytes, moment - self._started, finished
+            self.operation,
+            self.database,
+            self.done_bytes,
+            self.total_bytes,
+            moment - self._started,
+            finished,
+            self.step,
         )
 
     def _tell(self, now: float) -> None:

@@ -31,6 +31,7 @@ from agent.units import format_size, format_time
 from agent.verify import OK, verify_file
 
 _READ_SIZE = 1 << 20
+VERIFYING = "verifying"  # the progress step of the re-verification before a restore or drill
 
 
 class RestoreError(AgentError):
@@ -108,14 +109,16 @@ def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:
             yield chunk
 
 
-def new_meter(config: Config, chosen: Chosen, operation: str, log: BoundLogger, progress: Watcher | None) -> Meter:
+def new_meter(
+    config: Config, chosen: Chosen, operation: str, log: BoundLogger, progress: Watcher | None, *, step: str = ""
+) -> Meter:
     """A restore's or drill's progress over the decompressed bytes, the manifest's raw size its total:
     the log's `<operation>.progress` every `log.progress_every`, and the terminal line when given."""
     watchers: list[Watcher] = [LogWatcher(log, config.log.progress_every.total_seconds())]
     if progress is not None:
         watchers.append(progress)
     label = chosen.manifest.database or chosen.manifest.kind
-    return Meter(operation, label, chosen.manifest.raw_bytes, watchers, clock=time.monotonic)
+    return Meter(operation, label, chosen.manifest.raw_bytes, watchers, clock=time.monotonic, step=step)
 
 
 def check_target(engine: str, into: str, *, force: bool) -> None:
@@ -161,8 +164,14 @@ def engine_for(config: Config, job: str, target_url: str | None = None) -> Engin
     )
 
 
-def reverify(chosen: Chosen) -> None:
-    finding = verify_file(chosen.record.path)
+def reverify(chosen: Chosen, meter: Meter | None = None) -> None:
+    """Hash and check the whole file again before any of it is used; `meter` shows the pass (a large
+    file takes seconds)."""
+    if meter is None:
+        finding = verify_file(chosen.record.path)
+    else:
+        with meter:
+            finding = verify_file(chosen.record.path, on_chunk=meter.advance)
     if finding.status != OK:
         raise RestoreError(f"refusing to restore {chosen.record.path}: {finding.status}: {finding.message}")
 
@@ -173,13 +182,13 @@ def restore_to_file(
     """Write the decompressed dump to a new file (never over an existing one)."""
     if output.exists() or output.is_symlink():
         raise RestoreError(f"{output} already exists; choose a new file name")
-    reverify(chosen)
+    log = get_logger(job=chosen.manifest.job, database=chosen.manifest.database)
+    reverify(chosen, new_meter(config, chosen, "restore", log, progress, step=VERIFYING) if config else None)
     descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
     try:
         with os.fdopen(descriptor, "wb") as sink:
             if config is not None:
-                log = get_logger(job=chosen.manifest.job, database=chosen.manifest.database)
                 chunks = counted(chunks, new_meter(config, chosen, "restore", log, progress))
             for chunk in chunks:
                 sink.write(chunk)
@@ -222,8 +231,8 @@ def restore_server_wide(
         raise UsageError(f"engine {engine.name} has no globals or grants to restore")
     kind, database = server_wide.kind, server_wide.database
     chosen = choose_backup(config, job, "", at=at, kind=kind)
-    reverify(chosen)
     log = get_logger(job=job, kind=kind)
+    reverify(chosen, new_meter(config, chosen, "restore", log, progress, step=VERIFYING))
     log.info("restore.started", path=str(chosen.record.path))
     with new_meter(config, chosen, "restore", log, progress) as meter:
         chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
@@ -255,7 +264,7 @@ def restore_database(
     state = engine.database_state(into)
     if state == NOT_EMPTY and not force:
         raise RestoreError(f"database {into!r} already holds data; refusing to restore into it without --force")
-    reverify(chosen)
+    reverify(chosen, new_meter(config, chosen, "restore", log, progress, step=VERIFYING))
     log.info("restore.started", path=str(chosen.record.path))
     created = False
     if state == MISSING:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -71,8 +72,10 @@ class _HashingReader:
         self._stream.close()
 
 
-def verify_file(path: Path, storage: Path | None = None) -> Finding:
-    """One file; inside `storage`, its manifest must also name the job and database of its folder."""
+def verify_file(path: Path, storage: Path | None = None, *, on_chunk: Callable[[int], None] | None = None) -> Finding:
+    """One file; inside `storage`, its manifest must also name the job and database of its folder.
+
+    `on_chunk` is told the size of each decompressed chunk checked (a restore's progress meter)."""
     # <storage>/<job>/<folder>/<name>
     root, job = (path.parents[2], path.parents[1].name) if len(path.parents) > 2 else (path.parent, "")
     partial = path.name.endswith(PARTIAL_SUFFIX)
@@ -88,12 +91,13 @@ def verify_file(path: Path, storage: Path | None = None) -> Finding:
         return Finding(path, INCOMPLETE, "no manifest; it never counted as a backup")
     inside = storage is not None and path.parent.parent.parent == storage
     parsed = parse_backup_filename(path.name)
-    return _verdict_of(catalog.classify(path, parsed.created_at if parsed else None, size, in_storage=inside))
+    record = catalog.classify(path, parsed.created_at if parsed else None, size, in_storage=inside)
+    return _verdict_of(record, on_chunk)
 
 
-def _verdict_of(record: catalog.BackupRecord) -> Finding:
+def _verdict_of(record: catalog.BackupRecord, on_chunk: Callable[[int], None] | None = None) -> Finding:
     if record.status == catalog.GOOD and record.manifest is not None:
-        return _check_against(record.path, record.manifest)
+        return _check_against(record.path, record.manifest, on_chunk)
     if record.status == catalog.IN_PROGRESS:
         return _in_progress(record.path, record.job)
     if record.status == catalog.PARTIAL:
@@ -107,7 +111,7 @@ def _in_progress(path: Path, job: str) -> Finding:
     return Finding(path, IN_PROGRESS, f"being written by a running backup of job {job}")
 
 
-def _check_against(path: Path, manifest: Manifest) -> Finding:
+def _check_against(path: Path, manifest: Manifest, on_chunk: Callable[[int], None] | None = None) -> Finding:
     try:
         check = engine_class(manifest.engine).new_check(manifest.format, manifest.tool)
     except AgentError as error:
@@ -120,6 +124,8 @@ def _check_against(path: Path, manifest: Manifest) -> Finding:
             while chunk := reader.read(_READ_SIZE):
                 raw_bytes += len(chunk)
                 check.feed(chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
             while hashing.read(_READ_SIZE):
                 pass  # hash any trailing bytes the decompressor did not need
     except Exception as error:

@@ -34,7 +34,7 @@ ROWS = (
 SLOW = {"compression": "none", "max_write_rate": "4MiB/s", "impact": "fastest"}
 # `<operation> <database>: <size> of ~<size> (<n>%)...`: one frame of the progress line
 FRAME = re.compile(
-    r"(?P<operation>backup|restore|drill) (?P<database>\S+): (?P<done>[\d.]+ \w?i?B)"
+    r"(?P<operation>backup|restore|drill) (?P<database>\S+)(?: \((?P<step>\w+)\))?: (?P<done>[\d.]+ \w?i?B)"
     r"(?: of ~(?P<total>[\d.]+ \w?i?B) \((?P<percent>\d+)%\))?"
 )
 
@@ -144,7 +144,7 @@ def test_a_restore_and_a_drill_on_a_terminal_show_their_progress_against_the_man
         )
         assert code == 0, terminal
         shown = frames(terminal, "restore")
-        assert shown, f"no restore progress on the terminal: {terminal!r}"
+        assert {frame["step"] for frame in shown} == {"verifying", None}, f"both passes are shown: {terminal!r}"
         assert all(frame["database"] == pg_database and frame["total"] == expected for frame in shown)
         assert "\r\x1b[K" in terminal[terminal.rindex(shown[-1].group(0)) :]
         assert stdout.startswith("restored "), stdout
@@ -154,7 +154,8 @@ def test_a_restore_and_a_drill_on_a_terminal_show_their_progress_against_the_man
     code, terminal, stdout = on_a_terminal(backed_up, "drill", "--job", "main")
     assert code == 0, terminal + stdout
     shown = frames(terminal, "drill")
-    assert shown and all(frame["total"] == expected for frame in shown), terminal
+    assert {frame["step"] for frame in shown} == {"verifying", None}, terminal
+    assert all(frame["database"] == pg_database and frame["total"] == expected for frame in shown), terminal
     assert stdout.startswith("PASSED"), stdout
 
 

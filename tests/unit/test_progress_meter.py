@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from dataclasses import dataclass, field
 
+from agent.cli import _TerminalProgress
 from agent.progress import LogWatcher, Meter, Snapshot, clock_text, counted, describe
 
 MIB = 1 << 20
@@ -128,3 +131,26 @@ def test_counted_chunks_pass_through_unchanged_and_finish_the_meter_when_the_con
     assert meter.done_bytes == 2 and len(watcher.finished) == 1
     meter = Meter("drill", "shop", None, [], clock=clock)
     assert b"".join(counted([b"ab", b"cde"], meter)) == b"abcde" and meter.done_bytes == 5
+
+
+def test_the_re_verification_before_a_restore_is_a_step_of_the_restore() -> None:
+    snapshot = Snapshot("restore", "shop", 3 * MIB, 12 * MIB, 1.0, step="verifying")
+    assert describe(snapshot) == "restore shop (verifying): 3 MiB of ~12 MiB (25%), 3 MiB/s, 0:01 elapsed, ~0:03 left"
+    assert snapshot.log_fields()["step"] == "verifying"
+    assert "step" not in Snapshot("restore", "shop", 1, None, 1.0).log_fields()
+
+
+def test_the_terminal_line_is_cleared_before_a_log_line_and_at_the_end() -> None:
+    terminal = io.StringIO()
+    line = _TerminalProgress(terminal)
+    handler = logging.StreamHandler(terminal)
+    handler.addFilter(line)
+    logger = logging.Logger("progress-test")
+    logger.addHandler(handler)
+    line.update(Snapshot("backup", "bad\x1b[2Jname", MIB, None, 1.0))
+    logger.warning("a warning mid-dump")
+    line.finish(Snapshot("backup", "shop", MIB, None, 1.0, finished=True))
+    assert (
+        terminal.getvalue()
+        == "\rbackup bad\\x1b[2Jname: 1 MiB, 1 MiB/s, 0:01 elapsed\x1b[K\r\x1b[Ka warning mid-dump\n"
+    )
