@@ -29,6 +29,7 @@ from agent.engines.base import (
     StreamCheck,
 )
 from agent.errors import ConnectionFailed, DumpError, VerificationError
+from agent.scope import ResolvedScope, resolve
 
 if TYPE_CHECKING:
     from agent.config import ConfigTable
@@ -75,6 +76,7 @@ class SqliteFamily(EngineFamily):
     """A sqlite job reads database files directly: no server, so no connection keys."""
 
     connects = False
+    table_scope = True
     scratch_copy = True  # the consistent copy sits in the scratch folder, on the storage disk, while it streams
     # the file itself is dumped: its size is exact uncompressed
     first_dump_ratios = MappingProxyType(
@@ -193,8 +195,15 @@ class SqliteEngine(Engine):
                 tables = copy.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
                 ).fetchall()
+                scope = self.job.scope.for_database(source_path)
+                if not scope.is_everything:
+                    details.scope = resolve(scope, [str(row[0]) for row in tables])
+                    details.empty_tables = details.scope.schema_only
+                    details.warnings += details.scope.warnings(source_path)
+                    _apply_scope(copy, details.scope)
+                    tables = [(name,) for (name,) in tables if name not in details.scope.excluded]
                 for (table,) in tables:
-                    quoted = '"' + table.replace('"', '""') + '"'
+                    quoted = _quoted(table)
                     (count,) = copy.execute(f"SELECT count(*) FROM {quoted}").fetchone()  # noqa: S608 - quoted identifier
                     details.counts[table] = int(count)
                 copy.execute("PRAGMA journal_mode = DELETE")
@@ -205,3 +214,29 @@ class SqliteEngine(Engine):
         finally:
             source.close()
         return details
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _apply_scope(copy: sqlite3.Connection, resolved: ResolvedScope) -> None:
+    """Filter the private copy (never the source): drop excluded tables, empty schema-only ones with
+    their triggers set aside (a DELETE must not fire them into other tables), then VACUUM so no page
+    of the file still holds a left-out row."""
+    copy.isolation_level = None  # statements as written: VACUUM cannot run inside a transaction
+    copy.execute("PRAGMA foreign_keys = OFF")  # no cascade into tables in scope
+    copy.execute("BEGIN")
+    for table in resolved.excluded:
+        copy.execute(f"DROP TABLE {_quoted(table)}")
+    for table in resolved.schema_only:
+        triggers = copy.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
+        ).fetchall()
+        for name, _ in triggers:
+            copy.execute(f"DROP TRIGGER {_quoted(name)}")
+        copy.execute(f"DELETE FROM {_quoted(table)}")  # noqa: S608 - quoted identifier
+        for _, statement in triggers:
+            copy.execute(statement)
+    copy.execute("COMMIT")
+    copy.execute("VACUUM")
