@@ -99,11 +99,13 @@ class RetentionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotsConfig:
-    """Filesystem snapshot times; "before-snapshots" jobs finish `margin` before each."""
+    """Filesystem snapshot times; "before-snapshots" jobs finish `margin` before each; the platform
+    keeps each snapshot `keep` (the snapshot ledger, agent/snapshots.py)."""
 
     times: tuple[time, ...]
     timezone: str = "UTC"
     margin: timedelta = timedelta(minutes=30)
+    keep: timedelta = timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -797,12 +799,13 @@ class _ConfigReader:
         table = self.root.table("snapshots")
         if table is None:
             return None
-        table.reject_unknown(("times", "timezone", "margin"))
+        table.reject_unknown(("times", "timezone", "margin", "keep"))
         times = self.read_times(table)
         return SnapshotsConfig(
             times=times,
             timezone=self.timezone(table, "UTC"),
             margin=table.duration("margin", timedelta(minutes=30)),
+            keep=table.duration("keep", timedelta(days=14)),
         )
 
     def read_times(self, table: _Table) -> tuple[time, ...]:

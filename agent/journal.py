@@ -105,10 +105,16 @@ class JournalProblem:
 
 def read_entries(storage: Path) -> tuple[list[JournalEntry], list[JournalProblem]]:
     """All valid entries, and every line that is not one or where the chain is broken."""
+    numbered, problems = read_numbered_entries(storage)
+    return [entry for _number, entry in numbered], problems
+
+
+def read_numbered_entries(storage: Path) -> tuple[list[tuple[int, JournalEntry]], list[JournalProblem]]:
+    """`read_entries` with each entry's line number, so a reader can tell lines before a break from after."""
     path = journal_path(storage)
     if not path.exists():
         return [], []
-    entries: list[JournalEntry] = []
+    entries: list[tuple[int, JournalEntry]] = []
     problems: list[JournalProblem] = []
     expected = GENESIS
     with path.open("rb") as stream:
@@ -125,6 +131,6 @@ def read_entries(storage: Path) -> tuple[list[JournalEntry], list[JournalProblem
                 continue
             if entry.prev != expected:
                 problems.append(JournalProblem(number, "hash chain broken (an entry was edited or removed)"))
-            entries.append(entry)
+            entries.append((number, entry))
             expected = _line_hash(line)
     return entries, problems

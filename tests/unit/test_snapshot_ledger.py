@@ -1,0 +1,299 @@
+"""The snapshot ledger and the platform-sized retention (agent/snapshots.py), for any journal and clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import retention
+from agent.budget import Budget, DiskFigures
+from agent.config import RetentionPolicy
+from agent.naming import backup_filename
+from agent.snapshots import (
+    CREATED,
+    DELETED,
+    LedgerEvent,
+    Platform,
+    holdings_of,
+    kept_snapshots,
+    ledger,
+    lifetimes,
+    platform_copy_at,
+    platform_sized_policy,
+    restore_points,
+    safe_relative_path,
+    snapshot_instants,
+)
+
+EXAMPLES = settings(max_examples=150, deadline=None)
+FOUR_A_DAY = (time(0), time(6), time(12), time(18))
+PLATFORM = Platform(FOUR_A_DAY, "UTC", timedelta(days=14))
+BERLIN = Platform(FOUR_A_DAY, "Europe/Berlin", timedelta(days=14))
+NOW = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
+zones = st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
+times_of_day = st.lists(
+    st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45])), min_size=1, max_size=6, unique=True
+).map(lambda items: tuple(sorted(items)))
+platforms = st.builds(Platform, times_of_day, zones, st.integers(1, 21).map(lambda days: timedelta(days=days)))
+moments = st.integers(0, 60 * 24 * 3600).map(lambda seconds: datetime(2026, 10, 1, tzinfo=UTC) + timedelta(seconds=seconds))
+
+
+def _path(moment: datetime, job: str = "main", folder: str = "shop") -> str:
+    return f"{job}/{folder}/{backup_filename(job, folder, moment, 'dump.zst')}"
+
+
+def _events(created: datetime, deleted: datetime | None, path: str | None = None) -> list[LedgerEvent]:
+    path = path or _path(created - timedelta(minutes=2))
+    events = [LedgerEvent(CREATED, path, created, 1)]
+    if deleted is not None:
+        events.append(LedgerEvent(DELETED, path, deleted, 2))
+    return events
+
+
+# --------------------------------------------------------------------------------------------------
+# Which snapshots hold a file
+
+
+@EXAMPLES
+@given(platforms, moments, st.one_of(st.none(), st.integers(0, 30 * 24 * 3600)), moments)
+def test_a_file_is_held_by_exactly_the_kept_snapshots_between_its_publication_and_deletion(
+    platform: Platform, published: datetime, lived_seconds: int | None, now: datetime
+) -> None:
+    deleted = None if lived_seconds is None else published + timedelta(seconds=lived_seconds)
+    (entry,) = ledger(_events(published, deleted), platform, now)
+    end = min(now, deleted) if deleted is not None else now
+    expected = [
+        instant
+        for instant in snapshot_instants(platform, now - 2 * platform.keep, now)
+        if published + timedelta(seconds=1) <= instant <= end and now - platform.keep < instant
+    ]
+    assert [holding.snapshot for holding in entry.holdings] == expected
+    assert all(holding.until == holding.snapshot + platform.keep > now for holding in entry.holdings)
+
+
+@EXAMPLES
+@given(platforms, moments, st.floats(0.05, 0.95), st.floats(0.0, 1.0))
+def test_a_file_published_and_deleted_between_two_snapshots_is_held_by_none(
+    platform: Platform, around: datetime, start_share: float, end_share: float
+) -> None:
+    instants = snapshot_instants(platform, around - timedelta(days=2), around + timedelta(days=2))
+    earlier, later = next((a, b) for a, b in zip(instants, instants[1:], strict=False) if b > around)
+    gap = (later - earlier).total_seconds()
+    published = earlier + timedelta(seconds=gap * start_share)
+    deleted = published + timedelta(seconds=(later - published).total_seconds() * end_share * 0.99)
+    (entry,) = ledger(_events(published, deleted), platform, later + timedelta(hours=1))
+    assert entry.holdings == ()
+
+
+def test_a_snapshot_in_the_second_of_the_created_line_is_not_claimed_one_a_second_later_is() -> None:
+    snapshot = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+    now = snapshot + timedelta(days=1)
+    (same_second,) = ledger(_events(snapshot, None), PLATFORM, now)
+    (second_before,) = ledger(_events(snapshot - timedelta(seconds=1), None), PLATFORM, now)
+    assert snapshot not in [holding.snapshot for holding in same_second.holdings]
+    assert snapshot in [holding.snapshot for holding in second_before.holdings]
+
+
+def test_a_snapshot_at_the_second_of_the_deleted_line_still_holds_the_file() -> None:
+    snapshot = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+    (entry,) = ledger(_events(snapshot - timedelta(hours=5), snapshot), PLATFORM, snapshot + timedelta(hours=1))
+    assert entry.latest is not None and entry.latest.snapshot == snapshot
+    assert entry.latest.until == datetime(2026, 12, 15, 6, 0, tzinfo=UTC)
+
+
+def test_the_platform_drops_a_deleted_file_with_its_last_snapshot() -> None:
+    deleted = datetime(2026, 11, 20, 13, 0, tzinfo=UTC)
+    events = _events(datetime(2026, 11, 19, 23, 40, tzinfo=UTC), deleted)
+    (just_before,) = ledger(events, PLATFORM, datetime(2026, 12, 4, 11, 59, tzinfo=UTC))
+    (after,) = ledger(events, PLATFORM, datetime(2026, 12, 4, 12, 0, tzinfo=UTC))
+    assert [holding.snapshot.hour for holding in just_before.holdings] == [12]
+    assert after.holdings == ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshot times in local time
+
+
+def test_four_snapshots_a_day_kept_14_days_are_56_restore_points_in_any_zone() -> None:
+    for zone in ("UTC", "Europe/Berlin", "America/New_York"):
+        platform = replace(PLATFORM, timezone=zone)
+        for now in (NOW, datetime(2026, 3, 30, 12, tzinfo=UTC), datetime(2026, 11, 2, 12, tzinfo=UTC)):
+            assert len(kept_snapshots(platform, now)) == 56, (zone, now)
+
+
+def test_a_0230_snapshot_is_taken_at_the_jump_when_berlin_skips_0230_and_once_when_it_repeats() -> None:
+    platform = Platform((time(2, 30),), "Europe/Berlin", timedelta(days=14))
+    spring = snapshot_instants(platform, datetime(2026, 3, 28, tzinfo=UTC), datetime(2026, 3, 30, tzinfo=UTC))
+    autumn = snapshot_instants(platform, datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+    zone = ZoneInfo("Europe/Berlin")
+    assert [moment.astimezone(zone).strftime("%d %H:%M %Z") for moment in spring] == ["28 02:30 CET", "29 03:00 CEST"]
+    assert [moment.astimezone(zone).strftime("%d %H:%M %Z") for moment in autumn] == ["24 02:30 CEST", "25 02:30 CEST"]
+
+
+@EXAMPLES
+@given(platforms, moments, st.integers(1, 40))
+def test_snapshot_instants_ascend_without_repeats_and_read_as_configured_local_times(
+    platform: Platform, start: datetime, days: int
+) -> None:
+    instants = snapshot_instants(platform, start, start + timedelta(days=days))
+    assert instants == sorted(set(instants))
+    zone = ZoneInfo(platform.timezone)
+    local_days = {moment.astimezone(zone).date() for moment in instants}
+    assert len(instants) <= (len(local_days) + 1) * len(platform.times)
+    for moment in instants:
+        local = moment.astimezone(zone)
+        # a time inside a skipped hour is taken at the jump: the offset changed just before
+        jumped = (moment - timedelta(hours=1)).astimezone(zone).utcoffset() != local.utcoffset()
+        assert local.time() in platform.times or jumped
+
+
+# --------------------------------------------------------------------------------------------------
+# Untrusted journal lines
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/shadow",
+        "../main/shop/main.shop.20261201T000000Z.dump.zst",
+        "main/../shop/main.shop.20261201T000000Z.dump.zst",
+        "main/shop/../main.shop.20261201T000000Z.dump.zst",
+        "main/shop/notes.txt",
+        "other/shop/main.shop.20261201T000000Z.dump.zst",
+        "main//main.shop.20261201T000000Z.dump.zst",
+        "main/shop/sub/main.shop.20261201T000000Z.dump.zst",
+    ],
+)
+def test_a_journal_path_the_agent_never_writes_is_never_offered(path: str) -> None:
+    assert safe_relative_path(path) is None
+    assert ledger(_events(NOW - timedelta(days=2), None, path), PLATFORM, NOW) == []
+
+
+def test_a_deleted_line_without_created_publishes_nothing_and_a_second_created_is_ignored() -> None:
+    path = _path(NOW - timedelta(days=3))
+    published = NOW - timedelta(days=3)
+    events = [
+        LedgerEvent(DELETED, _path(NOW - timedelta(days=5)), NOW - timedelta(days=4), 1),
+        LedgerEvent(CREATED, path, published, 2),
+        LedgerEvent(CREATED, path, NOW - timedelta(days=1), 3),
+        LedgerEvent(DELETED, path, NOW - timedelta(days=2), 4, verified=False),
+    ]
+    (one,) = lifetimes(events)
+    assert one.published_at == published and one.deleted_at == NOW - timedelta(days=2)
+    assert not one.verified, "a lifetime is unverified when any of its lines is"
+
+
+def test_a_deletion_logged_before_its_creation_after_a_clock_jump_is_held_by_no_snapshot() -> None:
+    (entry,) = ledger(_events(NOW - timedelta(days=1), NOW - timedelta(days=3)), PLATFORM, NOW)
+    assert entry.holdings == ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Restore --at and restore points
+
+
+def test_the_platform_copy_for_a_time_is_the_newest_deleted_dump_at_or_before_it() -> None:
+    events: list[LedgerEvent] = []
+    for day in range(1, 6):
+        created = datetime(2026, 11, 25 + day, 23, 30, tzinfo=UTC)
+        events += _events(created + timedelta(minutes=2), created + timedelta(days=2, minutes=3), _path(created))
+    entries = ledger(events, PLATFORM, NOW)
+    found = platform_copy_at(entries, "main", "shop", datetime(2026, 11, 28, 12, tzinfo=UTC))
+    assert found is not None and found.lifetime.created_at == datetime(2026, 11, 27, 23, 30, tzinfo=UTC)
+    assert platform_copy_at(entries, "main", "shop", datetime(2026, 11, 20, tzinfo=UTC)) is None
+    assert platform_copy_at(entries, "main", "other", NOW) is None
+
+
+def test_each_restore_point_names_the_newest_dump_inside_the_snapshot() -> None:
+    events: list[LedgerEvent] = []
+    for hour in range(0, 21 * 24, 8):  # a dump every 8 hours, each kept 16 hours
+        created = datetime(2026, 11, 13, tzinfo=UTC) + timedelta(hours=hour, minutes=5)
+        events += _events(created + timedelta(minutes=1), created + timedelta(hours=16, minutes=2), _path(created))
+    points = restore_points(ledger(events, PLATFORM, NOW), PLATFORM, NOW, "main", "shop")
+    assert len(points) == 56
+    assert all(point.newest is not None for point in points)
+    for point in points:
+        assert point.newest is not None and point.age is not None
+        assert timedelta(0) < point.age <= timedelta(hours=8)
+        assert point.newest.created_at == max(
+            start
+            for start in (datetime(2026, 11, 13, tzinfo=UTC) + timedelta(hours=h, minutes=5) for h in range(0, 504, 8))
+            if start + timedelta(minutes=1, seconds=1) <= point.snapshot
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Retention sized to the platform
+
+
+def test_the_default_policy_on_the_designed_platform_drops_only_the_daily_rule() -> None:
+    sized = platform_sized_policy(RetentionPolicy(), PLATFORM, NOW)
+    assert sized == replace(RetentionPolicy(), keep_daily=0)
+
+
+def test_a_policy_of_dailies_only_becomes_keep_min_alone() -> None:
+    policy = RetentionPolicy(keep_daily=10, keep_weekly=None, keep_monthly=None, keep_min=2)
+    sized = platform_sized_policy(policy, PLATFORM, NOW)
+    assert sized.keep_daily == 0 and sized.keep_last == 1 and sized.keep_min == 2
+
+
+def test_rules_finer_than_the_snapshots_or_longer_than_their_retention_stay() -> None:
+    policy = RetentionPolicy(keep_hourly=24, keep_daily=14, keep_weekly=2, keep_monthly=None)
+    sized = platform_sized_policy(policy, PLATFORM, NOW)
+    assert (sized.keep_hourly, sized.keep_daily, sized.keep_weekly) == (24, 14, 2)
+    once_a_day = Platform((time(3),), "UTC", timedelta(days=14))
+    assert platform_sized_policy(RetentionPolicy(keep_daily=7), once_a_day, NOW).keep_daily == 0
+    twice_a_week = Platform((time(3),), "UTC", timedelta(days=3))
+    assert platform_sized_policy(RetentionPolicy(keep_daily=7), twice_a_week, NOW).keep_daily == 7
+
+
+def _simulate(policy: RetentionPolicy, every: timedelta, days: int) -> tuple[list[LedgerEvent], datetime, set[str]]:
+    """Dumps every `every`, retention applied after each, journaled as the agent does: (events, now, on disk)."""
+    start = datetime(2026, 10, 1, 0, 7, tzinfo=UTC)
+    on_disk: dict[str, retention.Backup] = {}
+    events: list[LedgerEvent] = []
+    moment = start
+    while moment < start + timedelta(days=days):
+        path = _path(moment)
+        published = moment + timedelta(minutes=3)
+        events.append(LedgerEvent(CREATED, path, published, len(events) + 1))
+        on_disk[path] = retention.Backup(path, moment, 1, True)
+        series = retention.Series("main/shop", tuple(on_disk.values()), policy)
+        plan = retention.plan([series], DiskFigures(1, 1, 0), Budget(0, None), now=published)
+        for decision in plan.deletions:
+            del on_disk[decision.backup.key]
+            events.append(LedgerEvent(DELETED, decision.backup.key, published, len(events) + 1))
+        moment += every
+    return events, moment, set(on_disk)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([timedelta(hours=h) for h in (1, 3, 6, 8, 24)]),
+    st.builds(
+        RetentionPolicy,
+        keep_daily=st.integers(1, 13),
+        keep_weekly=st.one_of(st.none(), st.integers(1, 6)),
+        keep_monthly=st.none(),
+        keep_min=st.integers(1, 3),
+    ),
+)
+def test_the_platform_sized_policy_leaves_a_restore_point_in_every_day_the_dropped_rule_covered(
+    every: timedelta, policy: RetentionPolicy
+) -> None:
+    sized = platform_sized_policy(policy, PLATFORM, NOW)
+    events, now, on_disk = _simulate(sized, every, days=30)
+    entries = ledger(events, PLATFORM, now)
+    restorable = {entry.lifetime.created_at for entry in entries if entry.holdings or entry.lifetime.path in on_disk}
+    newest_day = (now - every).date()
+    for back in range(policy.keep_daily or 0):
+        day = newest_day - timedelta(days=back)
+        assert any(moment.date() == day for moment in restorable), f"no restore point left for {day}"
+    assert len(on_disk) <= max(
+        sized.keep_min, len(_simulate(policy, every, days=30)[2])
+    ), "the sized policy keeps no more than the policy it replaces"
