@@ -215,6 +215,8 @@ def command_list(args: argparse.Namespace) -> int:
     config = _load(args, runs_programs=False)
     if args.job is not None:
         _job_names(config, args.job)
+    if args.deleted:
+        return _list_deleted(config, args)
     records = catalog.scan(config.storage.path, args.job)
     rows: list[dict[str, Any]] = [
         {
@@ -249,6 +251,31 @@ def command_list(args: argparse.Namespace) -> int:
 
 def _iso_or_none(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="seconds") if moment is not None else None
+
+
+def _list_deleted(config: Any, args: argparse.Namespace) -> int:
+    """`list --deleted`: dumps deleted locally that a platform snapshot still holds (the snapshot ledger)."""
+    from agent import ledger
+    from agent.naming import decode_name
+    from agent.units import format_size, format_time
+
+    loaded = ledger.load(config)
+    if loaded is None:
+        raise UsageError("list --deleted needs [snapshots] times in the config: the platform's snapshot times")
+    rows = ledger.deleted_rows(loaded, args.job)
+    warning = ledger.break_text(loaded)
+    if warning:
+        _say(f"warning: {warning}", error=True)
+    if args.json:
+        _say_json(rows, ensure_ascii=False)
+        return EXIT_OK
+    for row in rows:
+        database = decode_name(row["folder"]) or row["folder"]
+        size = format_size(row["stored_bytes"]) if row["stored_bytes"] is not None else "?"
+        _say(f"{'deleted':10} {format_time(row['created_at'])} {size:>10}  {row['job']}: {database}  {row['text']}")
+    if not rows:
+        _say("no deleted dump is held by a platform snapshot")
+    return EXIT_OK
 
 
 def command_verify(args: argparse.Namespace) -> int:
@@ -516,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("list", help="list the backups on disk")
     listing.add_argument("--job")
     listing.add_argument("--json", action="store_true", help="JSON on stdout")
+    listing.add_argument(
+        "--deleted", action="store_true", help="dumps deleted locally that a platform snapshot still holds"
+    )
     listing.set_defaults(handler=command_list)
 
     verify = verbs.add_parser("verify", help="re-hash and check backups (all, or the given files)")

@@ -56,6 +56,7 @@ def diagnose(config_path: Path, *, connect: bool = True) -> Diagnosis:
     findings += check_log(config)
     findings += check_planted_paths(config)
     findings += check_time_zones(config)
+    findings += check_platform(config)
     for job in config.jobs.values():
         findings += check_job(config, job, connect=connect)
     return Diagnosis(findings, True)
@@ -300,6 +301,23 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
         findings.append(Finding(False, topic, f"privileges: {error}"))
     except Exception as error:  # a driver's own error type is a finding too, never a doctor crash
         findings.append(Finding(False, topic, f"privileges: could not be checked: {_first_line(str(error))}"))
+    return findings
+
+
+def check_platform(config: Config) -> list[Finding]:
+    """With `[snapshots]`: the platform's restore points and the local retention they make unnecessary."""
+    from agent import ledger
+
+    loaded = ledger.load(config)
+    if loaded is None:
+        return []
+    findings = [
+        Finding(True, "platform", line.removeprefix("platform: "))
+        for line in ledger.sizing_lines(ledger.sizing(config, loaded))
+    ]
+    warning = ledger.break_text(loaded)
+    if warning:
+        findings.append(Finding(False, "platform", f"{warning}; run `backup-agent verify`"))
     return findings
 
 

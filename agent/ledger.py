@@ -10,7 +10,7 @@ break named, because an edited journal can invent or hide files and only the pla
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from agent.budget import Budget, DiskFigures, measure, resolve_budget
 from agent.config import Config, RetentionPolicy, SnapshotsConfig
 from agent.journal import Event
 from agent.snapshots import FileHoldings, Platform
-from agent.units import format_duration, format_size
+from agent.units import format_duration, format_size, format_time
 
 _LEDGER_EVENTS = {Event.CREATED: snapshots.CREATED, Event.DELETED: snapshots.DELETED}
 
@@ -55,13 +55,15 @@ def load(config: Config, now: datetime | None = None) -> Ledger | None:
     storage = config.storage.path
     numbered, problems = journal.read_numbered_entries(storage)
     first_break = min((problem.line_number for problem in problems), default=None)
+    # a chain broken at line N means line N-1 was edited (or lines removed before N): trust neither
+    unverified_from = first_break - 1 if first_break is not None else None
     events: list[snapshots.LedgerEvent] = []
     for number, entry in numbered:
         kind = _LEDGER_EVENTS.get(entry.event)
         at = _instant(entry.at)
         if kind is None or at is None or entry.path is None:
             continue
-        verified = first_break is None or number < first_break
+        verified = unverified_from is None or number < unverified_from
         events.append(snapshots.LedgerEvent(kind, entry.path, at, number, verified, entry.sha256, entry.bytes))
     platform = platform_of(config.snapshots)
     return Ledger(storage, platform, now, snapshots.ledger(events, platform, now), first_break)
@@ -84,7 +86,8 @@ def break_text(ledger: Ledger) -> str | None:
         return None
     return (
         f"the journal's hash chain breaks at line {ledger.first_break} "
-        f"({journal.journal_path(ledger.storage)}): what it says from there on is unverified"
+        f"({journal.journal_path(ledger.storage)}): what it says from line {max(1, ledger.first_break - 1)} "
+        "on is unverified"
     )
 
 
@@ -134,13 +137,13 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="seconds") if moment is not None else None
 
 
-def platform_copy_message(ledger: Ledger, job: str, folder: str, label: str, at: datetime) -> str | None:
+def platform_copy_message(ledger: Ledger, job: str, folders: Collection[str], label: str, at: datetime) -> str | None:
     """What `restore --at` says when no local backup is old enough but a snapshot holds one."""
-    found = snapshots.platform_copy_at(ledger.files, job, folder, at)
+    found = snapshots.platform_copy_at(ledger.files, job, folders, at)
     if found is None:
         return None
     return (
-        f"no local backup of {label!r} in job {job!r} at or before {at.isoformat()}; the platform still has "
+        f"no local backup of {label!r} in job {job!r} at or before {format_time(at)}; the platform still has "
         f"the one of {local_text(found.lifetime.created_at, ledger.zone)}: {held_sentence(ledger, found)}"
     )
 
@@ -238,8 +241,8 @@ def _policy_dict(policy: RetentionPolicy) -> dict[str, Any]:
 
 
 def _age(seconds: float | None) -> str:
-    """A whole-minute age, "6h30m"."""
-    return "?" if seconds is None else format_duration(timedelta(minutes=int(seconds) // 60))
+    """An age to the nearest minute, "6h30m"."""
+    return "?" if seconds is None else format_duration(timedelta(minutes=round(seconds / 60)))
 
 
 def _keep_text(seconds: float) -> str:
@@ -277,12 +280,17 @@ def _retention_line(job: dict[str, Any], budget_bytes: int) -> str:
     if not job["changes"]:
         return f"platform: {job['job']}: local retention is already as small as the same protection allows"
     changed = ", ".join(f"{key} = {value}" for key, value in job["changes"].items())
-    share = f", {100 * job['freed_bytes'] / budget_bytes:.1f}% of the budget" if budget_bytes > 0 else ""
+    share = f", {_share(job['freed_bytes'], budget_bytes)} of the budget" if budget_bytes > 0 else ""
     return (
         f"platform: {job['job']}: the same protection with {changed} in [retention] "
         f"(the platform's snapshots hold those dumps): frees {format_size(job['freed_bytes'])} now "
         f"({job['freed_files']} of {job['kept_files']} files kept{share})"
     )
+
+
+def _share(part: int, whole: int) -> str:
+    percent = 100 * part / whole
+    return f"{percent:.1f}%" if percent >= 0.1 or part == 0 else "under 0.1%"
 
 
 def status_lines(ledger: Ledger, job: str, folder: str, shown: int = 3) -> list[str]:

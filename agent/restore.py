@@ -7,6 +7,7 @@ exactly what it would do. `--to-file` writes the plain decompressed dump for man
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
 from agent.errors import AgentError, UsageError
 from agent.log import get_logger
 from agent.manifest import Manifest
+from agent.naming import encode_name
 from agent.process import StreamLimits
 from agent.progress import LogWatcher, Meter, Watcher, counted
 from agent.storage import StorageLayout
@@ -36,6 +38,10 @@ VERIFYING = "verifying"  # the progress step of the re-verification before a res
 
 class RestoreError(AgentError):
     """The restore was refused or failed; nothing was changed unless the message says so."""
+
+
+class HeldByPlatform(RestoreError):  # noqa: N818 - names what the user learns, like LockedError
+    """No local backup is old enough, but a platform snapshot holds one: the message names it (exit 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,8 @@ def choose_backup(
             and (at is None or record.created_at <= at)
         ]
     if not records:
+        if at is not None and kind == "database" and label is None:
+            _raise_if_held_by_platform(config, job, database, at)
         when = f" at or before {format_time(at)}" if at else ""
         labelled = f" labelled {label!r}" if label is not None else ""
         what = database if kind == "database" else kind
@@ -100,6 +108,22 @@ def tables_left_out(manifest: Manifest, tables: tuple[str, ...]) -> list[str]:
     kept_short = {name.rsplit(".", 1)[-1] for name in kept}
     excluded = set(manifest.scope.excluded) | {name.rsplit(".", 1)[-1] for name in manifest.scope.excluded}
     return [table for table in tables if table in excluded and table not in kept and table not in kept_short]
+
+
+def _raise_if_held_by_platform(config: Config, job: str, database: str, at: datetime) -> None:
+    """With `[snapshots]`, a dump deleted locally may still be in a snapshot: name it and the path to ask for."""
+    from agent import ledger
+
+    loaded = ledger.load(config)
+    if loaded is None:
+        return
+    folders = {encode_name(database)}
+    if database.startswith("/"):  # a SQLite file: its folder is the file's name
+        folders.add(encode_name(posixpath.basename(database)))
+    message = ledger.platform_copy_message(loaded, job, folders, database, at)
+    if message is not None:
+        warning = ledger.break_text(loaded)
+        raise HeldByPlatform(message + (f" ({warning})" if warning else ""))
 
 
 def decompressed_chunks(path: Path, method: str) -> Iterator[bytes]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -205,12 +205,14 @@ def deleted_but_held(entries: Iterable[FileHoldings]) -> list[FileHoldings]:
     )
 
 
-def platform_copy_at(entries: Iterable[FileHoldings], job: str, folder: str, at: datetime) -> FileHoldings | None:
+def platform_copy_at(
+    entries: Iterable[FileHoldings], job: str, folders: Collection[str], at: datetime
+) -> FileHoldings | None:
     """The newest dump of a series created at or before `at` that is deleted locally and held by a snapshot."""
     candidates = [
         entry
         for entry in deleted_but_held(entries)
-        if entry.lifetime.job == job and entry.lifetime.folder == folder and entry.lifetime.created_at <= at
+        if entry.lifetime.job == job and entry.lifetime.folder in folders and entry.lifetime.created_at <= at
     ]
     return max(candidates, key=lambda entry: (entry.lifetime.created_at, entry.lifetime.path), default=None)
 

@@ -208,7 +208,31 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
         "running": runs_in_progress(storage, now),
         "storage": storage_figures,
         "jobs": jobs,
+        "platform": platform_status(config, now),
         "problems": problems,
+    }
+
+
+def platform_status(config: Config, now: datetime) -> dict[str, Any] | None:
+    """With `[snapshots]`: the snapshot ledger's view (agent/ledger.py): restore points, sizing, deleted dumps held."""
+    from agent import ledger
+
+    loaded = ledger.load(config, now)
+    if loaded is None:
+        return None
+    sized = ledger.sizing(config, loaded)
+    held: dict[str, list[str]] = {}
+    for job in sized["jobs"]:
+        for folder in job["series"]:
+            lines = ledger.status_lines(loaded, job["job"], folder)
+            if lines:
+                held[f"{job['job']}/{folder}"] = lines
+    return {
+        **sized,
+        "lines": ledger.sizing_lines(sized),
+        "deleted_held": ledger.deleted_rows(loaded),
+        "deleted_held_lines": held,
+        "warning": ledger.break_text(loaded),
     }
 
 
@@ -552,9 +576,21 @@ def render_text(status: dict[str, Any]) -> list[str]:
         for running in job["in_progress"]:
             label = _label(running)
             lines.append(f"  DUMPING  {label}: {format_size(running['bytes'])} written so far {running['path']}")
+    lines.extend(_platform_lines(status.get("platform")))
     verdict = "OK" if status["ok"] else "CRITICAL"
     lines.append(f"STATUS {verdict} - {len(status['problems'])} problem(s)")
     lines.extend(f"  {problem}" for problem in status["problems"])
+    return lines
+
+
+def _platform_lines(platform: dict[str, Any] | None) -> list[str]:
+    if platform is None:
+        return []
+    lines = list(platform["lines"])
+    for series, held in platform["deleted_held_lines"].items():
+        lines.extend(f"  {series}: {line}" for line in held)
+    if platform["warning"]:
+        lines.append(f"platform: warning: {platform['warning']}")
     return lines
 
 

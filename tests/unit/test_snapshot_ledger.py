@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -19,7 +20,6 @@ from agent.snapshots import (
     DELETED,
     LedgerEvent,
     Platform,
-    holdings_of,
     kept_snapshots,
     ledger,
     lifetimes,
@@ -40,7 +40,9 @@ times_of_day = st.lists(
     st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45])), min_size=1, max_size=6, unique=True
 ).map(lambda items: tuple(sorted(items)))
 platforms = st.builds(Platform, times_of_day, zones, st.integers(1, 21).map(lambda days: timedelta(days=days)))
-moments = st.integers(0, 60 * 24 * 3600).map(lambda seconds: datetime(2026, 10, 1, tzinfo=UTC) + timedelta(seconds=seconds))
+moments = st.integers(0, 60 * 24 * 3600).map(
+    lambda seconds: datetime(2026, 10, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+)
 
 
 def _path(moment: datetime, job: str = "main", folder: str = "shop") -> str:
@@ -82,7 +84,7 @@ def test_a_file_published_and_deleted_between_two_snapshots_is_held_by_none(
     platform: Platform, around: datetime, start_share: float, end_share: float
 ) -> None:
     instants = snapshot_instants(platform, around - timedelta(days=2), around + timedelta(days=2))
-    earlier, later = next((a, b) for a, b in zip(instants, instants[1:], strict=False) if b > around)
+    earlier, later = next((a, b) for a, b in itertools.pairwise(instants) if b > around)
     gap = (later - earlier).total_seconds()
     published = earlier + timedelta(seconds=gap * start_share)
     deleted = published + timedelta(seconds=(later - published).total_seconds() * end_share * 0.99)
@@ -203,10 +205,10 @@ def test_the_platform_copy_for_a_time_is_the_newest_deleted_dump_at_or_before_it
         created = datetime(2026, 11, 25 + day, 23, 30, tzinfo=UTC)
         events += _events(created + timedelta(minutes=2), created + timedelta(days=2, minutes=3), _path(created))
     entries = ledger(events, PLATFORM, NOW)
-    found = platform_copy_at(entries, "main", "shop", datetime(2026, 11, 28, 12, tzinfo=UTC))
+    found = platform_copy_at(entries, "main", {"shop"}, datetime(2026, 11, 28, 12, tzinfo=UTC))
     assert found is not None and found.lifetime.created_at == datetime(2026, 11, 27, 23, 30, tzinfo=UTC)
-    assert platform_copy_at(entries, "main", "shop", datetime(2026, 11, 20, tzinfo=UTC)) is None
-    assert platform_copy_at(entries, "main", "other", NOW) is None
+    assert platform_copy_at(entries, "main", {"shop"}, datetime(2026, 11, 20, tzinfo=UTC)) is None
+    assert platform_copy_at(entries, "main", {"other"}, NOW) is None
 
 
 def test_each_restore_point_names_the_newest_dump_inside_the_snapshot() -> None:
@@ -294,6 +296,6 @@ def test_the_platform_sized_policy_leaves_a_restore_point_in_every_day_the_dropp
     for back in range(policy.keep_daily or 0):
         day = newest_day - timedelta(days=back)
         assert any(moment.date() == day for moment in restorable), f"no restore point left for {day}"
-    assert len(on_disk) <= max(
-        sized.keep_min, len(_simulate(policy, every, days=30)[2])
-    ), "the sized policy keeps no more than the policy it replaces"
+    assert len(on_disk) <= max(sized.keep_min, len(_simulate(policy, every, days=30)[2])), (
+        "the sized policy keeps no more than the policy it replaces"
+    )
