@@ -344,7 +344,8 @@ def command_doctor(args: argparse.Namespace) -> int:
     log.configure(level="error", console=True)
     diagnosis = diagnose(config_path_from(args.config))
     for finding in diagnosis.findings:
-        _say(f"{'ok' if finding.ok else 'PROBLEM':8} {finding.topic}: {finding.message}")
+        label = "PROBLEM" if not finding.ok else "WARNING" if finding.warning else "ok"
+        _say(f"{label:8} {finding.topic}: {finding.message}")
     problems = sum(1 for finding in diagnosis.findings if not finding.ok)
     _say(f"DOCTOR {'OK' if diagnosis.ok else 'CRITICAL'} - {len(diagnosis.findings)} check(s), {problems} problem(s)")
     if not diagnosis.config_valid:

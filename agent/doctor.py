@@ -32,6 +32,7 @@ class Finding:
     ok: bool
     topic: str  # config, storage, log, timezone, jobs.NAME
     message: str
+    warning: bool = False  # ok, but worth changing; not a problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +295,7 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
             Finding(True, topic, f"{_first_line(info.tool_version)} for {info.server_version} at {info.server}")
         )
     try:
-        findings += [Finding(item.ok, topic, item.message) for item in engine.check_privileges()]
+        findings += [Finding(item.ok, topic, item.message, item.warning) for item in engine.check_privileges()]
     except ConnectionFailed as error:
         findings.append(Finding(False, topic, f"server: {error}; check host, port, user and password"))
     except AgentError as error:

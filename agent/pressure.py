@@ -7,7 +7,9 @@ been running, raising that share while CPU or I/O pressure is high and lowering 
 low; the share never passes `max_share`, so a paced dump takes at most 1 / (1 - max_share) of
 its unpaced time (2x at 0.5). The pressure is the cgroup's own (cgroup v2 `cpu.pressure`: the
 container, not its neighbours), else the whole machine's (/proc/pressure); without PSI the share
-stays at `min_share`.
+stays at `min_share`. While the database itself is over its busy threshold (agent/busy.py) the
+share rises too, up to `busy_max_share`: the application's queries need the server more than the
+dump does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from agent.busy import BusyReading, Episode, next_episode
 from agent.limits import cgroup_directories, parse_mountinfo, parse_proc_cgroup
 
 
@@ -27,6 +31,7 @@ class PacingSettings:
     step: float = 0.10  # change of the pause share per interval
     min_share: float = 0.0
     max_share: float = 0.5
+    busy_max_share: float = 0.75  # while the database is busy: a paced dump takes at most 4x its time
     interval: float = 0.5  # seconds between pressure readings
     longest_pause: float = 1.0  # seconds; the stall watchdog and shutdown stay responsive
 
@@ -42,8 +47,11 @@ def parse_stall_total(text: str) -> int | None:
     return None
 
 
-def next_share(share: float, pressure: float | None, settings: PacingSettings) -> float:
-    """The pause share for the next interval, from the stall share of the last one."""
+def next_share(share: float, pressure: float | None, settings: PacingSettings, *, busy: bool = False) -> float:
+    """The pause share for the next interval, from the stall share of the last one and whether
+    the database is over its busy threshold (which raises it, pressure or not)."""
+    if busy:
+        return min(settings.busy_max_share, max(settings.min_share, share + settings.step))
     if pressure is None:
         return settings.min_share
     if pressure > settings.high:
@@ -108,8 +116,16 @@ def pressure_files(proc: Path = Path("/proc")) -> list[Path]:
     return [proc / "pressure" / "cpu", proc / "pressure" / "io"]
 
 
+class BusySource(Protocol):
+    def latest(self) -> BusyReading | None: ...
+
+
 class Pacer:
-    """Called after each chunk of a dump; returns how long to pause before reading the next."""
+    """Called after each chunk of a dump; returns how long to pause before reading the next.
+
+    `busy` (a running `agent.busy.BusySampler`) adds the database's own load; `on_busy` is called
+    once when an episode of it starts, from the reading thread, to log it.
+    """
 
     def __init__(
         self,
@@ -125,6 +141,11 @@ class Pacer:
         self.paused_seconds = 0.0
         self.highest_share = self.share
         self.pressures: list[float] = []
+        self.busy: BusySource | None = None
+        self.on_busy: Callable[[BusyReading], None] | None = None
+        self.busy_paused_seconds = 0.0
+        self.busy_episodes = 0
+        self._episode = Episode()
         self.restart()
 
     def restart(self) -> None:
@@ -141,12 +162,24 @@ class Pacer:
             pressure = self.gauge.sample()
             if pressure is not None:
                 self.pressures.append(pressure)
-            self.share = next_share(self.share, pressure, self.settings)
+            self.share = next_share(self.share, pressure, self.settings, busy=self._database_busy(now))
             self.highest_share = max(self.highest_share, self.share)
         seconds = min(self.settings.longest_pause, pause_for(self.share, now - self._active_since))
         self._active_since = now + seconds
         self.paused_seconds += seconds
+        if self._episode.active:
+            self.busy_paused_seconds += seconds
         return seconds
+
+    def _database_busy(self, now: float) -> bool:
+        reading = self.busy.latest() if self.busy is not None else None
+        over = reading is not None and reading.over
+        self._episode, started = next_episode(self._episode, over, now)
+        if started and reading is not None:
+            self.busy_episodes += 1
+            if self.on_busy is not None:
+                self.on_busy(reading)
+        return over
 
 
 def new_pacer(settings: PacingSettings = PacingSettings()) -> Pacer:

@@ -11,7 +11,7 @@ import errno
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from structlog.stdlib import BoundLogger
 from agent import __version__, engines, journal
 from agent.activity import PROGRESS_EVERY_SECONDS, ProgressRecorder
 from agent.budget import InsufficientSpaceError
+from agent.busy import BusyReading, BusySampler
 from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings, worker_threads
 from agent.config import Config, JobConfig
@@ -107,12 +108,39 @@ def _abandon(check: StreamCheck | None, writer: DumpWriter | None) -> None:
         writer.abort()
 
 
-def _pacing_fields(pacer: Pacer | None, paused_before: float) -> dict[str, float]:
-    """How long the gentle impact paused this dump because the machine was busy (agent/pressure.py)."""
+def _pacing_fields(pacer: Pacer | None, paused_before: float, busy_before: float) -> dict[str, float]:
+    """How long the gentle impact paused this dump because the machine (agent/pressure.py) or the
+    database (agent/busy.py) was busy."""
     if pacer is None or pacer.paused_seconds <= paused_before:
         return {}
     paused = round(pacer.paused_seconds - paused_before, 2)
-    return {"paced_seconds": paused, "paced_share": round(pacer.highest_share, 2)}
+    fields = {"paced_seconds": paused, "paced_share": round(pacer.highest_share, 2)}
+    if pacer.busy_paused_seconds > busy_before:
+        fields["paced_database_busy_seconds"] = round(pacer.busy_paused_seconds - busy_before, 2)
+    return fields
+
+
+@contextlib.contextmanager
+def busy_pacing(engine: Engine, pacer: Pacer | None, log: BoundLogger) -> Iterator[None]:
+    """While the run dumps, a gentle pacer also follows the database's own load (agent/busy.py)."""
+    if pacer is None:
+        yield
+        return
+    try:
+        probe = engine.busy_probe()
+    except Exception as error:  # no sampler is no reason to fail a backup: pressure pacing remains
+        log.warning("backup.busy_unavailable", error=str(error))
+        probe = None
+    if probe is None:
+        yield
+        return
+    sampler = BusySampler(probe, log).start()
+    pacer.busy = sampler
+    try:
+        yield
+    finally:
+        pacer.busy = None
+        sampler.close()
 
 
 def sweep_partials(layout: StorageLayout, job: str, run_id: str) -> list[Path]:
@@ -223,6 +251,11 @@ class JobRun:
             outcome.status, outcome.reason, outcome.message = Status.FAILED, _reason_for(error), str(error)
             self.log.error("backup.failed", reason=outcome.reason, error=str(error))
             return
+        with engine.around_dumps(), busy_pacing(engine, self.limits.pacer, self.log):
+            self._dump_targets(engine, info, targets, outcome)
+        self._apply_retention(outcome)
+
+    def _dump_targets(self, engine: Engine, info: ServerInfo, targets: list[DumpTarget], outcome: RunOutcome) -> None:
         for target in targets:
             if self.limits.should_stop():  # a planned stop: what is left is interrupted, not failed
                 outcome.targets.append(
@@ -236,7 +269,6 @@ class JobRun:
                 )
                 continue
             outcome.targets.append(self.dump_target(engine, info, target))
-        self._apply_retention(outcome)
 
     def dump_target(self, engine: Engine, info: ServerInfo, target: DumpTarget) -> TargetOutcome:
         folder = folder_for(target, self.job.engine)
@@ -267,7 +299,7 @@ class JobRun:
         started_at = datetime.now(UTC)
         started = time.monotonic()
         log.info("backup.started")
-        paused_before = self.limits.pacer.paused_seconds if self.limits.pacer is not None else 0.0
+        paused_before, busy_before = self._pacing_start(log)
         extension = target.extension + compression.extension
 
         def name_for(sequence: int) -> str:
@@ -363,7 +395,7 @@ class JobRun:
             stored_bytes=published.stored_bytes,
             sha256=published.sha256,
             duration=manifest.duration_seconds,
-            **_pacing_fields(self.limits.pacer, paused_before),
+            **_pacing_fields(self.limits.pacer, paused_before, busy_before),
         )
         return TargetOutcome(
             target.database, TargetKind(target.kind), Status.OK, path=published.path, manifest=manifest
@@ -378,6 +410,24 @@ class JobRun:
         if self.progress is not None:
             watchers.append(self.progress)
         return Meter("backup", database, space.expected_raw_bytes, watchers, clock=time.monotonic)
+
+    def _pacing_start(self, log: BoundLogger) -> tuple[float, float]:
+        """The pacer's totals before this dump; its busy episodes are logged with this dump's fields."""
+        pacer = self.limits.pacer
+        if pacer is None:
+            return 0.0, 0.0
+
+        def log_busy(reading: BusyReading) -> None:
+            log.info(
+                "backup.paced",
+                reason="database_busy",
+                signal=reading.signal,
+                busy=reading.value,
+                threshold=reading.threshold,
+            )
+
+        pacer.on_busy = log_busy
+        return pacer.paused_seconds, pacer.busy_paused_seconds
 
     def _journal_created(self, published: PublishedFile, log: BoundLogger) -> None:
         """The journal's `created` line; the backup is whole without it (its manifest says so),

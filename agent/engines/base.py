@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 from abc import ABC, abstractmethod
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_chec
 from urllib.parse import urlsplit
 
 from agent import trust
+from agent.busy import BusyProbe
 from agent.errors import ConnectionFailed, DumpError, UntrustedServer, UsageError
 from agent.process import StreamLimits
 from agent.scope import ResolvedScope, resolve
@@ -60,6 +62,7 @@ class PrivilegeFinding:
 
     ok: bool
     message: str
+    warning: bool = False  # ok, but worth changing (a server setting that costs the application)
 
 
 def refused_password_argument(argument: str, *, short_option: bool = False) -> str | None:
@@ -315,6 +318,16 @@ class Engine(ABC):
     def scope_matches(pattern: str, name: str) -> bool:
         """Whether a scope pattern names a table (engines with qualified names override it)."""
         return fnmatch.fnmatchcase(name, pattern)
+
+    # --- around a run's dumps ----------------------------------------------------------------
+    def busy_probe(self) -> BusyProbe | None:
+        """A count of the application's work on the server, on a connection of its own, for pacing a
+        gentle dump (agent/busy.py); None when the engine cannot tell or its threshold is 0."""
+        return None
+
+    def around_dumps(self) -> contextlib.AbstractContextManager[None]:
+        """What the engine does before the run's first dump and after its last (MySQL: the buffer pool)."""
+        return contextlib.nullcontext()
 
     # --- restore and drills: engines that can restore override these -------------------------
     def database_state(self, database: str) -> str:

@@ -39,6 +39,7 @@ from agent.engines.base import (
 )
 from agent.engines.mongo.archive import ArchiveCheck, ArchiveParser
 from agent.engines.mongo.builtin_dump import BuiltinDump
+from agent.engines.mongo.busy import QueuedOperations
 from agent.engines.mongo.options import BUILTIN, MongoOptions
 from agent.engines.mongo.server import (
     CLEANUP_SECONDS,
@@ -223,6 +224,10 @@ class MongoEngine(Engine):
         return found
 
     # --- the engine interface --------------------------------------------------------------------
+    def busy_probe(self) -> QueuedOperations | None:
+        threshold = self.options.busy_threshold
+        return QueuedOperations(self.client(), threshold) if threshold > 0 else None
+
     def probe(self) -> ServerInfo:
         tool = self.resolve_tool()
         with self.connected() as client:

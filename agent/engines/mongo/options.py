@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from agent.engines.base import EngineOptions
+from agent.engines.mongo.busy import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from agent.config import ConfigTable
@@ -31,6 +32,7 @@ class MongoOptions(EngineOptions):
     tls: bool = False
     point_in_time: bool = False  # a whole-server job on a replica set: one archive with --oplog
     include_system: bool = False  # admin and config too
+    busy_threshold: int = DEFAULT_THRESHOLD  # operations queued for a lock above which a gentle dump slows; 0: off
 
     def uri_options(self) -> dict[str, str]:
         """The URI's query options, names lower-cased (MongoDB treats them case-insensitively)."""
@@ -64,6 +66,7 @@ def read_options(table: ConfigTable) -> MongoOptions:
         tls=table.flag("tls", False),
         point_in_time=table.flag("point_in_time", False),
         include_system=table.flag("include_system", False),
+        busy_threshold=table.integer("busy_threshold", DEFAULT_THRESHOLD, minimum=0),
     )
     if options.clear_text_auth and not options.verifies_server:
         table.add(

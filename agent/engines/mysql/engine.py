@@ -45,8 +45,16 @@ from agent.engines.base import (
     TrailerCheck,
     options_of,
 )
-from agent.engines.mysql import auth
-from agent.engines.mysql.grants import DUMP_PRIVILEGES, granted_roles, missing_privileges, parse_grants, privilege_gaps
+from agent.engines.mysql import auth, buffer_pool
+from agent.engines.mysql.busy import RunningThreads
+from agent.engines.mysql.grants import (
+    DUMP_PRIVILEGES,
+    Grant,
+    granted_roles,
+    missing_privileges,
+    parse_grants,
+    privilege_gaps,
+)
 from agent.engines.mysql.option_file import option_file
 from agent.engines.mysql.options import MysqlOptions
 from agent.engines.mysql.row_count import SqlDumpCheck
@@ -549,13 +557,48 @@ class MysqlEngine(Engine):
                 )
         return warnings
 
+    # --- around the dumps -------------------------------------------------------------------
+    def busy_probe(self) -> RunningThreads | None:
+        threshold = self.options.busy_threshold
+        return RunningThreads(self.connect(), threshold) if threshold > 0 else None
+
+    def around_dumps(self) -> contextlib.AbstractContextManager[None]:
+        """With protect_buffer_pool, the buffer pool's page list is saved before and reloaded after."""
+        if not self.options.protect_buffer_pool:
+            return contextlib.nullcontext()
+        _tool, _tool_version, server = self._ensure_probed()
+        return buffer_pool.protected(self.connect, get_logger(job=self.job.name), server.vendor)
+
     # --- doctor ---------------------------------------------------------------------------
     def check_privileges(self) -> list[PrivilegeFinding]:
-        """The privileges each database's dump needs, read from the account's grants and its roles'."""
+        """The privileges each database's dump needs, read from the account's grants and its roles';
+        the buffer pool settings a dump's scans depend on, and what protect_buffer_pool needs."""
         with self.connect() as connection, connection.cursor() as cursor:
             cursor.execute("SELECT CURRENT_USER()")
             user = str(cursor.fetchone()[0])
             grants = parse_grants(self._grant_lines(cursor))
+            settings = buffer_pool.read_settings(cursor)
+            cursor.execute("SELECT VERSION()")
+            server = parse_server_version(str(cursor.fetchone()[0]))
+        findings = self._dump_privilege_findings(user, grants)
+        if settings is not None:
+            findings += buffer_pool.settings_findings(*settings)
+        if self.options.protect_buffer_pool:
+            needed = buffer_pool.required_privilege(server.vendor)
+            if buffer_pool.may_set_globals(grants, server.vendor):
+                findings.append(PrivilegeFinding(True, f"protect_buffer_pool: {user} has {needed}"))
+            else:
+                findings.append(
+                    PrivilegeFinding(
+                        False,
+                        f"protect_buffer_pool: {user} lacks {needed}, needed for SET GLOBAL "
+                        f"innodb_buffer_pool_dump_now/load_now; GRANT {needed.split()[0]} ON *.* TO {user}, "
+                        f"or set protect_buffer_pool = false",
+                    )
+                )
+        return findings
+
+    def _dump_privilege_findings(self, user: str, grants: list[Grant]) -> list[PrivilegeFinding]:
         findings: list[PrivilegeFinding] = []
         names = self.selected_databases()
         for name in names:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.engines.base import EngineOptions
+from agent.engines.mysql.busy import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from agent.config import ConfigTable
@@ -20,6 +21,8 @@ class MysqlOptions(EngineOptions):
     lock_for_consistency: bool = False  # lock a database with non-transactional tables while it is dumped
     ssl_ca: str | None = None
     ssl_mode: str | None = None  # one of SSL_MODES, upper case
+    busy_threshold: int = DEFAULT_THRESHOLD  # running threads above which a gentle dump slows; 0: off
+    protect_buffer_pool: bool = False  # save InnoDB's page list before the dumps, reload it after
 
 
 def read_options(table: ConfigTable) -> MysqlOptions:
@@ -29,6 +32,8 @@ def read_options(table: ConfigTable) -> MysqlOptions:
         lock_for_consistency=table.flag("lock_for_consistency", False),
         ssl_ca=table.text("ssl_ca", None),
         ssl_mode=_read_ssl_mode(table),
+        busy_threshold=table.integer("busy_threshold", DEFAULT_THRESHOLD, minimum=0),
+        protect_buffer_pool=table.flag("protect_buffer_pool", False),
     )
 
 

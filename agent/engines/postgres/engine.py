@@ -38,6 +38,7 @@ from agent.engines.base import (
 )
 from agent.engines.postgres import handshake
 from agent.engines.postgres.archive import CustomArchiveCheck
+from agent.engines.postgres.busy import APPLICATION_NAME, ActiveBackends
 from agent.engines.postgres.options import PostgresOptions
 from agent.errors import ConnectionFailed, ToolError, UntrustedServer, VerificationError
 from agent.manifest import Manifest
@@ -224,6 +225,7 @@ class PostgresEngine(Engine):
     def _tool_environment(self) -> dict[str, str]:
         """TLS settings (paths and a mode: no secret) and, for a libpq 16+ tool, the clear-text refusal."""
         environment = {f"PG{key.upper()}": value for key, value in self.options.tls_settings().items()}
+        environment["PGAPPNAME"] = APPLICATION_NAME  # the busy signal leaves the agent's own backends out
         if not self.options.verifies_server:
             environment["PGREQUIREAUTH"] = REFUSE_CLEAR_TEXT  # ignored by libpq < 16: see connect()
         return environment
@@ -245,7 +247,7 @@ class PostgresEngine(Engine):
             "port": self._port(),
             "user": self.job.user,
             "connect_timeout": max(1, int(self.job.connect_timeout.total_seconds())),
-            "application_name": "backup-agent",
+            "application_name": APPLICATION_NAME,
             **self.options.tls_settings(),
         }
         if not self.options.verifies_server:
@@ -501,6 +503,10 @@ class PostgresEngine(Engine):
             self._driver_check(database)
             child = process.start(self._command(argv, env, fds), stdin=process.PIPE, stdout=process.DEVNULL)
             process.feed_stdin(child, chunks, f"{Path(argv[0]).name} into {database!r}")
+
+    def busy_probe(self) -> ActiveBackends | None:
+        threshold = self.options.busy_threshold
+        return ActiveBackends(self.connect(), threshold) if threshold > 0 else None
 
     def check_privileges(self) -> list[PrivilegeFinding]:
         from agent.engines.postgres.privileges import check_privileges

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.engines.base import EngineOptions
+from agent.engines.postgres.busy import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from agent.config import ConfigTable
@@ -21,6 +22,7 @@ class PostgresOptions(EngineOptions):
     sslrootcert: str | None = None  # the CA that signed the server's certificate
     sslcert: str | None = None  # a client certificate...
     sslkey: str | None = None  # ...and its key (0600: libpq refuses a key others can read)
+    busy_threshold: int = DEFAULT_THRESHOLD  # active client backends above which a gentle dump slows; 0: off
 
     @property
     def verifies_server(self) -> bool:
@@ -48,4 +50,5 @@ def read_options(table: ConfigTable) -> PostgresOptions:
         sslrootcert=rootcert,
         sslcert=str(certificate) if certificate is not None else None,
         sslkey=str(key) if key is not None else None,
+        busy_threshold=table.integer("busy_threshold", DEFAULT_THRESHOLD, minimum=0),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.engines.base import PrivilegeFinding
+from agent.engines.postgres.busy import sees_every_backend
 from agent.errors import ConnectionFailed
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def check_privileges(engine: PostgresEngine) -> list[PrivilegeFinding]:
         if exists and not superuser:
             member = connection.execute("SELECT pg_has_role(current_user, 'pg_read_all_data', 'USAGE')").fetchone()
             read_all = bool(member and member[0])
+        sees_all = sees_every_backend(connection)
     findings: list[PrivilegeFinding] = []
     names = engine.selected_databases()
     for name in names:
@@ -53,4 +55,13 @@ def check_privileges(engine: PostgresEngine) -> list[PrivilegeFinding]:
     if not findings:
         how = "superuser" if superuser else "pg_read_all_data" if read_all else "SELECT on every table"
         findings.append(PrivilegeFinding(True, f"role {user} can read all {len(names)} database(s) ({how})"))
+    if engine.options.busy_threshold > 0 and not sees_all:
+        findings.append(
+            PrivilegeFinding(
+                True,
+                f"role {user} sees only its own sessions' state, so a busy database does not slow the dump "
+                f"(busy_threshold); GRANT pg_read_all_stats TO {user}",
+                warning=True,
+            )
+        )
     return findings
