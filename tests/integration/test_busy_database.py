@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from agent_helpers import data_files, decompressed, events_named, run_cli, write_config
 from servers.mariadb import MariaDBServer
+from servers.mongo import MongoServer
 from servers.postgres import PostgresServer
+from test_mongo import mongo_job
 from test_mysql import drop_database as drop_mariadb_database
 from test_mysql import execute, fingerprints, mariadb_client, mysql_job
 from test_postgres import drop_database, pg_job, pg_restore_into, table_fingerprints
@@ -177,4 +179,22 @@ def test_an_idle_mariadb_never_paces_the_dump_for_being_busy(
     job = mysql_job(mariadb_server, tmp_path, [mariadb_database], busy_threshold=THRESHOLD)
     config = write_config(tmp_path, {"main": job}, storage=STORAGE)
     assert run_cli(config, "backup", "--job", "main") == 0
+    assert paced_for_busy(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# MongoDB (the SecantusDB stand-in)
+
+
+def test_a_mongodb_server_without_a_lock_queue_figure_is_said_once_to_be_unsampled(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path
+) -> None:
+    with mongo_server.client() as client:
+        client[mongo_database]["items"].insert_many([{"n": index} for index in range(50)])
+    job = mongo_job(mongo_server, tmp_path, [mongo_database], tool="builtin")
+    config = write_config(tmp_path, {"docs": job})
+    assert run_cli(config, "backup", "--job", "docs") == 0
+    (unsampled,) = events_named(tmp_path, "backup.busy_unavailable")
+    assert unsampled["signal"] == "queued operations"
+    assert unsampled["error"] == "cannot sample"  # its serverStatus answers, without globalLock.currentQueue
     assert paced_for_busy(tmp_path) == []
