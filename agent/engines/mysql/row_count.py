@@ -2,11 +2,15 @@
 
 mariadb-dump/mysqldump write each table's data as extended inserts, `INSERT INTO `t` VALUES
 (1,'a'),(2,'b');`, on one line (MySQL, older MariaDB) or one row per line (MariaDB 10.11).
-Outside a quoted string, every `(` up to the statement's `;` opens one row (values are numbers,
-NULL, quoted strings and, with --hex-blob, 0x literals), so the count is C-speed `bytes.count`
-between strings; strings are skipped by finding their closing quote and checking the
-backslashes before it. The state (inside a string, a pending backslash, the head of a line)
-carries across chunks, so a chunk may end anywhere; only a line's first bytes are ever held.
+The dump tools escape every newline inside a string (`\\n`, mysql_real_escape_string), so a raw
+newline is always outside a string. A row per line (the head line ends at `VALUES`) is therefore
+counted as the lines that start with `(`, up to the first `;` before a newline: C-speed
+`bytes.count`/`find` with no string to skip. On one line, every `(` outside a quoted string up to
+the statement's `;` opens one row (values are numbers, NULL, quoted strings and, with --hex-blob,
+0x literals); a regular expression steps over whole strings and another removes them before the
+`(` are counted, both in C. The state (inside a string, a pending backslash, the head of a line,
+a line's start or a `;` at a chunk's end) carries across chunks, so a chunk may end anywhere; only
+a line's first bytes are ever held.
 Tables come from the `-- Dumping data for table` comments (so an empty table counts 0) and from
 the INSERT targets; lines inside `DELIMITER ;;` blocks (trigger and routine bodies) are never data.
 """
@@ -25,12 +29,19 @@ _ROUTINES_BEGIN = b"DELIMITER ;;"
 _ROUTINES_END = b"DELIMITER ;"
 _QUOTE = ord("'")
 _BACKSLASH = ord("\\")
+_NEWLINE = ord("\n")
+# a quoted string, escapes included (possessive: no backtracking on a long value)
+_STRING_LITERAL = rb"'[^'\\]*+(?:\\.[^'\\]*+)*+'"
+# an INSERT's values up to (not including) its `;` or the start of a string the chunk cuts
+_VALUES_RUN = re.compile(rb"(?:[^';]++|" + _STRING_LITERAL + rb")*+", re.DOTALL)
+_WHOLE_STRINGS = re.compile(_STRING_LITERAL, re.DOTALL)
 
 # states
 _LINE_HEAD = 0  # reading a line's first bytes to tell what it is
 _SKIP_LINE = 1  # a line that is not data: pass to its newline
 _VALUES = 2  # an INSERT's values, outside a string
 _STRING = 3  # inside a quoted string of an INSERT's values
+_ROW_LINES = 4  # an INSERT's values, a row per line
 
 
 def _name(raw: bytes) -> str:
@@ -49,12 +60,16 @@ class InsertRowCounter:
         self._rows = 0  # rows of the current INSERT so far
         self._escape = False  # the last byte of the previous chunk was an unpaired backslash in a string
         self._in_routines = False
+        self._line_start = False  # a row per line: the previous chunk ended with a newline
+        self._semicolon_pending = False  # a row per line: the previous chunk ended with `;`
 
     def feed(self, data: bytes) -> None:
         index, end = 0, len(data)
         while index < end:
             state = self._state
-            if state == _VALUES:
+            if state == _ROW_LINES:
+                index = self._row_lines(data, index)
+            elif state == _VALUES:
                 index = self._values(data, index)
             elif state == _STRING:
                 index = self._string(data, index)
@@ -69,7 +84,7 @@ class InsertRowCounter:
 
     def finish(self) -> None:
         """End of stream: an INSERT without its end is not counted as whole."""
-        if self._state in (_VALUES, _STRING):
+        if self._state in (_VALUES, _STRING, _ROW_LINES):
             self.complete = False
         elif self._state == _LINE_HEAD and self._head and self._decide(self._head, whole=True) is not None:
             self.complete = False  # the stream ends inside an INSERT's first bytes
@@ -89,9 +104,14 @@ class InsertRowCounter:
                 return newline + 1
             self._state = _SKIP_LINE
             return stop
+        self._rows = 0
+        if newline >= 0 and rest == len(head):  # the head line ends at VALUES: a row per line follows
+            self._state = _ROW_LINES
+            self._line_start = True
+            self._semicolon_pending = False
+            return newline + 1
         # an INSERT: its values begin inside `head` (a line's first bytes, so this copy stays small)
         self._state = _VALUES
-        self._rows = 0
         self.feed(head[rest:])
         return stop
 
@@ -118,20 +138,43 @@ class InsertRowCounter:
         return None
 
     # --- values --------------------------------------------------------------------------------------
-    def _values(self, data: bytes, index: int) -> int:
-        quote = data.find(b"'", index)
-        semicolon = data.find(b";", index, quote if quote >= 0 else len(data))
-        if semicolon >= 0:  # the statement's end; the rest of its line is not data
-            self._rows += data.count(b"(", index, semicolon)
-            self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
-            self._state = _SKIP_LINE
-            return semicolon + 1
-        if quote >= 0:
-            self._rows += data.count(b"(", index, quote)
-            self._state = _STRING
-            return quote + 1
-        self._rows += data.count(b"(", index)
+    def _end_statement(self) -> None:
+        self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
+
+    def _row_lines(self, data: bytes, index: int) -> int:
+        """A row per line: each line starting with `(` is a row; the first `;` before a newline ends it."""
+        if self._semicolon_pending:
+            self._semicolon_pending = False
+            if data[index] == _NEWLINE:
+                self._end_statement()
+                self._state = _LINE_HEAD
+                return index + 1
+        end = data.find(b";\n", index)
+        stop = end if end >= 0 else len(data)
+        if self._line_start and data.startswith(b"(", index):
+            self._rows += 1
+        self._rows += data.count(b"\n(", index, stop)
+        if end >= 0:
+            self._end_statement()
+            self._state = _LINE_HEAD
+            return end + 2
+        self._line_start = data[-1] == _NEWLINE
+        self._semicolon_pending = data[-1] == ord(";")
         return len(data)
+
+    def _values(self, data: bytes, index: int) -> int:
+        """One line of rows: step over whole strings in C, then count the `(` left outside them."""
+        run = _VALUES_RUN.match(data, index)
+        stop = run.end() if run else index  # `*+` matches at least the empty string
+        self._rows += _WHOLE_STRINGS.sub(b"", data[index:stop]).count(b"(")
+        if stop == len(data):
+            return stop
+        if data[stop] == ord(";"):  # the statement's end; the rest of its line is not data
+            self._end_statement()
+            self._state = _SKIP_LINE
+            return stop + 1
+        self._state = _STRING  # a string the chunk cuts: find its end byte by byte from here
+        return stop + 1
 
     def _string(self, data: bytes, index: int) -> int:
         """Skip to just after the string's closing quote (or the chunk's end)."""
