@@ -308,10 +308,13 @@ def command_verify(args: argparse.Namespace) -> int:
 
 
 def command_check_config(args: argparse.Namespace) -> int:
-    from agent.config import config_path_from, load_config
+    from agent.config import config_path_from, load_config, unreadable_passwords
     from agent.plan import describe_plan
 
     config = load_config(config_path_from(args.config))
+    missing = unreadable_passwords(config)
+    if missing:  # valid TOML, but no run could log in
+        raise ConfigError(missing)
     plan = describe_plan(config, discover=not args.offline)
     if args.json:
         _say_json(plan, ensure_ascii=False, default=str)

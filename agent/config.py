@@ -400,6 +400,18 @@ def unsafe_paths(config: Config, *, programs: bool = True) -> list[tuple[_KeyPat
     return [(key, problem) for key, problem in found if problem is not None]
 
 
+def unreadable_passwords(config: Config) -> list[str]:
+    """Each job's password read as a run reads it (file or environment), so `check-config` finds a
+    missing or unreadable one now, not the first scheduled run; the secret itself is dropped at once."""
+    problems: list[str] = []
+    for job in config.jobs.values():
+        try:
+            job.password.read()
+        except ConfigError as error:
+            problems.extend(error.problems)
+    return problems
+
+
 # --------------------------------------------------------------------------------------------------
 # Line numbers (best effort)
 
@@ -1056,7 +1068,7 @@ class _JobReader:
             return _NO_PASSWORD
         if not given:
             return _NO_PASSWORD
-        key_path = render_key_path(table.key(given[0]))
+        key_path = table.label(given[0])  # with its line: a run that cannot read it says where it is set
         if given[0] == "password":
             return self.read_inline_password(key_path)
         if given[0] == "password_file":
