@@ -126,12 +126,22 @@ class _StopFlag:
         signal.signal(signal.SIGINT, handle)
 
 
+# verbs that create files in storage (manifests, journal, state, locks, scratch): refused as root on another's storage
+_WRITES_STORAGE = frozenset({"backup", "run", "prune", "pin", "unpin", "retire", "drill", "restore"})
+
+
 def _load(args: argparse.Namespace, *, configure_logging: bool = True, runs_programs: bool = True) -> Any:
     """The config, refused when unsafe; commands that run no hook or tool skip only that check."""
     from agent.config import config_path_from, load_config
 
     config = load_config(config_path_from(args.config), check_programs=runs_programs)
     args.loaded_config = config  # for main's last resort: where the log of an unexpected error goes
+    if getattr(args, "verb", None) in _WRITES_STORAGE:
+        from agent.storage import foreign_owner_problem
+
+        problem = foreign_owner_problem(config.storage.path)
+        if problem is not None:
+            raise UsageError(problem)
     if configure_logging:
         from agent import log
 
@@ -638,7 +648,11 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         _say(f"backup-agent: error: {error}", error=True)
         return error.exit_code
     except OSError as error:
-        _say(f"backup-agent: error: {error.filename or ''}: {error.strerror}", error=True)
+        from agent.errors import permission_problem  # storage someone else owns: which path, who was refused
+
+        plain = f"{error.filename or ''}: {error.strerror}"
+        problem = permission_problem(error) if isinstance(error, PermissionError) else plain
+        _say(f"backup-agent: error: {problem}", error=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -75,3 +75,20 @@ class UntrustedServer(ConnectionFailed):
     """
 
     reason = "untrusted_server"
+
+
+def permission_problem(error: PermissionError) -> str:
+    """One line for a refused open/create/delete: the path, and the account that was refused it."""
+    import os
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    path = error.filename if error.filename is not None else "a file"
+    return (
+        f"permission denied: {path} (the agent runs as {user}, uid {uid}): the storage folder and "
+        f"everything in it must belong to that user, or run the agent as its owner"
+    )

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     NOT_FOUND = "not_found"  # the database asked for does not exist on the server: no series is made
     NO_SPACE = "no_space"
     IO_ERROR = "io_error"
+    PERMISSION = "permission"  # a file or folder the agent may not open, create or delete (the message names it)
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings, worker_threads
 from agent.config import Config, JobConfig
 from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
-from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer
+from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer, permission_problem
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.labels import BackupLabel
 from agent.limits import current_usable_cpus
@@ -76,11 +76,17 @@ def _reason_for(error: BaseException) -> str:
         return error.reason
     if isinstance(error, ConnectionFailed):
         return Reason.CONNECTION_FAILED
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return Reason.NO_SPACE
     if isinstance(error, OSError):
-        return Reason.IO_ERROR
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Reason.NO_SPACE
+        return Reason.PERMISSION if isinstance(error, PermissionError) else Reason.IO_ERROR
     return type(error).__name__.removesuffix("Error").lower() or "error"
+
+
+def _message_for(error: BaseException, reason: str) -> str:
+    if isinstance(error, PermissionError):
+        return permission_problem(error)
+    return str(error) if reason != Reason.INTERNAL_ERROR else f"{type(error).__name__}: {error}"
 
 
 def _failed(target: DumpTarget, error: Exception, log: BoundLogger, *, stopping: bool = False) -> TargetOutcome:
@@ -93,7 +99,7 @@ def _failed(target: DumpTarget, error: Exception, log: BoundLogger, *, stopping:
         return TargetOutcome(
             target.database, TargetKind(target.kind), Status.INTERRUPTED, reason=Reason.SHUTDOWN, message=str(error)
         )
-    message = str(error) if reason != Reason.INTERNAL_ERROR else f"{type(error).__name__}: {error}"
+    message = _message_for(error, reason)
     tail = error.stderr_tail if isinstance(error, DumpError) else ""
     traceback = error if reason == Reason.INTERNAL_ERROR else None
     log.error("backup.failed", reason=reason, error=message, stderr_tail=tail[-2000:], exc_info=traceback)
@@ -218,9 +224,11 @@ class JobRun:
             outcome.status, outcome.reason, outcome.message = Status.SKIPPED, Reason.LOCKED, str(error)
             self.log.warning("backup.skipped", reason=Reason.LOCKED, error=str(error))
         except Exception as error:  # a bug outside any one dump: a failed run (alerted), never a crash
-            outcome.status, outcome.reason = Status.FAILED, Reason.INTERNAL_ERROR
-            outcome.message = f"{type(error).__name__}: {error}"
-            self.log.error("backup.failed", reason=Reason.INTERNAL_ERROR, error=outcome.message, exc_info=error)
+            reason = _reason_for(error)  # an unwritable storage folder is `permission`, not a bug
+            outcome.status, outcome.reason = Status.FAILED, reason
+            outcome.message = _message_for(error, reason)
+            traceback = error if reason == Reason.INTERNAL_ERROR else None
+            self.log.error("backup.failed", reason=reason, error=outcome.message, exc_info=traceback)
         outcome.duration_seconds = round(time.monotonic() - started, 3)
         return outcome
 

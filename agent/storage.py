@@ -53,6 +53,28 @@ class StorageLayout:
         return private_folder(self.scratch(job))
 
 
+def foreign_owner_problem(root: Path) -> str | None:
+    """Root about to write into storage another account owns: refused, never chowned after the fact.
+
+    Files root made there (manifests 0440, the journal, state, locks, `.agent/` itself) would be
+    unreadable to the storage's owner, who then sees its backups as incomplete. Chowning each of
+    them instead would have root act on names the owner controls, which the agent never does.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        owner = root.lstat().st_uid
+    except OSError:
+        return None  # not there yet: root creates it, and owns it
+    if owner == 0:
+        return None
+    name = trust.account_name(owner)
+    return (
+        f"storage {root} belongs to {name}, and root's files there would be unreadable to it: "
+        f"run this as {name} (sudo -u {name} backup-agent ...), or chown -R root {root} to make it root's"
+    )
+
+
 def private_folder(path: Path) -> Path:
     """A 0700 folder of the agent's own; one someone else owns or may write is refused, not used."""
     ensure_directory(path, PRIVATE_DIRECTORY_MODE)
