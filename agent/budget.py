@@ -131,6 +131,11 @@ def allocated_bytes(path: Path) -> int:
     return _allocated(info)
 
 
+def allocated_of(info: os.stat_result) -> int:
+    """Bytes a file occupies on disk, from its lstat."""
+    return _allocated(info)
+
+
 def _allocated(info: os.stat_result) -> int:
     blocks = getattr(info, "st_blocks", None)
     return blocks * 512 if blocks is not None else info.st_size

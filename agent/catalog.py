@@ -9,6 +9,7 @@ with the field named. The next backup of its database is made as if it were not 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from agent import catalog_index
+from agent.budget import allocated_of
+from agent.catalog_index import Summary
 from agent.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX, decode_name, folder_matches, parse_backup_filename
 from agent.storage import StorageLayout, lock_held_since
@@ -44,20 +48,22 @@ class BackupRecord:
     path: Path
     created_at: datetime | None
     status: BackupStatus
-    manifest: Manifest | None = None  # set only for a good backup
+    manifest: Manifest | None = None  # set only for a good backup, and never by an indexed scan
     problem: str = ""
+    summary: Summary | None = None  # set for every good backup: what the views show of its manifest
+    allocated: int | None = None  # bytes its data file and manifest occupy on disk, as scanned
 
     @property
     def database(self) -> str:
         """The original database name: from the manifest, else decoded from the folder."""
-        if self.manifest is not None:
-            return self.manifest.database
+        if self.summary is not None:
+            return self.summary.database
         return decode_name(self.folder) or self.folder
 
     @property
     def kind(self) -> str:
-        if self.manifest is not None:
-            return self.manifest.kind
+        if self.summary is not None:
+            return self.summary.kind
         return self.folder.lstrip("_") if self.folder.startswith("_") else "database"
 
     @property
@@ -68,6 +74,8 @@ class BackupRecord:
 
     @property
     def stored_bytes(self) -> int:
+        if self.summary is not None:  # a good backup: its manifest's figure is its size, as scanned
+            return self.summary.stored_bytes
         try:
             return self.path.stat().st_size
         except OSError:
@@ -84,14 +92,23 @@ def _job_directories(storage: Path, job: str | None) -> Iterator[Path]:
             yield entry
 
 
-def scan(storage: Path, job: str | None = None) -> list[BackupRecord]:
-    """Every backup, partial, incomplete and invalid file, oldest first within each folder."""
+def scan(storage: Path, job: str | None = None, *, indexed: bool = False) -> list[BackupRecord]:
+    """Every backup, partial, incomplete and invalid file, oldest first within each folder.
+
+    `indexed` (for the views: status, list, prune --dry-run) takes what an unchanged manifest said
+    from the catalog index instead of reading it again, and leaves `manifest` unset; the records
+    are otherwise the same. Whatever deletes, restores or verifies scans without it.
+    """
+    memo = _Index(storage, job) if indexed else None
     records: list[BackupRecord] = []
     for job_directory in _job_directories(storage, job):
-        for folder in sorted(job_directory.iterdir()):
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            records.extend(_scan_folder(job_directory.name, folder))
+        with os.scandir(job_directory) as entries:
+            folders = sorted(entry.name for entry in entries if entry.is_dir(follow_symlinks=False))
+        for name in folders:
+            records.extend(_scan_folder(job_directory.name, job_directory / name, memo))
+    if memo is not None:
+        memo.save()
+        del memo  # the old entries go before the callers build their views
     running: dict[str, int | None] = {}
     for index, record in enumerate(records):
         if record.status == PARTIAL or (record.status == INCOMPLETE and record.problem == NO_MANIFEST):
@@ -125,32 +142,80 @@ def _written_since(path: Path, since: int | None) -> bool:
     return since is not None and written >= since
 
 
-def _scan_folder(job: str, folder: Path) -> Iterator[BackupRecord]:
+class _Index:
+    """The catalog index as one scan uses it: old entries matched by key, a new index of what was seen."""
+
+    def __init__(self, storage: Path, job: str | None) -> None:
+        self._agent_directory = StorageLayout(storage).agent_directory
+        self._root = str(storage.absolute())
+        self._old = catalog_index.load(self._agent_directory, self._root)
+        scope = f"{job}/" if job is not None else ""
+        # entries of jobs outside a one-job scan stay as they were
+        self._new = {key: entry for key, entry in self._old.items() if not key.startswith(scope)}
+        self._changed = False
+
+    def record(
+        self, job: str, folder: Path, name: str, created_at: datetime, *, data: os.stat_result, manifest: os.stat_result
+    ) -> BackupRecord:
+        key = f"{job}/{folder.name}/{name}"
+        file_key = catalog_index.file_key(data, manifest)
+        allocated = allocated_of(data) + allocated_of(manifest)
+        entry = self._old.get(key)
+        if entry is not None and entry.key == file_key:
+            self._new[key] = entry
+            status = GOOD if entry.good else INVALID
+            return BackupRecord(
+                job, folder.name, folder / name, created_at, status, None, entry.problem, entry.summary, allocated
+            )
+        record = classify(folder / name, created_at, data.st_size, allocated=allocated)
+        if record.status == GOOD or "unreadable manifest" not in record.problem:  # a failed read may pass later
+            self._new[key] = catalog_index.Entry(file_key, record.status == GOOD, record.problem, record.summary)
+            self._changed = True
+        return dataclasses.replace(record, manifest=None)
+
+    def save(self) -> None:
+        if self._changed or self._new.keys() != self._old.keys():
+            catalog_index.save(self._agent_directory, self._root, self._new)
+
+
+def _scan_folder(job: str, folder: Path, index: _Index | None = None) -> Iterator[BackupRecord]:
     # the agent never makes a symlink: one here was planted, and is neither a backup nor a manifest
     with os.scandir(folder) as entries:
         present = {entry.name: entry for entry in entries if not entry.is_symlink()}
     for name in sorted(present):
-        path = folder / name
         if name.endswith(PARTIAL_SUFFIX):
             parsed = parse_backup_filename(name.removesuffix(PARTIAL_SUFFIX))
-            yield BackupRecord(job, folder.name, path, parsed.created_at if parsed else None, PARTIAL)
+            yield BackupRecord(job, folder.name, folder / name, parsed.created_at if parsed else None, PARTIAL)
             continue
         if name.endswith(MANIFEST_SUFFIX):
             continue
         parsed = parse_backup_filename(name)
         if parsed is None:
             continue
-        if name + MANIFEST_SUFFIX not in present:
-            yield BackupRecord(job, folder.name, path, parsed.created_at, INCOMPLETE, problem=NO_MANIFEST)
+        beside = present.get(name + MANIFEST_SUFFIX)
+        if beside is None:
+            yield BackupRecord(job, folder.name, folder / name, parsed.created_at, INCOMPLETE, problem=NO_MANIFEST)
             continue
         try:
-            size = present[name].stat(follow_symlinks=False).st_size
+            data = present[name].stat(follow_symlinks=False)
         except FileNotFoundError:  # deleted by a prune meanwhile
             continue
-        yield classify(path, parsed.created_at, size)
+        try:
+            manifest = beside.stat(follow_symlinks=False)
+        except FileNotFoundError:  # deleted meanwhile: classify says how the manifest cannot be read
+            yield classify(folder / name, parsed.created_at, data.st_size, allocated=allocated_of(data))
+            continue
+        if index is None:
+            path = folder / name
+            allocated = allocated_of(data) + allocated_of(manifest)
+            yield classify(path, parsed.created_at, data.st_size, allocated=allocated)
+        else:
+            yield index.record(job, folder, name, parsed.created_at, data=data, manifest=manifest)
 
 
-def classify(path: Path, created_at: datetime | None, size: int, *, in_storage: bool = True) -> BackupRecord:
+def classify(
+    path: Path, created_at: datetime | None, size: int, *, in_storage: bool = True, allocated: int | None = None
+) -> BackupRecord:
     """A data file with a manifest beside it: good, or invalid with the problem named.
 
     In storage (`<storage>/<job>/<folder>/<file>`) the manifest must name that job and folder too.
@@ -159,12 +224,30 @@ def classify(path: Path, created_at: datetime | None, size: int, *, in_storage: 
     try:
         manifest = read_manifest(manifest_path(path))
     except ManifestError as error:
-        return BackupRecord(job, folder, path, created_at, INVALID, problem=str(error))
+        return BackupRecord(job, folder, path, created_at, INVALID, problem=str(error), allocated=allocated)
     place = {"job": job, "folder": folder} if in_storage else {"job": None, "folder": None}
     problem = manifest_problem(manifest, name=path.name, size=size, **place)
     if problem:
-        return BackupRecord(job, folder, path, created_at, INVALID, problem=f"{manifest_path(path)}: {problem}")
-    return BackupRecord(job, folder, path, created_at, GOOD, manifest)
+        return BackupRecord(
+            job, folder, path, created_at, INVALID, problem=f"{manifest_path(path)}: {problem}", allocated=allocated
+        )
+    return BackupRecord(job, folder, path, created_at, GOOD, manifest, summary=summarize(manifest), allocated=allocated)
+
+
+def summarize(manifest: Manifest) -> Summary:
+    return Summary(
+        engine=manifest.engine,
+        kind=manifest.kind,
+        database=manifest.database,
+        started_at=manifest.started_at,
+        stored_bytes=manifest.stored_bytes,
+        raw_bytes=manifest.raw_bytes,
+        sha256=manifest.sha256,
+        duration_seconds=manifest.duration_seconds,
+        warnings=tuple(manifest.warnings),
+        label=manifest.label,
+        keep_until=manifest.keep_until,
+    )
 
 
 def manifest_problem(manifest: Manifest, *, job: str | None, folder: str | None, name: str, size: int) -> str:

@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -227,8 +227,8 @@ def command_list(args: argparse.Namespace) -> int:
         _job_names(config, args.job)
     if args.deleted:
         return _list_deleted(config, args)
-    records = catalog.scan(config.storage.path, args.job)
-    rows: list[dict[str, Any]] = [
+    records = catalog.scan(config.storage.path, args.job, indexed=True)
+    rows: Iterator[dict[str, Any]] = (  # one at a time: 20,000 rows as dicts would double the command's memory
         {
             "job": record.job,
             "database": record.database,
@@ -236,15 +236,15 @@ def command_list(args: argparse.Namespace) -> int:
             "created_at": record.created_at.isoformat() if record.created_at else None,
             "status": record.status,
             "stored_bytes": record.stored_bytes,
-            "sha256": record.manifest.sha256 if record.manifest else None,
+            "sha256": record.summary.sha256 if record.summary else None,
             "path": str(record.path),
-            "label": record.manifest.label if record.manifest else None,
-            "keep_until": _iso_or_none(record.manifest.keep_until if record.manifest else None),
+            "label": record.summary.label if record.summary else None,
+            "keep_until": _iso_or_none(record.summary.keep_until if record.summary else None),
         }
         for record in records
-    ]
+    )
     if args.json:
-        _say_json(rows, ensure_ascii=False)
+        _say_json(list(rows), ensure_ascii=False)
         return EXIT_OK
     from agent.naming import series_label
     from agent.units import format_size, format_time

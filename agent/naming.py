@@ -127,7 +127,14 @@ def parse_backup_filename(filename: str) -> ParsedName | None:
     match = _FILENAME.match(filename)
     if match is None:
         return None
-    created = datetime.strptime(match["stamp"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    stamp = match["stamp"]  # YYYYmmddTHHMMSSZ: sliced, as strptime costs ~20 us a name (a scan parses every file)
+    try:
+        created = datetime(
+            int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]), int(stamp[13:15]),
+            tzinfo=UTC,
+        )  # fmt: skip
+    except ValueError:  # a 13th month or a 61st second: not a name the agent gave
+        return None
     return ParsedName(
         job=match["job"],
         component=match["name"],

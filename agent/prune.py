@@ -83,13 +83,13 @@ class Inventory:
                 good = [backup for backup in one.backups if backup.good]
                 if good:
                     newest = max(good, key=lambda backup: (backup.created_at, backup.sequence))
-                    manifest = self.records[newest.key].manifest
-                    return manifest.raw_bytes if manifest is not None else None
+                    summary = self.records[newest.key].summary
+                    return summary.raw_bytes if summary is not None else None
         return None
 
     def _stored(self, key: str) -> int:
-        manifest = self.records[key].manifest
-        return manifest.stored_bytes if manifest is not None else 0
+        summary = self.records[key].summary
+        return summary.stored_bytes if summary is not None else 0
 
     def changed(
         self, config: Config, *, added: Iterable[catalog.BackupRecord] = (), removed: Iterable[str] = ()
@@ -117,11 +117,13 @@ def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[st
     return retention.Backup(
         key=key,
         created_at=record.created_at,
-        size_bytes=allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path)),
+        size_bytes=record.allocated
+        if record.allocated is not None
+        else allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path)),
         good=record.status == catalog.GOOD,
         pinned=key in pinned,
         sequence=parsed.sequence if parsed else 0,
-        keep_until=record.manifest.keep_until if record.manifest is not None else None,
+        keep_until=record.summary.keep_until if record.summary is not None else None,
         file_bytes=record.stored_bytes,
     )
 
@@ -143,17 +145,18 @@ def _grouped(
     return Inventory(series, records)
 
 
-def take_inventory(config: Config, jobs: Iterable[str] | None = None) -> Inventory:
+def take_inventory(config: Config, jobs: Iterable[str] | None = None, *, indexed: bool = False) -> Inventory:
     """Every backup of the given configured jobs (default: all), grouped into series, pins applied.
 
-    Jobs no longer in the config are left alone: their policy is unknown.
+    Jobs no longer in the config are left alone: their policy is unknown. `indexed` only for a
+    plan that deletes nothing (`prune --dry-run`): deletions are planned from the manifests read.
     """
     storage = config.storage.path
     wanted = set(config.jobs if jobs is None else jobs)
     pinned = frozenset(pins.load(storage))
     grouped: dict[tuple[str, str], list[retention.Backup]] = {}
     records: dict[str, catalog.BackupRecord] = {}
-    for record in catalog.scan(storage):
+    for record in catalog.scan(storage, indexed=indexed):
         if record.job not in wanted or record.status in _NOT_BACKUPS:
             continue
         backup = _backup_of(storage, record, pinned)
@@ -175,7 +178,7 @@ def _delete(
     path = storage / decision.backup.key
     manifest = manifest_path(path)
     freed = allocated_bytes(path) + allocated_bytes(manifest)
-    sha256 = record.manifest.sha256 if record is not None and record.manifest is not None else None
+    sha256 = record.summary.sha256 if record is not None and record.summary is not None else None
     for victim in (manifest, path):
         clear_immutable(victim)
     journal.append(storage, journal.Event.DELETED, path=decision.backup.key, rule=decision.rule, sha256=sha256)
@@ -554,7 +557,7 @@ def _apply(
     log: BoundLogger,
     moment: str,
 ) -> PruneResult:
-    inventory = take_inventory(config, jobs)
+    inventory = take_inventory(config, jobs, indexed=dry_run)
     figures = measure(config.storage)
     budget = resolve_budget(config.storage, figures.total_bytes)
     plan = retention.plan(inventory.series, figures, budget, now=datetime.now(UTC), policy_scope=scope)

@@ -137,8 +137,8 @@ def _parse_time(text: object) -> datetime | None:
 
 
 def _created(record: catalog.BackupRecord) -> datetime | None:
-    if record.manifest is not None:
-        started = _parse_time(record.manifest.started_at)
+    if record.summary is not None:
+        started = _parse_time(record.summary.started_at)
         if started is not None:
             return started
     return record.created_at
@@ -157,9 +157,8 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
     """The whole status as JSON-able data; `ok` is False when some checked database is not fresh."""
     now = now or datetime.now(UTC)
     storage = config.storage.path
-    records = [record for record in catalog.scan(storage) if record.job in config.jobs]
-    entries, _problems = journal.read_entries(storage)
-    drills = [entry for entry in entries if entry.event == Event.DRILL]
+    records = [record for record in catalog.scan(storage, indexed=True) if record.job in config.jobs]
+    drills = journal.read_events(storage, Event.DRILL)
     states = read_state(storage)
     histories = read_history(storage)
     host = socket.gethostname()
@@ -282,14 +281,18 @@ def _job_status(
     if plan is None:
         next_run = None
     own = [record for record in records if record.job == job.name]
-    present = {str(record.path.relative_to(config.storage.path)) for record in own if record.status == catalog.GOOD}
+    present = {f"{record.job}/{record.folder}/{record.path.name}" for record in own if record.status == catalog.GOOD}
+    good_by_key: dict[tuple[str, str], list[catalog.BackupRecord]] = {}  # grouped once: 200 databases, 20,000 files
+    for record in own:
+        if record.status == catalog.GOOD:
+            good_by_key.setdefault((record.kind, record.database), []).append(record)
     keys = _database_keys(job, own, history)
     current_names = _current_names(job, history)
     databases = [
         _database_status(
             (kind, database),
             job=job,
-            own=own,
+            own=good_by_key.get((kind, database), []),
             history=history,
             drills=drills,
             present=present,
@@ -395,7 +398,7 @@ def _database_status(
     newest = good[-1] if good else None
     newest_at = _created(newest) if newest is not None else None
     record = history.find(kind, database) if history is not None else None
-    sizes = [item.manifest.stored_bytes for item in good if item.manifest is not None]
+    sizes = [item.summary.stored_bytes for item in good if item.summary is not None]
     prediction = predict(sizes, None, compression).stored_bytes if sizes else None
     checked = max_age is not None and kind == "database" and current
     freshness = freshness_problem(newest_at, max_age, now) if checked and max_age is not None else None
@@ -435,10 +438,10 @@ def _database_status(
         "last_good": _backup_summary(newest, newest_at, now),
         "last_status": record.last_status if record else None,
         "last_attempt": _last_attempt(record),
-        "warnings": list(newest.manifest.warnings) if newest is not None and newest.manifest is not None else [],
+        "warnings": list(newest.summary.warnings) if newest is not None and newest.summary is not None else [],
         "last_failure": last_failure,
         "failures_total": record.failures_total if record else 0,
-        "last_duration_seconds": newest.manifest.duration_seconds if newest and newest.manifest else None,
+        "last_duration_seconds": newest.summary.duration_seconds if newest and newest.summary else None,
         "predicted_next_bytes": prediction,
         "last_drill": drill,
         "newest_drilled_backup": drilled,
@@ -462,9 +465,9 @@ def _last_attempt(record: DatabaseRecord | None) -> dict[str, Any] | None:
 def _backup_summary(
     record: catalog.BackupRecord | None, created: datetime | None, now: datetime
 ) -> dict[str, Any] | None:
-    if record is None or record.manifest is None:
+    if record is None or record.summary is None:
         return None
-    manifest = record.manifest
+    manifest = record.summary
     return {
         "path": str(record.path),
         "created_at": _iso(created),
