@@ -9,9 +9,13 @@ pipe `pg_dump | zstd -T0`. Each window's TPS counts the transactions that comple
 p50/p95/p99 are over the same transactions. The CPU pressure (/proc/pressure/cpu) and the load
 average are recorded per window, since other work on the machine moves every figure.
 
+The agent's windows run with the database-busy signal on (its default, busy_threshold = 4 active
+client backends besides the dump's); one window turns it off, to show what it changes.
+
 MariaDB: a hot set (point lookups by primary key on a 40 MB table) with the buffer pool smaller
 than hot set + dumped data: lookup latency and the buffer-pool hit ratio (Innodb_buffer_pool_reads
-over Innodb_buffer_pool_read_requests) before and after a dump by the agent and by the pipe.
+over Innodb_buffer_pool_read_requests) before and after a dump by the agent (with and without
+protect_buffer_pool) and by the pipe.
 """
 
 from __future__ import annotations
@@ -159,7 +163,13 @@ def postgres_windows(bench: Bench, quiet_seconds: float) -> list[Window]:
     def agent(**options: Any) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
             sample = bench.agent("pg", "postgresql", default_priority=True, **options)
-            return {"backup_seconds": sample.wall, "dump_seconds": sample.extra["dump_seconds"]}
+            return {
+                "backup_seconds": sample.wall,
+                "dump_seconds": sample.extra["dump_seconds"],
+                "busy_episodes": sample.extra["busy_episodes"],
+                "paced_seconds": sample.extra["paced_seconds"],
+                "busy_paced_seconds": sample.extra["busy_paced_seconds"],
+            }
 
         return run
 
@@ -176,6 +186,11 @@ def postgres_windows(bench: Bench, quiet_seconds: float) -> list[Window]:
         Window("none", "no backup", quiet),
         Window("agent_default", "the agent, defaults (impact = gentle)", agent()),
         Window("agent_fastest", 'the agent, impact = "fastest"', agent(impact="fastest")),
+        Window(
+            "gentle_no_busy",
+            "gentle without the database-busy signal (busy_threshold = 0)",
+            agent(options={"busy_threshold": 0}),
+        ),
         Window("gentle_no_pacing", "gentle, priority only (no pressure pacing)", agent(env={"BENCH_PACING": "0"})),
         Window(
             "gentle_spare_core",
@@ -254,6 +269,9 @@ def postgres_section(bench: Bench, *, rounds: int, scale: int, probe_seconds: fl
         seconds = sum(end - start for start, end in spans)
         tps = len(inside) / seconds if seconds else float("nan")
         backups = [record["backup_seconds"] for record in mine if "backup_seconds" in record]
+        episodes = [record["busy_episodes"] for record in mine if "busy_episodes" in record]
+        busy_paced = [record["busy_paced_seconds"] for record in mine if "busy_paced_seconds" in record]
+        paced = [record["paced_seconds"] for record in mine if "paced_seconds" in record]
         stalls = [record["cpu_stall"] for record in mine if record["cpu_stall"] is not None]
         summary.append(
             {
@@ -269,6 +287,9 @@ def postgres_section(bench: Bench, *, rounds: int, scale: int, probe_seconds: fl
                 "p99": percentile(inside, 0.99),
                 "backup_seconds": measure.median(backups) if backups else None,
                 "backup_walls": [round(value, 2) for value in backups],
+                "busy_episodes": sum(episodes) if episodes else None,
+                "busy_paced_seconds": measure.median(busy_paced) if busy_paced else None,
+                "paced_seconds": measure.median(paced) if paced else None,
                 "cpu_stall": measure.median(stalls) if stalls else None,
                 "load": measure.median([record["load"] for record in mine]),
                 "per_window": [window_figures(transactions, s, e, rate) for s, e in spans],
@@ -381,6 +402,11 @@ def mariadb_section(bench: Bench, *, pool_bytes: int, lookups: int) -> dict[str,
     }
     dumps: list[tuple[str, str, Callable[[], float]]] = [
         ("agent", "the agent, defaults", lambda: bench.agent("mariadb", "mysql", default_priority=True).wall),
+        (
+            "agent_protected",
+            "the agent, protect_buffer_pool = true",
+            lambda: bench.agent("mariadb", "mysql", default_priority=True, options={"protect_buffer_pool": True}).wall,
+        ),
         (
             "pipe",
             "`mariadb-dump | zstd -T0`",

@@ -723,20 +723,25 @@ def impact_section(results: dict[str, Any]) -> list[str]:
             "completed inside a window; percentiles are over the same transactions. The agent runs at its "
             "defaults here (nice 10, the dump tool also at best-effort 7), unlike the comparison above. Load average "
             f"{section['load_before']} before, {section['load_after']} after; CPU stall is the share of time "
-            "some task waited for a CPU (/proc/pressure/cpu), the whole machine's.",
+            "some task waited for a CPU (/proc/pressure/cpu), the whole machine's. Busy episodes: how often the "
+            "window's backups logged `backup.paced reason=database_busy` (more than `busy_threshold`, 4 by "
+            "default, active client backends besides the dump's), and the median seconds they paused for it.",
             "",
-            "| during the window | TPS | of scheduled | p50 | p95 | p99 | p99 vs none | backup | CPU stall | load |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| during the window | TPS | of scheduled | p50 | p95 | p99 | p99 vs none | backup | busy episodes, "
+            "paced for it | CPU stall | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         quiet = next((window for window in section["windows"] if window["key"] == "none"), None)
         for window in section["windows"]:
             versus = f"{window['p99'] / quiet['p99']:.2f}x" if quiet and quiet["p99"] else "-"
             stall = "-" if window["cpu_stall"] is None else f"{window['cpu_stall']:.0%}"
             label = window["label"].replace("|", "\\|")
+            episodes = window.get("busy_episodes")
+            busy = "-" if episodes is None else f"{episodes}, {_s(window.get('busy_paced_seconds') or 0.0)}"
             lines.append(
                 f"| {label} | {window['tps']:,.0f} | {window['scheduled_share']:.1%} | {_ms(window['p50'])} | "
                 f"{_ms(window['p95'])} | {_ms(window['p99'])} | {versus} | {_s(window['backup_seconds'])} | "
-                f"{stall} | {window['load']:.1f} |"
+                f"{busy} | {stall} | {window['load']:.1f} |"
             )
         lines += [
             "",

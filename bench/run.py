@@ -189,12 +189,19 @@ class Bench:
         copies: tuple[str, ...] = ("",),
         impact: str | None = None,
         default_priority: bool = False,
+        job_options: dict[str, dict[str, Any]] | None = None,
     ) -> Path:
         """A config for every running server; `copies` repeats each job under name + suffix.
 
         The comparison runs every job at nice 0 (as the reference pipes run); `default_priority`
-        leaves nice and ionice at the agent's defaults, `impact` sets storage.impact.
+        leaves nice and ionice at the agent's defaults, `impact` sets storage.impact; `job_options`
+        adds keys by engine ("postgresql", "mysql", "mongodb"), e.g. busy_threshold.
         """
+        extra = {
+            engine: [f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"]
+            for engine, options in (job_options or {}).items()
+            for key, value in options.items()
+        }
         lines = [
             "[storage]",
             f'path = "{storage}"',
@@ -228,6 +235,7 @@ class Bench:
                     f'password = "{server.password}"',
                     "include_globals = false",
                     *common,
+                    *extra.get("postgresql", []),
                 ]
             if "mysql" in self.servers:
                 server = self.servers["mysql"]
@@ -241,6 +249,7 @@ class Bench:
                     f'password = "{server.password}"',
                     "include_grants = false",
                     *common,
+                    *extra.get("mysql", []),
                 ]
             if "mongodb" in self.servers:
                 server = self.servers["mongodb"]
@@ -268,12 +277,18 @@ class Bench:
         keep: bool = False,
         impact: str | None = None,
         default_priority: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> Sample:
         storage = self.scratch("storage")
         if impact is None and not default_priority:
             impact = "fastest"  # the comparison: no pacing, as fast as the reference pipes
         config = self.agent_config(
-            storage, level=level, threads=threads, impact=impact, default_priority=default_priority
+            storage,
+            level=level,
+            threads=threads,
+            impact=impact,
+            default_priority=default_priority,
+            job_options={engine: options} if options else None,
         )
         result = storage.parent / (storage.name + ".probe.json")
         module = {
@@ -300,6 +315,7 @@ class Bench:
             "counts": manifest.get("counts", {}),
             "warm_seconds": probe["warm_seconds"],
             "import_seconds": probe["import_seconds"],
+            **logged_pacing(storage.parent / (storage.name + ".log")),
         }
         if not keep:
             self.remove(storage)
@@ -856,6 +872,29 @@ def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def logged_pacing(log: Path) -> dict[str, Any]:
+    """What the agent's log says of its pacing: database-busy episodes, paced seconds, buffer pool events."""
+    found: dict[str, Any] = {"busy_episodes": 0, "paced_seconds": 0.0, "busy_paced_seconds": 0.0, "buffer_pool": []}
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        name = event.get("event", "")
+        if name == "backup.paced" and event.get("reason") == "database_busy":
+            found["busy_episodes"] += 1
+        elif name == "backup.finished":
+            found["paced_seconds"] += float(event.get("paced_seconds", 0))
+            found["busy_paced_seconds"] += float(event.get("paced_database_busy_seconds", 0))
+        elif name.startswith("buffer_pool."):
+            found["buffer_pool"].append(name)
+    return found
 
 
 def impact_section(bench: Bench) -> dict[str, Any]:
