@@ -42,6 +42,7 @@ class ProgressRecord(msgspec.Struct, frozen=True):
     started_at: str
     updated_at: str
     raw_bytes: int
+    expected_bytes: int | None = None  # the dump's likely raw size (the last dump's, or the server's estimate)
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -130,6 +131,7 @@ def runs_in_progress(storage: Path, now: datetime) -> list[dict[str, object]]:
                 "started_at": record.started_at,
                 "updated_at": record.updated_at,
                 "raw_bytes": record.raw_bytes,
+                "expected_bytes": record.expected_bytes,
                 "elapsed_seconds": round(max(0.0, (now - started).total_seconds()), 1),
             }
         )
@@ -140,12 +142,21 @@ class ProgressRecorder:
     """One dump's progress record: written at its start, then at most every `every` seconds, removed at its end."""
 
     def __init__(
-        self, storage: Path, job: str, *, database: str, kind: str, run_id: str, every: float = PROGRESS_EVERY_SECONDS
+        self,
+        storage: Path,
+        job: str,
+        *,
+        database: str,
+        kind: str,
+        run_id: str,
+        every: float = PROGRESS_EVERY_SECONDS,
+        expected_bytes: int | None = None,
     ) -> None:
         self.path = progress_directory(storage) / f"{encode_name(job)}.json"
         self._job, self._database, self._kind, self._run_id = job, database, kind, run_id
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._every = every
+        self._expected_bytes = expected_bytes
         self._last = 0.0
         self._broken = False
 
@@ -180,6 +191,7 @@ class ProgressRecorder:
             started_at=self._started_at,
             updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
             raw_bytes=raw_bytes,
+            expected_bytes=self._expected_bytes,
         )
         try:
             _replace(self.path, msgspec.json.encode(record) + b"\n")

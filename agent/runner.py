@@ -316,7 +316,12 @@ class JobRun:
         writer: DumpWriter | None = None
         check = None
         progress = ProgressRecorder(  # `status` shows the dump in progress from this small record
-            self.layout.root, self.job.name, database=target.database or folder, kind=target.kind, run_id=self.run_id
+            self.layout.root,
+            self.job.name,
+            database=target.database or folder,
+            kind=target.kind,
+            run_id=self.run_id,
+            expected_bytes=space.expected_raw_bytes,
         ).start()
         meter = self._meter(target.database or folder, space, progress, log)
         try:

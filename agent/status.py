@@ -550,8 +550,10 @@ def render_text(status: dict[str, Any]) -> list[str]:
         lines.append("daemon: no daemon running (no scheduled runs happen; start one with `backup-agent run`)")
     for run in status["running"]:
         label = run["database"].encode("unicode_escape").decode("ascii")
+        expected = run.get("expected_bytes")
+        total = f" of ~{format_size(expected)}" if expected and expected >= run["raw_bytes"] else ""
         lines.append(
-            f"running: {run['job']}/{label}: {format_size(run['raw_bytes'])} so far, "
+            f"running: {run['job']}/{label}: {format_size(run['raw_bytes'])}{total} so far, "
             f"{format_duration(timedelta(seconds=int(run['elapsed_seconds'])))} elapsed (pid {run['pid']})"
         )
     for job in status["jobs"]:

@@ -133,6 +133,28 @@ def test_a_backup_on_a_terminal_shows_bytes_rate_and_the_estimated_total_and_cle
     assert stdout.startswith("ok      main "), stdout
 
 
+def test_status_shows_a_running_dumps_bytes_against_its_estimated_total(backed_up: Path, tmp_path: Path) -> None:
+    expected = newest_raw_size(tmp_path / "storage")
+    backed_up.write_text(backed_up.read_text().replace('"4MiB/s"', '"2MiB/s"'))  # ~5 s: time for a few looks
+    backup = subprocess.Popen(
+        agent_argv(backed_up, "backup"), cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            text = piped(backed_up, "status").stdout
+            running = [line for line in text.splitlines() if line.startswith("running: ")]
+            if running:
+                break
+            assert backup.poll() is None and time.monotonic() < deadline, "status never saw the dump running"
+        assert backup.wait(60) == 0
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    assert f" of ~{format_size(expected)} so far" in running[0], running
+
+
 def test_a_restore_and_a_drill_on_a_terminal_show_their_progress_against_the_manifests_size(
     pg_server: PostgresServer, pg_database: str, backed_up: Path, tmp_path: Path
 ) -> None:
