@@ -306,7 +306,7 @@ class JobRun:
         compression = compression_of(self.config, self.job)
         started_at = datetime.now(UTC)
         started = time.monotonic()
-        log.info("backup.started")
+        log.info("backup.started", compression_threads=compression.threads)  # the container's cores, not the host's
         paused_before, busy_before = self._pacing_start(log)
         extension = target.extension + compression.extension
 

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from agent_helpers import data_files, decompressed, events_named, run_cli, write_config
+from agent_helpers import data_files, decompressed, events_named, password_file, run_cli, write_config
+from psycopg import sql
 from servers.mariadb import MariaDBServer
 from servers.mongo import MongoServer
 from servers.postgres import PostgresServer
@@ -198,3 +199,35 @@ def test_a_mongodb_server_without_a_lock_queue_figure_is_said_once_to_be_unsampl
     assert unsampled["signal"] == "queued operations"
     assert unsampled["error"] == "cannot sample"  # its serverStatus answers, without globalLock.currentQueue
     assert paced_for_busy(tmp_path) == []
+
+
+def test_doctor_warns_when_a_postgresql_role_cannot_see_other_sessions_for_the_busy_signal(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    role, password = f"reader_{secrets.token_hex(4)}", secrets.token_hex(12)
+    with pg_server.connect(pg_database) as connection:
+        connection.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_read_all_data").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    secret_folder = tmp_path / "role"
+    secret_folder.mkdir()
+    job = pg_job(pg_server, tmp_path, [pg_database], include_globals=False, user=role)
+    job["password_file"] = str(password_file(secret_folder, password))
+    config = write_config(tmp_path, {"main": job})
+
+    def warnings() -> list[str]:
+        capsys.readouterr()
+        assert run_cli(config, "doctor") == 0  # a warning is not a problem
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+
+    try:
+        (warning,) = warnings()
+        assert "busy_threshold" in warning and f"GRANT pg_read_all_stats TO {role}" in warning
+        with pg_server.connect(pg_database) as connection:
+            connection.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(role)))
+        assert warnings() == []
+    finally:
+        with pg_server.connect(pg_database) as connection:
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
