@@ -155,7 +155,7 @@ def test_status_shows_a_running_dumps_bytes_against_its_estimated_total(backed_u
     assert f" of ~{format_size(expected)} so far" in running[0], running
 
 
-def test_a_restore_and_a_drill_on_a_terminal_show_their_progress_against_the_manifests_size(
+def test_a_restore_a_restore_to_a_file_and_a_drill_on_a_terminal_show_their_progress_against_the_manifests_size(
     pg_server: PostgresServer, pg_database: str, backed_up: Path, tmp_path: Path
 ) -> None:
     expected = format_size(newest_raw_size(tmp_path / "storage"))
@@ -172,6 +172,14 @@ def test_a_restore_and_a_drill_on_a_terminal_show_their_progress_against_the_man
         assert stdout.startswith("restored "), stdout
     finally:
         drop_database(pg_server, target)
+
+    output = tmp_path / "plain.dump"
+    code, terminal, stdout = on_a_terminal(
+        backed_up, "restore", "--job", "main", "--database", pg_database, "--to-file", str(output)
+    )
+    assert code == 0 and output.stat().st_size == newest_raw_size(tmp_path / "storage"), terminal
+    shown = frames(terminal, "restore")
+    assert {frame["step"] for frame in shown} == {"verifying", None}, f"--to-file too: {terminal!r}"
 
     code, terminal, stdout = on_a_terminal(backed_up, "drill", "--job", "main")
     assert code == 0, terminal + stdout
