@@ -406,8 +406,9 @@ def command_restore(args: argparse.Namespace) -> int:
         return EXIT_OK
     engine = restore.engine_for(config, args.job, args.target_url)
     if args.dry_run:
-        _say(*restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table)))
-        return EXIT_OK
+        plan = restore.describe(chosen, engine, args.into, force=args.force, tables=tuple(args.table))
+        _say(*plan.lines)
+        return EXIT_FAILED if plan.refused else EXIT_OK
     restore.restore_database(
         config,
         args.job,

@@ -159,6 +159,14 @@ class DrillConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreAccount:
+    """The account `restore --into`, `drill` and `--target-url` use instead of the job's backup account."""
+
+    user: str | None = None
+    password: SecretSource = _NO_PASSWORD
+
+
+@dataclass(frozen=True, slots=True)
 class JobConfig:
     name: str
     engine: str
@@ -187,6 +195,7 @@ class JobConfig:
     hooks: HooksConfig = HooksConfig()
     drill: DrillConfig | None = None
     skip_unchanged: bool = False  # no new dump when the engine proves nothing changed since the last one
+    restore: RestoreAccount | None = None  # None: restores and drills use the backup account
     options: EngineOptions = field(default_factory=EngineOptions)  # the engine's own keys, typed by the engine
     scope: JobScope = field(default_factory=JobScope)  # which tables of each database (agent/scope.py)
 
@@ -387,6 +396,8 @@ def unsafe_paths(config: Config, *, programs: bool = True) -> list[tuple[_KeyPat
         key = ("jobs", name)
         if job.password.kind == "file":
             found.append(((*key, "password_file"), trust.check_secret_file(job.password.reference)))
+        if job.restore is not None and job.restore.password.kind == "file":
+            found.append(((*key, "restore", "password_file"), trust.check_secret_file(job.restore.password.reference)))
         if not programs:
             continue
         for hook in ("before", "after", "on_failure"):
@@ -703,7 +714,7 @@ _COMMON_JOB_KEYS = (
     "engine", "host", "port", "socket", "server_user", "user", "password", "password_file", "password_env",
     "databases", "exclude", "schedule", "every", "timezone", "jitter", "timeout", "stall_timeout",
     "connect_timeout", "lock_wait_timeout", "nice", "ionice", "impact", "tool", "extra_args", "max_backup_age",
-    "retention", "hooks", "drill",
+    "retention", "hooks", "drill", "restore",
     "skip_unchanged", "tables", "exclude_tables", "schema_only_tables", "scope",
 )  # fmt: skip
 _CONNECTION_KEYS = ("host", "port", "socket", "server_user", "user", "password", "password_file", "password_env")
@@ -970,6 +981,7 @@ class _JobReader:
             hooks=self.read_hooks(),
             drill=self.read_drill(timezone),
             skip_unchanged=table.flag("skip_unchanged", False),
+            restore=self.read_restore_account(family),
             options=options,
             scope=scope,
         )
@@ -1060,8 +1072,9 @@ class _JobReader:
             if problem:
                 self.table.add("extra_args", problem)
 
-    def read_password(self) -> SecretSource:
-        table = self.table
+    def read_password(self, table: _Table | None = None) -> SecretSource:
+        """The password source of a job (or of its [restore] table): at most one of the three keys."""
+        table = table or self.table
         given = [key for key in _PASSWORD_KEYS if table.has(key)]
         if len(given) > 1:
             table.add("password", f"set only one of {', '.join(given)}")
@@ -1070,7 +1083,7 @@ class _JobReader:
             return _NO_PASSWORD
         key_path = table.label(given[0])  # with its line: a run that cannot read it says where it is set
         if given[0] == "password":
-            return self.read_inline_password(key_path)
+            return self.read_inline_password(table, key_path)
         if given[0] == "password_file":
             path = table.path_value("password_file", None)
             return SecretSource("file", str(path), key_path=key_path) if path else _NO_PASSWORD
@@ -1080,14 +1093,14 @@ class _JobReader:
             return _NO_PASSWORD
         return SecretSource("env", variable, key_path=key_path) if variable else _NO_PASSWORD
 
-    def read_inline_password(self, key_path: str) -> SecretSource:
+    def read_inline_password(self, table: _Table, key_path: str) -> SecretSource:
         """An inline password is accepted only from a config file nobody else can read."""
-        value = self.table.text("password", None, secret=True)
+        value = table.text("password", None, secret=True)
         if value is None:
             return _NO_PASSWORD
         mode = self.config.file_mode
         if mode is not None and mode & 0o077:
-            self.table.add(
+            table.add(
                 "password",
                 f"an inline password needs the config file to be private "
                 f"(chmod 600 {self.config.source}); it is readable by group/others",
@@ -1141,6 +1154,21 @@ class _JobReader:
         if not table.has("schedule") and not table.has("every"):
             table.missing("schedule", 'a drill needs schedule = "<cron>" or every = "<duration>"')
         return DrillConfig(schedule=schedule, timezone=self.config.timezone(table, job_timezone))
+
+    def read_restore_account(self, family: EngineFamily | None) -> RestoreAccount | None:
+        """[jobs.NAME.restore]: a user and its password source, read exactly as the job's own."""
+        table = self.table.table("restore")
+        if table is None:
+            return None
+        table.reject_unknown(("user", *_PASSWORD_KEYS))
+        if family is not None and not family.connects:
+            table.add("user", "a job that reads database files directly has no restore account")
+        user = table.text("user", None)
+        if user is not None and not user.strip():
+            table.add("user", "must not be empty")
+        if not table.has("user"):
+            table.missing("user", 'a restore account needs user = "..." (and password_file, password_env or password)')
+        return RestoreAccount(user=user, password=self.read_password(table))
 
 
 def _resolve_global_retention(rules: dict[str, Any]) -> RetentionPolicy:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import stat
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent import engines
 from agent.budget import headroom, measure, resolve_budget
 from agent.config import Config, JobConfig, load_config, render_key_path, unsafe_paths
-from agent.engines.base import EngineContext
+from agent.engines.base import MISSING, Engine, EngineContext
 from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError, UntrustedServer
 from agent.log import register_secret
 from agent.process import StreamLimits
@@ -302,6 +303,50 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
         findings.append(Finding(False, topic, f"privileges: {error}"))
     except Exception as error:  # a driver's own error type is a finding too, never a doctor crash
         findings.append(Finding(False, topic, f"privileges: could not be checked: {_first_line(str(error))}"))
+    if job.drill is not None or job.restore is not None:
+        findings += check_restore_account(config, job, engine)
+    return findings
+
+
+def check_restore_account(config: Config, job: JobConfig, backup_engine: Engine) -> list[Finding]:
+    """The account restores and drills use: it logs in, and with drills configured, it may create, load
+    and drop each database's scratch copy (`<db>__drill_<time>`); each gap named with its GRANT."""
+    from agent.drill import scratch_name
+    from agent.restore import restoring_job
+
+    topic = f"jobs.{job.name}"
+    restorer = restoring_job(job)
+    who = f"restore account {restorer.user}" if job.restore is not None else f"the job's account {job.user or ''}"
+    layout = StorageLayout(config.storage.path)
+    engine = engines.engine_class(job.engine)(
+        restorer, EngineContext(layout.root, layout.scratch(job.name), StreamLimits())
+    )
+    try:
+        secret = restorer.password.read()
+        if secret is not None:
+            register_secret(secret.reveal())
+        engine.check_server()
+        engine.probe()
+        if job.drill is None:
+            return [
+                Finding(True, topic, f"restore: {who} logs in; `restore --dry-run` checks its privileges for --into")
+            ]
+        databases = backup_engine.selected_databases()
+        now = datetime.now(UTC)
+        findings = [
+            Finding(False, topic, f"drills: {who} lacks {item}")
+            for database in databases
+            for item in engine.missing_restore_privileges(scratch_name(database, now), MISSING)
+        ]
+    except ConnectionFailed as error:
+        return [Finding(False, topic, f"restore: {who}: {error}; check [jobs.{job.name}.restore] user and password")]
+    except AgentError as error:
+        return [Finding(False, topic, f"restore: {who}: {error}")]
+    except Exception as error:  # a driver's own error type is a finding too, never a doctor crash
+        return [Finding(False, topic, f"restore: {who}: privileges could not be checked: {_first_line(str(error))}")]
+    if not findings:
+        done = f"may create, load and drop the scratch copies of {len(databases)} database(s)"
+        findings.append(Finding(True, topic, f"drills: {who} {done}"))
     return findings
 
 

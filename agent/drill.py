@@ -14,17 +14,28 @@ from datetime import UTC, datetime
 
 from agent import catalog, journal
 from agent.config import Config
+from agent.engines.base import MISSING
 from agent.errors import AgentError, ConnectionFailed
 from agent.log import get_logger
 from agent.progress import Watcher, counted
-from agent.restore import VERIFYING, Chosen, decompressed_chunks, engine_for, new_meter, reverify
+from agent.restore import (
+    NO_PRIVILEGE,
+    VERIFYING,
+    Chosen,
+    decompressed_chunks,
+    engine_for,
+    is_privilege_error,
+    missing_privileges,
+    new_meter,
+    refuse_missing,
+    reverify,
+)
 
 DRILL_MARKER = "__drill_"
 _SCRATCH = re.compile(r"__drill_\d{8}T\d{6}Z$")  # only names the agent made; never a user's database
 PASSED = "passed"
 FAILED = "failed"
 SKIPPED = "skipped"
-NO_PRIVILEGE = "no_privilege"
 
 
 @dataclass(slots=True)
@@ -68,23 +79,13 @@ def failure_reason(error: BaseException, step: str) -> str:
         return reason
     if isinstance(error, ConnectionFailed):
         return "connection_failed"
-    code = error.args[0] if error.args else None
-    text = str(error).lower()
-    if (
-        getattr(error, "sqlstate", None) == "42501"
-        or code in _ACCESS_DENIED_CODES
-        or "permission denied" in text
-        or "access denied" in text
-    ):
+    if is_privilege_error(error):
         return NO_PRIVILEGE
     if step == "verify":
         return "backup_invalid"
     if not isinstance(error, AgentError | OSError):
         return "internal_error"
     return f"{step}_failed"
-
-
-_ACCESS_DENIED_CODES = frozenset({1044, 1045, 1142, 1227})  # MySQL/MariaDB: access denied for this user
 
 
 def run_drills(
@@ -131,6 +132,7 @@ def _drill_one(config: Config, job: str, chosen: Chosen, now: datetime, progress
         engine = engine_for(config, job)
         reverify(chosen, new_meter(config, chosen, "drill", log, progress, step=VERIFYING))
         step = "create"
+        refuse_missing(engine, scratch, missing_privileges(engine, scratch, MISSING))
         engine.create_database(scratch)
         try:
             step = "restore"

@@ -6,11 +6,13 @@ exactly what it would do. `--to-file` writes the plain decompressed dump for man
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import posixpath
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +40,28 @@ VERIFYING = "verifying"  # the progress step of the re-verification before a res
 
 class RestoreError(AgentError):
     """The restore was refused or failed; nothing was changed unless the message says so."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+NO_PRIVILEGE = "no_privilege"
+_ACCESS_DENIED_CODES = frozenset({1044, 1045, 1142, 1143, 1227, 1370})  # MySQL/MariaDB: access denied
+
+
+def is_privilege_error(error: BaseException) -> bool:
+    """A server refusing the account (PostgreSQL SQLSTATE 42501, MySQL access-denied codes, the wording)."""
+    code = error.args[0] if error.args else None
+    text = str(error).lower()
+    return (
+        getattr(error, "sqlstate", None) == "42501"
+        or code in _ACCESS_DENIED_CODES
+        or "permission denied" in text
+        or "access denied" in text
+        or "command denied" in text
+        or "not authorized" in text
+    )
 
 
 class HeldByPlatform(RestoreError):  # noqa: N818 - names what the user learns, like LockedError
@@ -158,8 +182,16 @@ def check_target(engine: str, into: str, *, force: bool) -> None:
         )
 
 
+def restoring_job(job: JobConfig) -> JobConfig:
+    """The job as restores and drills connect: as its restore account (`[jobs.NAME.restore]`) when it has one."""
+    if job.restore is None:
+        return job
+    return dataclasses.replace(job, user=job.restore.user, password=job.restore.password)
+
+
 def retarget(job: JobConfig, url: str) -> JobConfig:
-    """The job pointed at another server (`--target-url`); the password still comes from the job's source."""
+    """The job pointed at another server (`--target-url`); the password comes from the restore account's
+    source when the job has one, else from the job's."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -174,15 +206,18 @@ def retarget(job: JobConfig, url: str) -> JobConfig:
             f"--target-url: expected a {job.engine} URL such as {example}://user@host:port, got scheme {parts.scheme!r}"
         )
     if parts.password is not None:
-        raise UsageError("--target-url must not contain a password: it is read from the job's password source")
-    return family.retarget(job, url)
+        raise UsageError(
+            "--target-url must not contain a password: it is read from the password source of "
+            f"[jobs.{job.name}.restore] (or of the job when it has no restore account)"
+        )
+    return family.retarget(restoring_job(job), url)
 
 
 def engine_for(config: Config, job: str, target_url: str | None = None) -> Engine:
     if job not in config.jobs:
         raise UsageError(f"no job named {job!r} in the config")
     layout = StorageLayout(config.storage.path)
-    job_config = config.jobs[job] if target_url is None else retarget(config.jobs[job], target_url)
+    job_config = restoring_job(config.jobs[job]) if target_url is None else retarget(config.jobs[job], target_url)
     return engines.engine_class(job_config.engine)(
         job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits())
     )
@@ -222,10 +257,39 @@ def restore_to_file(
     return output
 
 
-def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: tuple[str, ...]) -> list[str]:
+@dataclass(slots=True)
+class RestorePlan:
+    """What `restore --dry-run` prints; `refused` when the restore itself would be refused or fail."""
+
+    lines: list[str] = field(default_factory=list)
+    refused: bool = False
+
+
+def missing_privileges(engine: Engine, into: str, state: str) -> list[str]:
+    """What the account restoring lacks to restore into `into` (creating it first when MISSING)."""
+    try:
+        return engine.missing_restore_privileges(into, state)
+    except AgentError:
+        raise
+    except Exception as error:  # a driver's own error: a named reason, never a traceback
+        raise RestoreError(f"cannot check the privileges to restore into {into!r}: {_first_line(error)}") from None
+
+
+def refuse_missing(engine: Engine, into: str, missing: list[str]) -> None:
+    if missing:
+        raise RestoreError(
+            f"account {engine.job.user or '(default)'} cannot restore into {into!r}: it lacks " + "; ".join(missing),
+            NO_PRIVILEGE,
+        )
+
+
+def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: tuple[str, ...]) -> RestorePlan:
+    """The restore's steps as `--dry-run` prints them, with the privileges the account lacks for them."""
     manifest = chosen.manifest
     state = engine.database_state(into)
-    lines = [
+    plan = RestorePlan()
+    lines = plan.lines
+    lines += [
         f"backup:   {chosen.record.path}",
         f"made:     {format_time(manifest.started_at)} ({manifest.format}, {format_size(manifest.stored_bytes)})",
         f"sha256:   {manifest.sha256}",
@@ -235,9 +299,17 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
         lines.append(f"step:     create database {into!r}")
     elif state == NOT_EMPTY and not force:
         lines.append("refused:  the database holds data; pass --force to restore into it anyway")
+        plan.refused = True
     lines.append("step:     re-verify the backup's sha256 and structure")
     lines.extend(f"step:     {step}" for step in engine.restore_steps(into, tables))
-    return lines
+    missing = missing_privileges(engine, into, state)
+    user = engine.job.user or "(default)"
+    if missing:
+        plan.refused = True
+        lines.extend(f"missing:  account {user} lacks {item}" for item in missing)
+    else:
+        lines.append(f"account:  {user} has the privileges for these steps")
+    return plan
 
 
 def restore_server_wide(
@@ -288,20 +360,29 @@ def restore_database(
     state = engine.database_state(into)
     if state == NOT_EMPTY and not force:
         raise RestoreError(f"database {into!r} already holds data; refusing to restore into it without --force")
+    refuse_missing(engine, into, missing_privileges(engine, into, state))
     reverify(chosen, new_meter(config, chosen, "restore", log, progress, step=VERIFYING))
     log.info("restore.started", path=str(chosen.record.path))
     created = False
-    if state == MISSING:
-        engine.create_database(into)
-        created = True
-    meter = new_meter(config, chosen, "restore", log, progress)
     try:
-        with meter:
+        if state == MISSING:
+            engine.create_database(into)
+            created = True
+        with new_meter(config, chosen, "restore", log, progress) as meter:
             chunks = decompressed_chunks(chosen.record.path, chosen.manifest.compression)
             engine.restore(counted(chunks, meter), chosen.manifest, into, tables=tables)
     except BaseException as error:
-        log.error("restore.failed", error=str(error))
+        log.error("restore.failed", error=_first_line(error))
         if created:
-            engine.drop_database(into)
+            with contextlib.suppress(Exception):  # the restore's own error is the one to report
+                engine.drop_database(into)
+        if isinstance(error, Exception) and not isinstance(error, AgentError):
+            reason = NO_PRIVILEGE if is_privilege_error(error) else "restore_failed"
+            raise RestoreError(f"restore into {into!r} failed: {_first_line(error)}", reason) from None
         raise
     log.info("restore.finished", path=str(chosen.record.path))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -356,6 +356,16 @@ class Engine(ABC):
         """Rows per table, keyed as in the manifest's `counts`, for drills."""
         raise UsageError(f"engine {self.name} cannot count rows")
 
+    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+        """What the account lacks to restore into `database` (created first when `state` is MISSING), each
+        with the statement that grants it; [] when it has everything or the engine cannot tell before trying."""
+        return []
+
+    @property
+    def restores_as_own_account(self) -> bool:
+        """A dedicated restore account (`[jobs.NAME.restore]`) restores as itself: objects become its own."""
+        return self.job.restore is not None
+
     def restore_steps(self, database: str, tables: Sequence[str] = ()) -> list[str]:
         """What `restore` does to load the dump, for `--dry-run` (it reads the server, changes nothing)."""
         return [f"load it{' (tables: ' + ', '.join(tables) + ')' if tables else ''}"]

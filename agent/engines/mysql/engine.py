@@ -46,11 +46,14 @@ from agent.engines.base import (
     options_of,
 )
 from agent.engines.mysql import auth, buffer_pool
+from agent.engines.mysql import grants as grant_rules
 from agent.engines.mysql.busy import RunningThreads
 from agent.engines.mysql.grants import (
     DUMP_PRIVILEGES,
+    RESTORE_PRIVILEGES,
     Grant,
     granted_roles,
+    may_name_other_definers,
     missing_privileges,
     parse_grants,
     privilege_gaps,
@@ -615,6 +618,24 @@ class MysqlEngine(Engine):
             findings.append(PrivilegeFinding(True, f"{user} has the privileges to dump all {len(names)} database(s)"))
         return findings
 
+    def _grants(self) -> tuple[str, list[Grant]]:
+        """The account's name and its grants (its roles' included)."""
+        with self.connect() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT CURRENT_USER()")
+            user = str(cursor.fetchone()[0])
+            return user, parse_grants(self._grant_lines(cursor))
+
+    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+        """The privileges a load into `database` needs (CREATE also creates it), by the account's grants."""
+        user, grants = self._grants()
+        missing = grant_rules.missing_restore_privileges(grants, database)
+        if not missing:
+            return []
+        pattern = quote_identifier(database.replace("_", "\\_").replace("%", "\\%"))
+        account = "@".join("'" + part.replace("'", "''") + "'" for part in user.split("@", 1))
+        grant = f"GRANT {', '.join(RESTORE_PRIVILEGES)} ON {pattern}.* TO {account}"
+        return [f"{', '.join(missing)} on {database!r}: {grant}"]
+
     # --- grants ---------------------------------------------------------------------------
     def _dump_grants(self, sink: Sink) -> DumpDetails:
         tool, tool_version, server = self._ensure_probed()
@@ -737,7 +758,8 @@ class MysqlEngine(Engine):
         collation = (details.get("character_set"), details.get("collation"))
         if self.database_state(database) == EMPTY and all(isinstance(value, str) for value in collation):
             self._adopt_collation(database, (str(collation[0]), str(collation[1])))
-        self._load(strip_definers(lines_of(chunks)) if drill else chunks, database)
+        own = drill or (self.restores_as_own_account and not may_name_other_definers(self._grants()[1]))
+        self._load(strip_definers(lines_of(chunks)) if own else chunks, database)
 
     def _load(self, chunks: Iterable[bytes], database: str | None) -> None:
         self._ensure_probed()

@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DUMP_PRIVILEGES = ("SELECT", "SHOW VIEW", "TRIGGER", "LOCK TABLES", "EVENT")
+# what loading a dump into a database needs (tests/integration/test_restore_accounts.py removes each in turn)
+RESTORE_PRIVILEGES = (
+    "SELECT", "INSERT", "CREATE", "DROP", "ALTER", "LOCK TABLES", "CREATE VIEW", "TRIGGER",
+    "CREATE ROUTINE", "ALTER ROUTINE", "EVENT",
+)  # fmt: skip
+_DEFINER_PRIVILEGES = ("SUPER", "SET USER", "SET_USER_ID")  # a DEFINER naming another account
 ROUTINES = "routines (global SELECT, SHOW_ROUTINE, or SELECT on mysql.proc)"
 _ALL = "ALL"
 _NAME = r"`(?:[^`]|``)*`"
@@ -121,3 +127,14 @@ def privilege_gaps(grants: list[Grant], database: str) -> list[str]:
     if ROUTINES in missing:
         gaps.append("global SELECT, SELECT on mysql.proc or SHOW_ROUTINE (stored routines)")
     return gaps
+
+
+def missing_restore_privileges(grants: list[Grant], database: str) -> list[str]:
+    """The RESTORE_PRIVILEGES a load into `database` needs that the grants do not give on it."""
+    covering = [grant for grant in grants if grant.covers_database(database)]
+    return [name for name in RESTORE_PRIVILEGES if not any(grant.holds(name) for grant in covering)]
+
+
+def may_name_other_definers(grants: list[Grant]) -> bool:
+    """Whether the account may create objects whose DEFINER is another account (SUPER, SET USER)."""
+    return any(grant.is_global and any(grant.holds(name) for name in _DEFINER_PRIVILEGES) for grant in grants)

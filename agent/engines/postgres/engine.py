@@ -498,6 +498,8 @@ class PostgresEngine(Engine):
             ]
             if drill:
                 argv += ["--no-owner", "--no-privileges"]
+            elif self.restores_as_own_account and not self._is_superuser():
+                argv.append("--no-owner")  # a restore account owns what it restores; it cannot give it away
             argv += [f"--table={table}" for table in tables]
         with passfile(self.job.user, self.job.password.read()) as (env, fds):
             self._driver_check(database)
@@ -512,6 +514,16 @@ class PostgresEngine(Engine):
         from agent.engines.postgres.privileges import check_privileges
 
         return check_privileges(self)
+
+    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+        from agent.engines.postgres.privileges import missing_restore_privileges
+
+        return missing_restore_privileges(self, database, state)
+
+    def _is_superuser(self) -> bool:
+        from agent.engines.postgres.privileges import is_superuser
+
+        return is_superuser(self)
 
     def count_rows(self, database: str) -> dict[str, int]:
         counts: dict[str, int] = {}

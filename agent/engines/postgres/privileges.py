@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.engines.base import PrivilegeFinding
+from psycopg import sql
+
+from agent.engines.base import MISSING, PrivilegeFinding
 from agent.engines.postgres.busy import sees_every_backend
 from agent.errors import ConnectionFailed
 
@@ -65,3 +67,59 @@ def check_privileges(engine: PostgresEngine) -> list[PrivilegeFinding]:
             )
         )
     return findings
+
+
+_ACCOUNT = "SELECT current_user, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+_DATABASE_RIGHTS = """
+    SELECT has_database_privilege(datname, 'CONNECT'), has_database_privilege(datname, 'CREATE')
+    FROM pg_database WHERE datname = %s
+"""
+_PUBLIC_RIGHTS = """
+    SELECT has_schema_privilege(oid, 'USAGE') AND has_schema_privilege(oid, 'CREATE')
+    FROM pg_namespace WHERE nspname = 'public'
+"""
+
+
+def is_superuser(engine: PostgresEngine) -> bool:
+    with engine.connect() as connection:
+        row = connection.execute(_ACCOUNT).fetchone()
+    return bool(row and row[1])
+
+
+def missing_restore_privileges(engine: PostgresEngine, database: str, state: str) -> list[str]:
+    """A superuser may do anything; else creating needs CREATEDB, and an existing database needs
+    CONNECT, CREATE (pg_restore creates its schemas) and CREATE on its schema public."""
+    with engine.connect() as connection:
+        row = connection.execute(_ACCOUNT).fetchone()
+        user, superuser, create_databases = (str(row[0]), bool(row[1]), bool(row[2])) if row else ("?", False, False)
+        if superuser:
+            return []
+        role, name = quote(user), quote(database)
+        if state == MISSING:
+            if create_databases:
+                return []
+            return [
+                f"CREATEDB to create database {database!r}: ALTER ROLE {role} CREATEDB; or create it for the "
+                f"account: CREATE DATABASE {name} OWNER {role}"
+            ]
+        rights = connection.execute(_DATABASE_RIGHTS, (database,)).fetchone()
+    can_connect, can_create = (bool(rights[0]), bool(rights[1])) if rights else (False, False)
+    missing = []
+    if not can_connect:
+        missing.append(f"CONNECT on database {database!r}: GRANT CONNECT ON DATABASE {name} TO {role}")
+    if not can_create:
+        missing.append(f"CREATE on database {database!r}: ALTER DATABASE {name} OWNER TO {role}")
+    if can_connect:
+        with engine.connect(database) as connection:
+            public = connection.execute(_PUBLIC_RIGHTS).fetchone()
+        if public is not None and not public[0]:
+            missing.append(
+                f"CREATE on schema public of {database!r}: ALTER DATABASE {name} OWNER TO {role} (the owner "
+                f"may create in public), or GRANT USAGE, CREATE ON SCHEMA public TO {role} in it"
+            )
+    return missing
+
+
+def quote(name: str) -> str:
+    """An identifier as the statement shown to the user needs it (quoted unless plain lower case)."""
+    return sql.Identifier(name).as_string(None) if not name.isidentifier() or name != name.lower() else name
