@@ -284,7 +284,7 @@ def _retention_line(job: dict[str, Any], budget_bytes: int) -> str:
     return (
         f"platform: {job['job']}: the same protection with {changed} in [retention] "
         f"(the platform's snapshots hold those dumps): frees {format_size(job['freed_bytes'])} now "
-        f"({job['freed_files']} of {job['kept_files']} files kept{share})"
+        f"({job['freed_files']} of the {job['kept_files']} files it keeps{share})"
     )
 
 

@@ -144,7 +144,7 @@ def test_status_and_doctor_size_retention_to_the_platform(platform_run: tuple[Pa
         assert "snapshots at 00:00, 06:00, 12:00, 18:00 (UTC), each kept 14d: 56 restore points now" in output
         assert f"main/{database}: 56 of 56 snapshots hold a dump (the newest dump in each 30m to 18h30m old)" in output
         assert "the same protection with keep_last = 1, keep_daily = 0 in [retention]" in output
-        assert "frees" in output and "(3 of 4 files kept" in output
+        assert "frees" in output and "(3 of the 4 files it keeps" in output
     assert "held by the snapshot of 2026-12-02 18:00 UTC until 2026-12-16 18:00 UTC" in status.stdout
     assert "… and " in status.stdout and "older: `backup-agent list --deleted --job main`" in status.stdout
     picture = json.loads(_agent(config, NOW, "status", "--json").stdout)["platform"]

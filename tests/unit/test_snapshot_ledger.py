@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +16,8 @@ from hypothesis import strategies as st
 
 from agent import retention
 from agent.budget import Budget, DiskFigures
-from agent.config import RetentionPolicy
+from agent.config import RetentionPolicy, parse_config
+from agent.ledger import deleted_rows, load
 from agent.naming import backup_filename
 from agent.snapshots import (
     CREATED,
@@ -299,3 +303,48 @@ def test_the_platform_sized_policy_leaves_a_restore_point_in_every_day_the_dropp
     assert len(on_disk) <= max(sized.keep_min, len(_simulate(policy, every, days=30)[2])), (
         "the sized policy keeps no more than the policy it replaces"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The journal on disk (agent/ledger.py)
+
+
+def _journal_line(previous: bytes, **fields: object) -> bytes:
+    """A line as every version of the agent has written it: sorted keys, ASCII, `prev` the sha256 of the line before."""
+    prev = hashlib.sha256(previous.rstrip(b"\n")).hexdigest() if previous else "0" * 64
+    return (json.dumps({**fields, "prev": prev}, sort_keys=True, ensure_ascii=True) + "\n").encode()
+
+
+def test_journal_lines_written_before_the_ledger_existed_are_read_and_a_break_marks_the_rest_unverified(
+    tmp_path: Path,
+) -> None:
+    storage = tmp_path / "storage"
+    (storage / ".agent").mkdir(parents=True)
+    config = parse_config(
+        f'[storage]\npath = "{storage}"\n[snapshots]\ntimes = ["00:00", "06:00", "12:00", "18:00"]\n'
+        '[jobs.main]\nengine = "sqlite"\ndatabases = ["/srv/shop.db"]\n',
+        tmp_path / "config.toml",
+    )
+    lines: list[bytes] = []
+    for day in (24, 25):
+        path = _path(datetime(2026, 11, day, 23, 30, tzinfo=UTC))
+        created = {"at": f"2026-11-{day}T23:30:02+00:00", "event": "created", "path": path, "sha256": "0" * 64}
+        lines.append(_journal_line(lines[-1] if lines else b"", **created, bytes=100, run_id="r"))
+        deleted = {"at": f"2026-11-{day + 2}T23:30:03+00:00", "event": "deleted", "path": path, "rule": "expired"}
+        lines.append(_journal_line(lines[-1], **deleted, sha256="0" * 64))
+    journal_file = storage / ".agent" / "journal.jsonl"
+    journal_file.write_bytes(b"".join(lines))
+
+    loaded = load(config, NOW)
+    assert loaded is not None and loaded.first_break is None
+    rows = deleted_rows(loaded)
+    assert [row["path"] for row in rows] == [
+        str(storage / _path(datetime(2026, 11, d, 23, 30, tzinfo=UTC))) for d in (24, 25)
+    ]
+    assert "held by the snapshot of 2026-11-26 18:00 UTC until 2026-12-10 18:00 UTC" in rows[0]["text"]
+
+    edited = lines[2].replace(b'"bytes": 100', b'"bytes": 999')  # the third line, edited: line 4 breaks
+    journal_file.write_bytes(b"".join([*lines[:2], edited, *lines[3:]]))
+    loaded = load(config, NOW)
+    assert loaded is not None and loaded.first_break == 4
+    assert [row["verified"] for row in deleted_rows(loaded)] == [True, False]
