@@ -25,10 +25,10 @@ def problems_of(text: str, file_mode: int | None = None) -> list[str]:
 def test_a_restore_account_takes_a_user_and_a_password_file() -> None:
     text = HEAD + '\n[jobs.main.restore]\nuser = "restorer"\npassword_file = "/etc/backup-agent/restore.password"\n'
     job = parse_config(text, SOURCE).jobs["main"]
-    assert job.restore == RestoreAccount(
-        "restorer",
-        SecretSource("file", "/etc/backup-agent/restore.password", key_path="jobs.main.restore.password_file"),
-    )
+    assert job.restore is not None and job.restore.user == "restorer"
+    source = job.restore.password
+    assert (source.kind, source.reference) == ("file", "/etc/backup-agent/restore.password")
+    assert source.key_path.startswith("jobs.main.restore.password_file")  # errors name the restore table's key
     restoring = restoring_job(job)
     assert restoring.user == "restorer" and restoring.password == job.restore.password
     assert job.user == "backup"  # backups keep the backup account
