@@ -36,6 +36,7 @@ class MongoFamily(EngineFamily):
         }
     )
     short_password_option = True
+    table_scope = True  # collections
     refused_arguments = MappingProxyType(
         {
             "--authenticationMechanism": "set authMechanism in uri (PLAIN only over TLS that verifies the server)",

@@ -22,6 +22,7 @@ from agent.engines.mongo.archive import BUCKETS_PREFIX, ArchiveHeader, ArchiveWr
 from agent.engines.mongo.options import BUILTIN
 from agent.engines.mongo.server import CLEANUP_SECONDS, Topology, dumpable_collection, first_line, read_topology
 from agent.errors import DumpError
+from agent.scope import resolve
 
 if TYPE_CHECKING:
     from agent.engines.mongo.engine import MongoEngine
@@ -39,6 +40,7 @@ class _Collection:
     options: dict[str, Any]
     uuid: bytes | None
     indexes: list[Any] = field(default_factory=list)
+    schema_only: bool = False  # table scope: options and indexes, no documents
 
     @property
     def has_data(self) -> bool:
@@ -130,11 +132,23 @@ class BuiltinDump:
             )
 
     def _collections(self, database: Any, topology: Topology) -> list[_Collection]:
-        listed = list(database.list_collections())
+        listed = [
+            info
+            for info in database.list_collections()
+            if dumpable_collection(info["name"]) or _system_collection_kept(self.database, info["name"])
+        ]
+        scope = self.engine.job.scope.for_database(self.database)
+        resolved = None
+        if not scope.is_everything:  # resolved on the same listing the dump follows
+            resolved = resolve(scope, [str(info["name"]) for info in listed])
+            self.details.scope = resolved
+            self.details.warnings += resolved.warnings(self.database)
+            views = {str(info["name"]) for info in listed if info.get("type") == "view"}
+            self.details.empty_tables = tuple(name for name in resolved.schema_only if name not in views)
         found: list[_Collection] = []
         for info in sorted(listed, key=lambda item: item["name"]):
             name = info["name"]
-            if not dumpable_collection(name) and not _system_collection_kept(self.database, name):
+            if resolved is not None and name in resolved.excluded:
                 continue
             kind = str(info.get("type", "collection"))
             uuid = info.get("info", {}).get("uuid")
@@ -152,6 +166,7 @@ class BuiltinDump:
                 )
             if item.has_data:
                 item.indexes = list(database[name].list_indexes())
+            item.schema_only = resolved is not None and name in resolved.schema_only
             found.append(item)
         return found
 
@@ -160,6 +175,9 @@ class BuiltinDump:
             self.writer.end(self.database, item.name)
             return
         data_name = BUCKETS_PREFIX + item.name if item.type == "timeseries" else item.name
+        if item.schema_only:
+            self.writer.end(self.database, data_name)  # its prelude entry holds options and indexes
+            return
         collection = database.get_collection(data_name, codec_options=_RAW)
         cursor = collection.find_raw_batches({}, session=session, hint=[("$natural", 1)], batch_size=self.batch_size)
         documents = 0

@@ -48,6 +48,7 @@ from agent.engines.mongo.server import (
     read_topology,
 )
 from agent.errors import ConnectionFailed, DumpError, ToolError, UntrustedServer, UsageError, VerificationError
+from agent.scope import ResolvedScope
 
 if TYPE_CHECKING:
     from agent.manifest import Manifest
@@ -294,7 +295,9 @@ class MongoEngine(Engine):
             raise DumpError(str(error), "connection_failed") from None
 
     # --- mongodump -------------------------------------------------------------------------------
-    def mongodump_argv(self, tool: str, target: DumpTarget, config_path: str | None) -> list[str]:
+    def mongodump_argv(
+        self, tool: str, target: DumpTarget, config_path: str | None, excluded: Sequence[str] = ()
+    ) -> list[str]:
         """The command as data; the password is only ever in the --config file."""
         job, options = self.job, self.options
         argv = [tool, "--archive"]
@@ -317,8 +320,31 @@ class MongoEngine(Engine):
             argv.extend(f"--nsExclude={name}.*" for name in self._excluded_databases())
         else:
             argv.append(f"--db={target.database}")
+        argv.extend(f"--excludeCollection={name}" for name in excluded)
         argv.extend(job.extra_args)
         return argv
+
+    def _mongodump_scope(self, target: DumpTarget) -> ResolvedScope | None:
+        """The scope a mongodump run can apply: exact `--excludeCollection` names; no schema-only."""
+        scope = self.job.scope.for_database(target.database)
+        if scope.is_everything:
+            return None
+        if target.kind == "server":
+            raise DumpError(
+                "table scope needs one archive per database; a point_in_time server dump has one", "unsupported"
+            )
+        if scope.schema_only_tables:
+            raise DumpError(
+                'schema_only_tables needs the built-in dumper (tool = "builtin"): mongodump cannot keep a '
+                "collection's options and indexes without its documents",
+                "unsupported",
+            )
+        return self.resolve_scope(target.database)
+
+    def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
+        with self.connected() as client:
+            names = client[database].list_collection_names()
+        return sorted(name for name in names if dumpable_collection(name)), {}
 
     def _excluded_databases(self) -> list[str]:
         """Databases a whole-server dump must leave out: system ones unless asked, and `exclude`.
@@ -335,9 +361,13 @@ class MongoEngine(Engine):
         details = DumpDetails(counts_consistent=True)
         what = "mongodump of the whole server" if target.kind == "server" else f"mongodump of {target.database!r}"
         counting = _CountingSink(sink)
+        details.scope = self._mongodump_scope(target)
+        excluded = details.scope.excluded if details.scope is not None else ()
+        if details.scope is not None:
+            details.warnings += details.scope.warnings(target.database)
         with private_config(self.job.password.read()) as (config_path, fds):
             command = process.Command(
-                tuple(self.mongodump_argv(tool, target, config_path)),
+                tuple(self.mongodump_argv(tool, target, config_path, excluded)),
                 pass_fds=fds,
                 nice=self.job.nice,
                 ionice=self.job.ionice,
