@@ -273,9 +273,9 @@ def _list_deleted(config: Any, args: argparse.Namespace) -> int:
     if loaded is None:
         raise UsageError("list --deleted needs [snapshots] times in the config: the platform's snapshot times")
     rows = ledger.deleted_rows(loaded, args.job)
-    warning = ledger.break_text(loaded)
-    if warning:
-        _say(f"warning: {warning}", error=True)
+    for warning in (ledger.break_text(loaded), ledger.vanished_text(loaded)):
+        if warning:
+            _say(f"warning: {warning}", error=True)
     if args.json:
         _say_json(rows, ensure_ascii=False)
         return EXIT_OK

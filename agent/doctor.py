@@ -364,6 +364,9 @@ def check_platform(config: Config) -> list[Finding]:
     warning = ledger.break_text(loaded)
     if warning:
         findings.append(Finding(False, "platform", f"{warning}; run `backup-agent verify`"))
+    vanished = ledger.vanished_text(loaded)
+    if vanished:
+        findings.append(Finding(True, "platform", vanished))
     return findings
 
 

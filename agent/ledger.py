@@ -10,6 +10,7 @@ break named, because an edited journal can invent or hide files and only the pla
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ class Ledger:
     now: datetime
     files: list[FileHoldings]
     first_break: int | None  # the journal's first line where the chain breaks (or does not decode)
+    vanished: tuple[str, ...] = ()  # published, never journaled as deleted, and gone: holdings unknown
 
     @property
     def zone(self) -> ZoneInfo:
@@ -66,7 +68,16 @@ def load(config: Config, now: datetime | None = None) -> Ledger | None:
         verified = unverified_from is None or number < unverified_from
         events.append(snapshots.LedgerEvent(kind, entry.path, at, number, verified, entry.sha256, entry.bytes))
     platform = platform_of(config.snapshots)
-    return Ledger(storage, platform, now, snapshots.ledger(events, platform, now), first_break)
+    files: list[FileHoldings] = []
+    vanished: list[str] = []
+    for lifetime in snapshots.lifetimes(events):
+        if lifetime.deleted_at is None and not os.path.lexists(storage / lifetime.path):
+            # deleted by hand (or a retire without --delete, then by hand): when is unknown, so no claim
+            vanished.append(lifetime.path)
+            files.append(FileHoldings(lifetime, ()))
+        else:
+            files.append(snapshots.holdings_of(lifetime, platform, now))
+    return Ledger(storage, platform, now, files, first_break, tuple(vanished))
 
 
 def _instant(text: str) -> datetime | None:
@@ -79,6 +90,15 @@ def _instant(text: str) -> datetime | None:
 def local_text(moment: datetime, zone: ZoneInfo) -> str:
     """A snapshot time as the platform shows it: local wall clock and zone, e.g. 2026-12-01 06:00 CET."""
     return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def vanished_text(ledger: Ledger) -> str | None:
+    if not ledger.vanished:
+        return None
+    return (
+        f"{len(ledger.vanished)} dump(s) the journal lists are gone without a deletion line (deleted by hand?), "
+        f"e.g. {ledger.absolute(ledger.vanished[0])}: which snapshots hold them is unknown"
+    )
 
 
 def break_text(ledger: Ledger) -> str | None:
@@ -277,6 +297,8 @@ def sizing_lines(sized: dict[str, Any]) -> list[str]:
 
 
 def _retention_line(job: dict[str, Any], budget_bytes: int) -> str:
+    if not job["kept_files"]:
+        return f"platform: {job['job']}: no dumps on disk yet to size local retention against"
     if not job["changes"]:
         return f"platform: {job['job']}: local retention is already as small as the same protection allows"
     changed = ", ".join(f"{key} = {value}" for key, value in job["changes"].items())

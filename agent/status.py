@@ -232,6 +232,7 @@ def platform_status(config: Config, now: datetime) -> dict[str, Any] | None:
         "deleted_held": ledger.deleted_rows(loaded),
         "deleted_held_lines": held,
         "warning": ledger.break_text(loaded),
+        "vanished": ledger.vanished_text(loaded),
     }
 
 
@@ -594,8 +595,7 @@ def _platform_lines(platform: dict[str, Any] | None) -> list[str]:
     lines = list(platform["lines"])
     for series, held in platform["deleted_held_lines"].items():
         lines.extend(f"  {series}: {line}" for line in held)
-    if platform["warning"]:
-        lines.append(f"platform: warning: {platform['warning']}")
+    lines.extend(f"platform: warning: {platform[key]}" for key in ("warning", "vanished") if platform[key])
     return lines
 
 

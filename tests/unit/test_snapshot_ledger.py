@@ -348,3 +348,25 @@ def test_journal_lines_written_before_the_ledger_existed_are_read_and_a_break_ma
     loaded = load(config, NOW)
     assert loaded is not None and loaded.first_break == 4
     assert [row["verified"] for row in deleted_rows(loaded)] == [True, False]
+
+
+def test_a_dump_gone_without_a_deletion_line_is_claimed_by_no_snapshot(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    (storage / ".agent").mkdir(parents=True)
+    config = parse_config(
+        f'[storage]\npath = "{storage}"\n[snapshots]\ntimes = ["00:00", "06:00", "12:00", "18:00"]\n'
+        '[jobs.main]\nengine = "sqlite"\ndatabases = ["/srv/shop.db"]\n',
+        tmp_path / "config.toml",
+    )
+    kept, by_hand = _path(datetime(2026, 11, 30, 23, 30, tzinfo=UTC)), _path(datetime(2026, 12, 1, 23, 30, tzinfo=UTC))
+    (storage / kept).parent.mkdir(parents=True)
+    (storage / kept).write_bytes(b"dump")
+    lines: list[bytes] = []
+    for path, at in ((kept, "2026-11-30T23:30:05+00:00"), (by_hand, "2026-12-01T23:30:05+00:00")):
+        lines.append(_journal_line(lines[-1] if lines else b"", at=at, event="created", path=path, bytes=4))
+    (storage / ".agent" / "journal.jsonl").write_bytes(b"".join(lines))
+
+    loaded = load(config, NOW)
+    assert loaded is not None and loaded.vanished == (by_hand,)
+    points = restore_points(loaded.files, loaded.platform, NOW, "main", "shop")
+    assert {point.newest.path for point in points if point.newest} == {kept}, "no snapshot is claimed for it"
