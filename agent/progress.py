@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from agent.units import format_size
 
 TERMINAL_EVERY_SECONDS = 0.5  # the terminal line's redraw interval: lively, and cheap on a slow terminal
-LOG_EVERY_SECONDS = 300.0  # `log.progress_every`'s default: a log reader sees a long dump is alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +103,12 @@ class Watcher(Protocol):
 
 
 class LogWatcher:
-    """Logs `<operation>.progress` every `every` seconds of a stream; nothing at its end (the
-    operation's own `finished` or `failed` event says that)."""
+    """Logs `<operation>.progress` every `every` seconds of a stream (`log.progress_every`); nothing
+    at its end (the operation's own `finished` or `failed` event says that)."""
 
     at_start = False
 
-    def __init__(self, log: Any, every: float = LOG_EVERY_SECONDS) -> None:
+    def __init__(self, log: Any, every: float) -> None:
         self._log = log
         self.every = every
 
