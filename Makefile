@@ -27,8 +27,14 @@ test: setup
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
-demo: setup
+# the agent and its runtime dependencies only: no test extras, no database servers (the demo uses SQLite)
+demo: $(VENV)/.installed-runtime
 	$(PY) scripts/demo.py
+
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
+	touch $@
 
 bench: setup
 	$(PY) bench/run.py

@@ -1,7 +1,8 @@
 """`make demo`: one real backup of a small SQLite database, verified, with no server needed.
 
-Creates ./demo/ with an SQLite database and a config, runs the installed `backup-agent` for one
-backup, verifies it, and shows where the files are and what the log says.
+Creates ./demo/ (or $BACKUP_AGENT_DEMO_DIR) with an SQLite database and a config, runs the installed
+`backup-agent` for one backup, verifies it, and shows the backups, the status and the log's last
+lines, all as a person reads them (the demo's log is in the text format; a service's is JSON).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "demo"
+DEMO = Path(os.environ.get("BACKUP_AGENT_DEMO_DIR", ROOT / "demo")).absolute()
 AGENT = Path(sys.executable).parent / "backup-agent"
 
 
@@ -50,7 +51,7 @@ reserve = "5%"
 [log]
 file = "{DEMO / "agent.log"}"
 level = "info"
-format = "json"
+format = "text"
 
 [jobs.demo]
 engine = "sqlite"
@@ -64,7 +65,7 @@ every = "1h"
 
 def agent(*args: str) -> int:
     command = [str(AGENT), "-c", str(DEMO / "config.toml"), *args]
-    print(f"\n$ backup-agent -c demo/config.toml {' '.join(args)}", flush=True)
+    print(f"\n$ backup-agent -c {DEMO / 'config.toml'} {' '.join(args)}", flush=True)
     return subprocess.run(command, check=False).returncode
 
 
@@ -78,6 +79,7 @@ def main() -> int:
         print("\ndemo FAILED: see demo/agent.log", file=sys.stderr)
         return 1
     agent("list")
+    agent("status")
     print(f"\nbackups are under {DEMO / 'backups'}; the log is {DEMO / 'agent.log'}. Its last lines:")
     lines = (DEMO / "agent.log").read_text(encoding="utf-8").splitlines()
     for line in lines[-4:]:
