@@ -131,27 +131,22 @@ def _tag(key: bytes, payload: bytes | memoryview) -> bytes:
     return hashlib.blake2b(payload, key=key, digest_size=_TAG_BYTES).digest()
 
 
-def load(agent_directory: Path, root: str) -> dict[str, Entry]:
-    """The index's entries; empty when it is absent, not ours, or fails its tag."""
+def read_sealed(agent_directory: Path, name: str) -> memoryview | None:
+    """The payload of an agent-own file in `.agent` whose keyed tag holds; None otherwise."""
     key = _key(agent_directory, create=False)
     if key is None:
-        return {}
-    data = _read_private(agent_directory / INDEX_NAME, _MAX_INDEX_BYTES)
+        return None
+    data = _read_private(agent_directory / name, _MAX_INDEX_BYTES)
     if data is None or len(data) < _TAG_BYTES:
-        return {}
+        return None
     view = memoryview(data)  # no copy of a few MiB
     tag, payload = view[:_TAG_BYTES], view[_TAG_BYTES:]
-    if not hmac.compare_digest(tag, _tag(key, payload)):
-        return {}
-    try:
-        document = _decoder.decode(payload)
-    except msgspec.DecodeError:
-        return {}
-    return document.entries if document.version == _VERSION and document.root == root else {}
+    return payload if hmac.compare_digest(tag, _tag(key, payload)) else None
 
 
-def save(agent_directory: Path, root: str, entries: dict[str, Entry]) -> None:
-    """Replace the index, best effort: a read-only storage or another user's `.agent` just keeps none."""
+def write_sealed(agent_directory: Path, name: str, payload: bytes) -> None:
+    """Replace the file with `payload` under its tag, best effort: a read-only storage or another
+    user's `.agent` just keeps none."""
     try:
         info = os.lstat(agent_directory)
     except OSError:
@@ -161,6 +156,22 @@ def save(agent_directory: Path, root: str, entries: dict[str, Entry]) -> None:
     key = _key(agent_directory, create=True)
     if key is None:
         return
-    payload = _encoder.encode(_Document(_VERSION, root, entries))
     with contextlib.suppress(OSError):
-        replace_file_atomically(agent_directory / INDEX_NAME, _tag(key, payload) + payload, 0o600)
+        replace_file_atomically(agent_directory / name, _tag(key, payload) + payload, 0o600)
+
+
+def load(agent_directory: Path, root: str) -> dict[str, Entry]:
+    """The index's entries; empty when it is absent, not ours, or fails its tag."""
+    payload = read_sealed(agent_directory, INDEX_NAME)
+    if payload is None:
+        return {}
+    try:
+        document = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        return {}
+    return document.entries if document.version == _VERSION and document.root == root else {}
+
+
+def save(agent_directory: Path, root: str, entries: dict[str, Entry]) -> None:
+    """Replace the index (best effort)."""
+    write_sealed(agent_directory, INDEX_NAME, _encoder.encode(_Document(_VERSION, root, entries)))

@@ -288,20 +288,41 @@ def _list_deleted(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_sample(args: argparse.Namespace) -> Any:
+    """`--incremental [--sample N|P%]` as a verified.Sample (None: verify everything)."""
+    if not args.incremental:
+        if args.sample is not None:
+            raise UsageError("--sample needs --incremental")
+        return None
+    if args.paths:
+        raise UsageError("--incremental checks the storage: give no PATH")
+    from agent.verified import DEFAULT_SAMPLE, parse_sample
+
+    try:
+        return parse_sample(args.sample or DEFAULT_SAMPLE)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def command_verify(args: argparse.Namespace) -> int:
     from agent import verify
 
     config = _load(args, runs_programs=False)
+    sample = _verify_sample(args)
     if args.paths:
         findings = [verify.verify_file(Path(path).absolute(), config.storage.path.absolute()) for path in args.paths]
     else:
-        findings = verify.verify_storage(config.storage.path, args.job)
-    bad = [finding for finding in findings if finding.status not in (verify.OK, verify.IN_PROGRESS)]
+        findings = verify.verify_storage(config.storage.path, args.job, sample=sample)
+    fine = (verify.OK, verify.IN_PROGRESS, verify.UNCHANGED)
+    bad = [finding for finding in findings if finding.status not in fine]
     running = [finding for finding in findings if finding.status == verify.IN_PROGRESS]
     checked = sum(1 for finding in findings if finding.status in (verify.OK, verify.CORRUPT, verify.TAMPERED))
     summary = f"VERIFY {'OK' if not bad else 'CRITICAL'} - {checked} checked, {len(bad)} problem(s)"
     if running:
         summary += f", {len(running)} being written"
+    unchanged = sum(1 for finding in findings if finding.status == verify.UNCHANGED)
+    if sample is not None:
+        summary += f", {unchanged} unchanged since their last good check"
     if args.json:
         _say_json(
             {
@@ -567,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="*", metavar="PATH")
     verify.add_argument("--job")
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--incremental",
+        action="store_true",
+        help="re-read only backups new or changed since their last good check, plus --sample of the others",
+    )
+    verify.add_argument(
+        "--sample", metavar="N|P%", help="with --incremental: how many unchanged backups to re-read (default 15%%)"
+    )
     verify.set_defaults(handler=command_verify)
 
     _add_restore_verb(verbs)

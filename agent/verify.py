@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
-from agent import catalog, journal
+from agent import catalog, catalog_index, journal, verified
 from agent.compression import open_decompressed
 from agent.engines import engine_class
 from agent.errors import AgentError
@@ -33,6 +34,7 @@ class Verdict(StrEnum):
     MISSING = "missing"
     PARTIAL = "partial"
     IN_PROGRESS = "in_progress"  # being written by the run holding its job's lock: no problem, not checked
+    UNCHANGED = "unchanged"  # --incremental: unchanged since a check that passed, not re-read this run
     JOURNAL = "journal"
 
 
@@ -44,6 +46,7 @@ INVALID = Verdict.INVALID
 MISSING = Verdict.MISSING
 PARTIAL = Verdict.PARTIAL
 IN_PROGRESS = Verdict.IN_PROGRESS
+UNCHANGED = Verdict.UNCHANGED
 JOURNAL = Verdict.JOURNAL
 
 _READ_SIZE = 1 << 20
@@ -145,13 +148,55 @@ def _check_against(path: Path, manifest: Manifest, on_chunk: Callable[[int], Non
     return Finding(path, OK)
 
 
-def verify_storage(storage: Path, job: str | None = None) -> list[Finding]:
-    """Every file under storage (or one job), plus the journal's chain and missing files."""
+def _keys(storage: Path, records: list[catalog.BackupRecord]) -> dict[str, tuple[bytes, str]]:
+    """Each good backup's (file key, manifest sha256), taken before any byte of it is read."""
+    keys: dict[str, tuple[bytes, str]] = {}
+    for record in records:
+        if record.status != catalog.GOOD or record.manifest is None:
+            continue
+        try:
+            key = catalog_index.file_key(os.lstat(record.path), os.lstat(manifest_path(record.path)))
+        except OSError:
+            continue  # gone meanwhile: checked, and found missing or unreadable
+        keys[f"{record.job}/{record.folder}/{record.path.name}"] = (key, record.manifest.sha256)
+    return keys
+
+
+def verify_storage(storage: Path, job: str | None = None, *, sample: verified.Sample | None = None) -> list[Finding]:
+    """Every file under storage (or one job), plus the journal's chain and missing files.
+
+    With `sample` (`verify --incremental`), a good backup is re-read only when it is new or changed
+    since its last good check (`.agent/verified`), or among the sample of the least recently
+    verified; the others are UNCHANGED. Every run records what it found good.
+    """
     findings: list[Finding] = []
     present: set[str] = set()
-    for record in catalog.scan(storage, job):
-        present.add(str(record.path.relative_to(storage)))
-        findings.append(_verdict_of(record))
+    records = catalog.scan(storage, job)
+    keys = _keys(storage, records)
+    record_before = verified.load(storage)
+    now = time.time_ns()
+    chosen: set[str] | None = None
+    if sample is not None:
+        changed, sampled = verified.choose(keys, record_before, sample, now)
+        chosen = changed | sampled
+    passed: dict[str, verified.Verified] = {}
+    for record in records:
+        where = f"{record.job}/{record.folder}/{record.path.name}"
+        present.add(where)
+        if chosen is not None and where in keys and where not in chosen:
+            findings.append(Finding(record.path, UNCHANGED, "unchanged since its last good check"))
+            continue
+        finding = _verdict_of(record)
+        findings.append(finding)
+        if finding.status == OK and where in keys:
+            passed[where] = verified.Verified(keys[where][0], keys[where][1], now)
+    scope = "" if job is None else f"{job}/"
+    dropped = {
+        path
+        for path in record_before
+        if path.startswith(scope) and path not in passed and (chosen is None or path not in keys or path in chosen)
+    }
+    verified.update(storage, passed, dropped)
     entries, problems = journal.read_entries(storage)
     journal_file = journal.journal_path(storage)
     findings.extend(Finding(journal_file, JOURNAL, f"line {p.line_number}: {p.message}") for p in problems)

@@ -34,7 +34,7 @@ OPERATIONS = frozenset(
     for name in (
         *("runner", "observed", "events", "daemon", "status", "metrics", "verify", "restore", "drill", "doctor"),
         *("prune", "budget", "retention", "cli", "hooks", "notify", "state", "records", "catalog", "writer"),
-        "catalog_index",
+        *("catalog_index", "verified"),
     )
 )
 
