@@ -20,6 +20,7 @@ from typing import BinaryIO
 from agent import catalog, catalog_index, journal, verified
 from agent.compression import open_decompressed
 from agent.engines import engine_class
+from agent.engines.base import RowCountingCheck, StreamCheck, rows_out_of_scope
 from agent.errors import AgentError
 from agent.manifest import Manifest, manifest_path
 from agent.naming import PARTIAL_SUFFIX, parse_backup_filename
@@ -143,9 +144,20 @@ def _check_against(path: Path, manifest: Manifest, on_chunk: Callable[[int], Non
         check.finish()
     except AgentError as error:
         return Finding(path, CORRUPT, str(error))
+    problem = _content_problem(check, manifest, raw_bytes)
+    return Finding(path, CORRUPT, problem) if problem else Finding(path, OK)
+
+
+def _content_problem(check: StreamCheck, manifest: Manifest, raw_bytes: int) -> str | None:
+    """A whole, well-formed stream that still is not what its manifest says: its length, or rows of a
+    table its recorded table scope leaves out (counted by the check as it read them)."""
     if raw_bytes != manifest.raw_bytes:
-        return Finding(path, CORRUPT, f"{raw_bytes} bytes decompressed, the manifest says {manifest.raw_bytes}")
-    return Finding(path, OK)
+        return f"{raw_bytes} bytes decompressed, the manifest says {manifest.raw_bytes}"
+    if manifest.scope is None or not isinstance(check, RowCountingCheck):
+        return None
+    counts = check.row_counts()
+    wrong = rows_out_of_scope(counts, manifest.scope.excluded, manifest.scope.schema_only) if counts else []
+    return f"holds rows of tables its recorded scope leaves out: {', '.join(wrong[:5])}" if wrong else None
 
 
 def _keys(storage: Path, records: list[catalog.BackupRecord]) -> dict[str, tuple[bytes, str]]:

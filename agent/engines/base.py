@@ -390,6 +390,12 @@ class Engine(ABC):
         return [*self.extra_targets(), *(self.database_target(name) for name in self.selected_databases())]
 
 
+def rows_out_of_scope(counts: Mapping[str, int], excluded: Iterable[str], schema_only: Iterable[str]) -> list[str]:
+    """Tables whose data a dump holds although its scope excludes them or keeps them empty."""
+    left_out, empty = set(excluded), set(schema_only)
+    return sorted(name for name, rows in counts.items() if name in left_out or (name in empty and rows))
+
+
 def scope_checked(details: DumpDetails) -> DumpDetails:
     """The counts with each schema-only table at 0 rows, refusing a dump whose own data holds rows of
     a table its scope leaves out or keeps empty (a scope the tool did not apply is a failed dump)."""
@@ -397,9 +403,9 @@ def scope_checked(details: DumpDetails) -> DumpDetails:
         return details
     from agent.errors import VerificationError
 
-    excluded = set(details.scope.excluded)
-    empty = set(details.scope.schema_only) | set(details.empty_tables)
-    wrong = sorted(name for name in details.counts if name in excluded or (name in empty and details.counts[name]))
+    wrong = rows_out_of_scope(
+        details.counts, details.scope.excluded, (*details.scope.schema_only, *details.empty_tables)
+    )
     if wrong:
         raise VerificationError(f"the dump holds rows of tables its scope leaves out: {', '.join(wrong[:5])}")
     for name in details.empty_tables:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from agent_helpers import data_files, run_cli, write_config
 from psycopg import sql
@@ -14,6 +15,7 @@ from servers.postgres import PostgresServer
 from test_postgres import SCHEMA, drop_database, pg_job, table_fingerprints
 
 from agent.manifest import manifest_path, read_manifest
+from agent.verify import _check_against as verify_file_against
 
 # a literal `*` in a name: the glob `[*]` names only it; an unquoted pg_dump pattern would take both
 TRICKY = 'CREATE TABLE public."tricky*name" (id int); CREATE TABLE public."trickyXname" (id int);'
@@ -54,6 +56,11 @@ def test_a_pagila_dump_keeps_exactly_its_scope_through_restore_and_drill(
     assert {name: manifest.counts[name] for name in SCHEMA_ONLY} == dict.fromkeys(SCHEMA_ONLY, 0)
     assert manifest.counts["public.rental"] == 16044 and manifest.counts["public.trickyXname"] == 1
     assert any('"public.no_such_table*" matches no table' in warning for warning in manifest.warnings)
+    assert run_cli(config, "verify") == 0
+    forged = msgspec.structs.replace(manifest.scope, excluded=["public.rental"], schema_only=["public.film"])
+    finding = verify_file_against(dump, msgspec.structs.replace(manifest, scope=forged))
+    assert finding.status == "corrupt"
+    assert finding.message == "holds rows of tables its recorded scope leaves out: public.film, public.rental"
 
     restored = f"{pg_database}_r"
     try:
