@@ -178,7 +178,9 @@ def command_backup(args: argparse.Namespace) -> int:
         outcome = run_job(config, name, database=args.database, should_stop=stop, label=label, progress=progress)
         for target in outcome.targets:
             shown = series_label(target.kind, target.database)
-            if target.status == Status.OK:
+            if target.status == Status.OK and target.unchanged:  # skip_unchanged: no new dump
+                _say(f"ok      {name} {shown} unchanged, relies on {target.path}")
+            elif target.status == Status.OK:
                 _say(f"ok      {name} {shown} -> {target.path}")
             elif target.status == Status.INTERRUPTED:
                 _say(f"INTERRUPTED {name} {shown}: {target.message}")

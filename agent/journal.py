@@ -1,9 +1,10 @@
 """The append-only journal `<storage>/.agent/journal.jsonl`, hash-chained line to line.
 
 Each line holds the sha256 of the line before it, so an edited or removed entry breaks the chain
-and `verify` reports it. It records every dump created, every file deleted and every drill. Read
-back, each line is decoded with its fields' types checked (msgspec): a line that does not fit is a
-problem naming the field, never a TypeError in `verify` or `status`.
+and `verify` reports it. It records every dump created, every file deleted, every drill and every
+dump skipped as unchanged. Read back, each line is decoded with its fields' types checked
+(msgspec): a line that does not fit is a problem naming the field, never a TypeError in `verify`
+or `status`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Event(StrEnum):
     DELETED = "deleted"
     DRILL = "drill"
     RETIRED = "retired"  # a job's or database's series: `path` is its folder; nothing in it is missing after
+    SKIPPED = "skipped"  # skip_unchanged: no new dump; `path` is the backup the skip relies on
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -41,10 +43,10 @@ class JournalEntry(msgspec.Struct, frozen=True):
     bytes: int | None = None
     run_id: str | None = None
     rule: str | None = None  # deleted: the retention rule
-    job: str | None = None  # drill, retired
-    database: str | None = None  # drill, retired (absent: the whole job)
+    job: str | None = None  # drill, retired, skipped
+    database: str | None = None  # drill, retired (absent: the whole job), skipped
     result: str | None = None  # drill: passed | failed | ...
-    reason: str = ""  # drill: why it failed (no_privilege, restore_failed, counts_differ, ...)
+    reason: str = ""  # drill: why it failed (no_privilege, restore_failed, counts_differ, ...); skipped: unchanged
     differences: list[str] = msgspec.field(default_factory=list)  # drill
     error: str = ""  # drill
 

@@ -57,6 +57,7 @@ class TargetOutcome:
     reason: str = ""
     message: str = ""
     manifest: Manifest | None = None
+    unchanged: bool = False  # skip_unchanged: no new dump; `path` and `manifest` are the backup relied on
 
 
 @dataclass(slots=True)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from structlog.stdlib import BoundLogger
 
-from agent import __version__, engines, journal
+from agent import __version__, engines, journal, unchanged
 from agent.activity import PROGRESS_EVERY_SECONDS, ProgressRecorder
 from agent.budget import InsufficientSpaceError
 from agent.busy import BusyReading, BusySampler
 from agent.catalog import GOOD, BackupRecord
 from agent.compression import CompressionSettings, worker_threads
 from agent.config import Config, JobConfig
-from agent.engines.base import DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
+from agent.engines.base import ChangeToken, DumpTarget, Engine, EngineContext, ServerInfo, StreamCheck
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer, permission_problem
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.labels import BackupLabel
@@ -38,6 +38,7 @@ from agent.process import KILL_GRACE, StreamLimits, own_priority
 from agent.progress import CallbackWatcher, LogWatcher, Meter, Watcher
 from agent.prune import DumpSpace, Inventory, apply_after_dump, prepare_dump, take_inventory
 from agent.storage import StorageLayout, exclusive_lock
+from agent.verify import OK, verify_file
 from agent.writer import DumpWriter, PublishedFile, ensure_directory
 
 BeforeDumps = Callable[[str | None, RunOutcome], bool]
@@ -281,12 +282,95 @@ class JobRun:
     def dump_target(self, engine: Engine, info: ServerInfo, target: DumpTarget) -> TargetOutcome:
         folder = folder_for(target, self.job.engine)
         log = self.log.bind(database=target.database or folder, kind=target.kind)
+        token = self._change_token(engine, target, log)
+        if self.job.skip_unchanged:
+            skipped = self._skip_if_unchanged(info, target, folder, token, log)
+            if skipped is not None:
+                return skipped
         space = self._preflight(engine, target, folder, log)
         if isinstance(space, TargetOutcome):
             return space
-        outcome = self._dump(engine, info, target, folder=folder, space=space, log=log)
+        outcome = self._dump(engine, info, target, folder=folder, space=space, log=log, token=token)
         self._keep_inventory(space, outcome, folder)
         return outcome
+
+    def _change_token(self, engine: Engine, target: DumpTarget, log: BoundLogger) -> ChangeToken | None:
+        """With skip_unchanged, the engine's change token, read before the dump (so it never claims a
+        change the dump may have missed); it goes into the new manifest. None: nothing proved."""
+        if not self.job.skip_unchanged:
+            return None
+        try:
+            token = engine.change_token(target)
+        except (AgentError, OSError) as error:
+            log.info("backup.change_check", unchanged=False, reason=unchanged.NO_TOKEN, error=str(error))
+            return None
+        if token is None:
+            return None
+        return {**token, unchanged.SETTINGS_PART: unchanged.settings_digest(self.job, target.database)}
+
+    def _skip_if_unchanged(
+        self, info: ServerInfo, target: DumpTarget, folder: str, token: ChangeToken | None, log: BoundLogger
+    ) -> TargetOutcome | None:
+        """A skip (journaled, logged), when the newest good backup provably still holds the database."""
+        if self.label is not None:
+            log.info("backup.change_check", unchanged=False, reason=unchanged.LABELLED)
+            return None
+        if self._inventory is None:
+            self._inventory = take_inventory(self.config)
+        newest = unchanged.newest_good(self._inventory.records.values(), self.job.name, folder)
+        why = unchanged.why_not_unchanged(
+            token,
+            newest.manifest if newest is not None else None,
+            engine=self.job.engine,
+            server=info.server,
+            target=target,
+        )
+        if why is not None or newest is None or newest.manifest is None:
+            log.info("backup.change_check", unchanged=False, reason=why)
+            return None
+        finding = verify_file(newest.path, self.layout.root)
+        if finding.status != OK:
+            log.warning(
+                "backup.change_check",
+                unchanged=False,
+                reason=unchanged.NOT_VERIFIED,
+                path=str(newest.path),
+                problem=f"{finding.status}: {finding.message}",
+            )
+            return None
+        relative = str(newest.path.relative_to(self.layout.root))
+        try:
+            journal.append(
+                self.layout.root,
+                journal.Event.SKIPPED,
+                path=relative,
+                sha256=newest.manifest.sha256,
+                run_id=self.run_id,
+                job=self.job.name,
+                database=target.database,
+                reason=unchanged.UNCHANGED,
+            )
+        except OSError as error:  # a skip nobody can see later would make status lie: dump instead
+            log.error("journal.write_failed", error=str(error), path=relative)
+            return None
+        log.info(
+            "backup.skipped",
+            reason=unchanged.UNCHANGED,
+            path=str(newest.path),
+            relies_on=relative,
+            sha256=newest.manifest.sha256,
+            backup_started_at=newest.manifest.started_at,
+        )
+        return TargetOutcome(
+            target.database,
+            TargetKind(target.kind),
+            Status.OK,
+            path=newest.path,
+            reason=unchanged.UNCHANGED,
+            message=f"unchanged since the backup of {newest.manifest.started_at}",
+            manifest=newest.manifest,
+            unchanged=True,
+        )
 
     def _keep_inventory(self, space: DumpSpace, outcome: TargetOutcome, folder: str) -> None:
         """The run's own changes to the disk, so the next target's prediction needs no new scan."""
@@ -301,7 +385,15 @@ class JobRun:
         self._inventory = self._inventory.changed(self.config, added=added, removed=removed)
 
     def _dump(
-        self, engine: Engine, info: ServerInfo, target: DumpTarget, *, folder: str, space: DumpSpace, log: BoundLogger
+        self,
+        engine: Engine,
+        info: ServerInfo,
+        target: DumpTarget,
+        *,
+        folder: str,
+        space: DumpSpace,
+        log: BoundLogger,
+        token: ChangeToken | None = None,
     ) -> TargetOutcome:
         compression = compression_of(self.config, self.job)
         started_at = datetime.now(UTC)
@@ -390,6 +482,7 @@ class JobRun:
             label=self.label.name if self.label is not None else None,
             keep_until=self.label.keep_until(finished_at) if self.label is not None else None,
             scope=manifest_scope(details.scope),
+            change_token=token,
         )
         try:
             manifest_file = write_manifest(published.path, manifest)
@@ -488,7 +581,11 @@ class JobRun:
 
     def _apply_retention(self, outcome: RunOutcome) -> None:
         """After good dumps: their series' policy, and the disk budget."""
-        folders = {target.path.parent.name for target in outcome.targets if target.status == Status.OK and target.path}
+        folders = {
+            target.path.parent.name
+            for target in outcome.targets
+            if target.status == Status.OK and target.path and not target.unchanged
+        }
         if not folders:
             return
         try:

@@ -159,6 +159,7 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
     storage = config.storage.path
     records = [record for record in catalog.scan(storage, indexed=True) if record.job in config.jobs]
     drills = journal.read_events(storage, Event.DRILL)
+    skips = journal.read_events(storage, Event.SKIPPED)  # skip_unchanged: fresh without a dump
     states = read_state(storage)
     histories = read_history(storage)
     host = socket.gethostname()
@@ -178,6 +179,7 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
             records=records,
             drills=drills,
             now=now,
+            skips=skips,
         )
         for database in described["databases"]:
             if database["problem"]:
@@ -267,6 +269,7 @@ def _job_status(
     records: list[catalog.BackupRecord],
     drills: list[JournalEntry],
     now: datetime,
+    skips: list[JournalEntry],
 ) -> dict[str, Any]:
     """`plan` is None when no daemon runs (no next run to show); `checked_plan` sets the age rule either way."""
     if job.max_backup_age is not None:
@@ -296,6 +299,7 @@ def _job_status(
             own=good_by_key.get((kind, database), []),
             history=history,
             drills=drills,
+            skips=skips,
             present=present,
             now=now,
             max_age=max_age,
@@ -381,6 +385,7 @@ def _database_status(
     own: list[catalog.BackupRecord],
     history: JobHistory | None,
     drills: list[JournalEntry],
+    skips: list[JournalEntry],
     present: set[str],
     now: datetime,
     max_age: timedelta | None,
@@ -402,7 +407,9 @@ def _database_status(
     sizes = [item.summary.stored_bytes for item in good if item.summary is not None]
     prediction = predict(sizes, None, compression).stored_bytes if sizes else None
     checked = max_age is not None and kind == "database" and current
-    freshness = freshness_problem(newest_at, max_age, now) if checked and max_age is not None else None
+    skipped_at = _last_skip(skips, good)
+    fresh_at = max(filter(None, (newest_at, skipped_at)), default=None)
+    freshness = freshness_problem(fresh_at, max_age, now) if checked and max_age is not None else None
     drill, drilled = _drills_of(job.name, database, drills, present, now) if kind == "database" else (None, None)
     found = [freshness] if freshness else []
     if current and record is not None and record.last_status in (Status.FAILED, Status.REFUSED):
@@ -437,6 +444,9 @@ def _database_status(
         "backups": len(good),
         "used_bytes": sum(item.stored_bytes for item in good),
         "last_good": _backup_summary(newest, newest_at, now),
+        "last_unchanged": {"at": _iso(skipped_at), "age_seconds": round((now - skipped_at).total_seconds())}
+        if skipped_at is not None
+        else None,
         "last_status": record.last_status if record else None,
         "last_attempt": _last_attempt(record),
         "warnings": list(newest.summary.warnings) if newest is not None and newest.summary is not None else [],
@@ -447,6 +457,13 @@ def _database_status(
         "last_drill": drill,
         "newest_drilled_backup": drilled,
     }
+
+
+def _last_skip(skips: Iterable[JournalEntry], good: list[catalog.BackupRecord]) -> datetime | None:
+    """When a run last found the database unchanged since one of these good backups (still on disk)."""
+    relied_on = {"/".join(record.path.parts[-3:]) for record in good}
+    moments = [_parse_time(entry.at) for entry in skips if entry.path in relied_on]
+    return max(filter(None, moments), default=None)
 
 
 def _last_attempt(record: DatabaseRecord | None) -> dict[str, Any] | None:
@@ -606,6 +623,9 @@ def _database_line(database: dict[str, Any]) -> str:
         parts.append(f"last good {_ago(good['age_seconds'])} ({format_size(good['stored_bytes'])}) {good['path']}")
     else:
         parts.append("no good backup")
+    skipped = database.get("last_unchanged")
+    if skipped is not None:
+        parts.append(f"found unchanged {_ago(skipped['age_seconds'])} (no new dump)")
     attempt = database["last_attempt"]
     if attempt is not None and attempt["status"] != "ok":
         parts.append(f"last attempt {attempt['status']}" + (f" ({attempt['reason']})" if attempt["reason"] else ""))

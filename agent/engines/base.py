@@ -191,6 +191,11 @@ class DumpDetails:
     empty_tables: tuple[str, ...] = ()  # schema-only tables as `count_rows` keys them: recorded with 0 rows
 
 
+ChangeToken = dict[str, str]
+"""What an engine reads from a server to prove later that a database has not changed: equal tokens,
+read before two dumps, mean equal data. Small, flat and made of strings (it goes into the manifest)."""
+
+
 class StreamCheck(Protocol):
     """A structural check of the raw dump bytes, fed as they stream by (no second read of the file)."""
 
@@ -273,6 +278,16 @@ class Engine(ABC):
     @abstractmethod
     def size_estimate(self, database: str) -> int | None:
         """Bytes the database occupies on the server, from catalog figures that take no locks."""
+
+    def change_token(self, target: DumpTarget) -> ChangeToken | None:
+        """The target's change token now, or None when no change can be proved (then it is dumped).
+
+        A token may be given only when (1) it reflects every change committed before this call, and
+        (2) any change committed after it will make the next token differ. `skip_unchanged` skips a
+        dump when the token read now equals the one read before the last verified dump. The default
+        proves nothing.
+        """
+        return None
 
     @abstractmethod
     def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:

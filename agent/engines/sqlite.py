@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 import struct
+import time
 import uuid
 from pathlib import Path
 from types import MappingProxyType
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from agent.engines.base import (
+    ChangeToken,
     DumpDetails,
     DumpTarget,
     Engine,
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 SQLITE_FORMAT = "sqlite3"
 _MAGIC = b"SQLite format 3\x00"
 _READ_SIZE = 1 << 20
+# a file written this recently may be written again within the same timestamp tick, unseen by a token
+SETTLED_SECONDS = 2.0
+_WAL_HEADER_BYTES = 32
 
 
 class SqliteCheck:
@@ -158,6 +163,44 @@ class SqliteEngine(Engine):
                 PrivilegeFinding(True, f"{len(names)} SQLite file(s) readable (SQLite {sqlite3.sqlite_version})")
             )
         return findings
+
+    def change_token(self, target: DumpTarget) -> ChangeToken | None:
+        """The file's change counter and whole header, and the identity, size and times of the file and
+        its WAL (a WAL-mode commit leaves the main file alone; the WAL grows or, reset, gets new salts).
+
+        None while a rollback journal exists (a transaction is under way, or a crashed one is not yet
+        rolled back), and while either file was written in the last SETTLED_SECONDS (a second write in
+        the same timestamp tick would leave size and times as they were)."""
+        path = target.database
+        if os.path.lexists(path + "-journal"):
+            return None
+        token: ChangeToken = {}
+        newest_write = 0
+        for name, suffix, header_bytes in (("file", "", 100), ("wal", "-wal", _WAL_HEADER_BYTES)):
+            try:
+                with open(path + suffix, "rb") as stream:
+                    facts = os.fstat(stream.fileno())
+                    header = stream.read(header_bytes)
+            except FileNotFoundError:
+                if not suffix:
+                    return None
+                token[name] = "none"
+                continue
+            except OSError:
+                return None
+            if not suffix and (len(header) < header_bytes or not header.startswith(_MAGIC)):
+                return None
+            # the WAL's inode time is not the writers' alone: SQLite running as root fchowns the WAL to
+            # the database's owner on every open, even a read-only one (this agent's dumps included)
+            changed = facts.st_ctime_ns if not suffix else 0
+            newest_write = max(newest_write, facts.st_mtime_ns, changed)
+            token[name] = f"{facts.st_dev}:{facts.st_ino}:{facts.st_size}:{facts.st_mtime_ns}:{changed}"
+            token[f"{name}_header"] = header.hex()
+            if not suffix:
+                token["change_counter"] = str(struct.unpack(">I", header[24:28])[0])
+        if time.time_ns() - newest_write < SETTLED_SECONDS * 1e9:
+            return None
+        return token
 
     def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
         source_path = target.database

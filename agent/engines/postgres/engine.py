@@ -26,6 +26,7 @@ from agent.engines.base import (
     EMPTY,
     MISSING,
     NOT_EMPTY,
+    ChangeToken,
     DumpDetails,
     DumpTarget,
     Engine,
@@ -36,7 +37,7 @@ from agent.engines.base import (
     TrailerCheck,
     options_of,
 )
-from agent.engines.postgres import handshake
+from agent.engines.postgres import change_token, handshake
 from agent.engines.postgres.archive import CustomArchiveCheck
 from agent.engines.postgres.busy import APPLICATION_NAME, ActiveBackends
 from agent.engines.postgres.options import PostgresOptions
@@ -333,6 +334,17 @@ class PostgresEngine(Engine):
         except psycopg.Error:
             return None  # e.g. no such database: its dump then fails as that database's own failure
         return int(row[0]) if row else None
+
+    def change_token(self, target: DumpTarget) -> ChangeToken | None:
+        """The database's write counters and what they cannot see (postgres/change_token.py); the
+        globals file is always dumped."""
+        if target.kind != "database":
+            return None
+        try:
+            with self.connect(target.database) as connection:
+                return change_token.read_token(connection)
+        except psycopg.Error:
+            return None  # cannot read the statistics (a privilege, a gone database): dump
 
     @classmethod
     def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
