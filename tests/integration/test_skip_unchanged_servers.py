@@ -1,0 +1,186 @@
+"""skip_unchanged against real servers: an unchanged database is skipped (journaled), and one
+changed row, one DDL change, a sequence step, reset counters or a server restart are never skipped.
+Where nothing can be proved (MariaDB without a binary log), every run dumps.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent_helpers import data_files, events_named, password_file, run_cli, write_config
+from servers.postgres import PostgresServer
+
+from agent import journal
+from agent.manifest import manifest_path, read_manifest
+
+KEEP_ALL = {"keep_last": 100, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
+
+
+def _skips(storage: Path) -> int:
+    entries, problems = journal.read_entries(storage)
+    assert problems == []
+    return sum(1 for entry in entries if entry.event == journal.Event.SKIPPED)
+
+
+class Runs:
+    """One job's backups, counted: dumped (a new file) or skipped (a journal line)."""
+
+    def __init__(self, tmp_path: Path, job: dict[str, Any]) -> None:
+        self.directory = tmp_path
+        self.storage = tmp_path / "storage"
+        self.config = write_config(tmp_path, {"main": {**job, "skip_unchanged": True, "retention": KEEP_ALL}})
+
+    def backup(self) -> str:
+        """'dumped' or 'skipped', checked against the files and the journal; the reason as logged."""
+        files, skips = len(data_files(self.storage)), _skips(self.storage)
+        assert run_cli(self.config, "backup") == 0
+        dumped = len(data_files(self.storage)) - files
+        skipped = _skips(self.storage) - skips
+        assert (dumped, skipped) in ((1, 0), (0, 1))
+        if skipped:
+            (event,) = events_named(self.directory, "backup.skipped")[-1:]
+            assert event["reason"] == "unchanged"
+            return "skipped"
+        return "dumped " + str(events_named(self.directory, "backup.change_check")[-1]["reason"])
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def _pg_job(server: PostgresServer, tmp_path: Path, database: str) -> dict[str, Any]:
+    return {
+        "engine": "postgresql",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(tmp_path, server.password)),
+        "databases": [database],
+        "include_globals": False,
+    }
+
+
+def _quiet(server: PostgresServer, database: str) -> None:
+    """Until no backend is connected to `database` (a closed session's counts are then published)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with server.connect_superuser() as connection:
+            (others,) = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+            ).fetchone() or (1,)
+        if others == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"sessions of {database} did not end")
+
+
+def _pg(server: PostgresServer, database: str, *statements: str) -> None:
+    with server.connect(database) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def test_postgres_skips_an_unchanged_database_and_dumps_every_change(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path
+) -> None:
+    _pg(
+        pg_server,
+        pg_database,
+        "CREATE TABLE item (id int PRIMARY KEY, body text)",
+        "INSERT INTO item SELECT g, 'row ' || g FROM generate_series(1, 500) g",
+        "CREATE SEQUENCE invoice",
+    )
+    runs = Runs(tmp_path, _pg_job(pg_server, tmp_path, pg_database))
+    settled = lambda: _quiet(pg_server, pg_database)  # noqa: E731 - read as a step below
+    settled()
+    assert runs.backup() == "dumped no_backup"
+    assert read_manifest(manifest_path(data_files(runs.storage)[0])).change_token is not None
+    settled()
+    assert runs.backup() == "skipped"
+    assert runs.backup() == "skipped"  # reads of its own (the skip's checks, pg_dump's) are no change
+
+    changes: list[tuple[str, Callable[[], None]]] = [
+        ("one changed row", lambda: _pg(pg_server, pg_database, "UPDATE item SET body = 'x' WHERE id = 7")),
+        ("one deleted row", lambda: _pg(pg_server, pg_database, "DELETE FROM item WHERE id = 8")),
+        ("one DDL change", lambda: _pg(pg_server, pg_database, "ALTER TABLE item ADD COLUMN note text")),
+        ("a comment", lambda: _pg(pg_server, pg_database, "COMMENT ON TABLE item IS 'the items'")),
+        ("a truncate", lambda: _pg(pg_server, pg_database, "CREATE TABLE scratch (x int)", "TRUNCATE scratch")),
+        ("a sequence step", lambda: _pg(pg_server, pg_database, "SELECT nextval('invoice')")),
+        ("a database setting", lambda: _pg(pg_server, "postgres", f'ALTER DATABASE "{pg_database}" SET work_mem = 8192')),  # noqa: E501
+    ]  # fmt: skip
+    for what, change in changes:
+        change()
+        settled()
+        assert runs.backup() == "dumped changed", what
+        settled()
+        assert runs.backup() == "skipped", what
+
+
+def test_postgres_dumps_a_row_changed_right_before_the_backup_by_a_session_still_open(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path
+) -> None:
+    _pg(pg_server, pg_database, "CREATE TABLE item (id int PRIMARY KEY, body text)", "INSERT INTO item VALUES (1, 'a')")
+    runs = Runs(tmp_path, _pg_job(pg_server, tmp_path, pg_database))
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped no_backup"
+    _quiet(pg_server, pg_database)
+    with pg_server.connect(pg_database) as application:  # its counts may not be published yet
+        for attempt in range(3):
+            application.execute("UPDATE item SET body = %s WHERE id = 1", (f"b{attempt}",))
+            assert runs.backup() == "dumped no_token"
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped no_previous_token"  # the one before proved nothing: one more dump
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "skipped"
+    for attempt in range(3):  # a session that wrote and closed a moment ago: still there, or published
+        _pg(pg_server, pg_database, f"UPDATE item SET body = 'c{attempt}' WHERE id = 1")
+        assert runs.backup().startswith("dumped")
+
+
+def test_postgres_reset_counters_or_a_restart_are_never_skipped(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path
+) -> None:
+    _pg(pg_server, pg_database, "CREATE TABLE item (id int)", "INSERT INTO item VALUES (1)")
+    runs = Runs(tmp_path, _pg_job(pg_server, tmp_path, pg_database))
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped no_backup"
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "skipped"
+
+    _pg(pg_server, pg_database, "SELECT pg_stat_reset()")  # the counters start again from zero
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped changed"
+    _quiet(pg_server, pg_database)
+
+    process = pg_server._process  # a crash: immediate shutdown, so the server starts with reset counters
+    process.stop_signal = signal.SIGQUIT
+    try:
+        pg_server.stop()
+    finally:
+        process.stop_signal = signal.SIGINT
+    pg_server.start()
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped changed"
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "skipped"
+
+    pg_server.stop()  # a clean restart keeps the counters; the server's start time still differs
+    pg_server.start()
+    _quiet(pg_server, pg_database)
+    assert runs.backup() == "dumped changed"
+
+
+def test_postgres_globals_are_always_dumped(pg_server: PostgresServer, pg_database: str, tmp_path: Path) -> None:
+    job = {**_pg_job(pg_server, tmp_path, pg_database), "include_globals": True}
+    runs = Runs(tmp_path, job)
+    _quiet(pg_server, pg_database)
+    assert run_cli(runs.config, "backup") == 0
+    _quiet(pg_server, pg_database)
+    assert run_cli(runs.config, "backup") == 0
+    folders = sorted(path.parent.name for path in data_files(runs.storage))
+    assert folders == ["_globals", "_globals", pg_database]
+    assert _skips(runs.storage) == 1  # the database was skipped, its globals file never
