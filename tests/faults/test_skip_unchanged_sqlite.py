@@ -142,3 +142,16 @@ def test_a_recent_write_a_tokenless_backup_a_labelled_run_or_a_damaged_backup_al
     assert len(data_files(storage)) == 4 and _skips(storage) == []
     checks = [event["reason"] for event in _events(tmp_path, "backup.change_check")]
     assert checks == ["no_token", "no_previous_token", "labelled", "not_verified"]
+
+
+def test_a_new_table_scope_dumps_though_the_data_did_not_change(tmp_path: Path) -> None:
+    config, database, storage = _setup(tmp_path)
+    _execute(database, "CREATE TABLE audit (x)")
+    _backup(config, "2031-05-01 10:00:00")
+    _backup(config, "2031-05-01 11:00:00")
+    assert len(data_files(storage)) == 1 and len(_skips(storage)) == 1
+    text = config.read_text().replace("skip_unchanged = true", 'skip_unchanged = true\nexclude_tables = ["audit"]')
+    config.write_text(text)
+    _backup(config, "2031-05-01 12:00:00")
+    assert len(data_files(storage)) == 2 and len(_skips(storage)) == 1
+    assert _events(tmp_path, "backup.change_check")[-1]["reason"] == "changed"
