@@ -16,14 +16,13 @@ that does not exist (clocks go forward) is the snapshot at the jump.
 from __future__ import annotations
 
 import itertools
-import posixpath
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.config import RETENTION_COUNTS, RetentionPolicy
-from agent.naming import parse_backup_filename
+from agent.naming import ParsedName, parse_backup_filename
 from agent.schedule import local_to_instant, wall_clock
 
 CREATED = "created"
@@ -101,8 +100,8 @@ class FileHoldings:
         return self.holdings[-1] if self.holdings else None
 
 
-def safe_relative_path(text: str) -> tuple[str, str, str] | None:
-    """(job, folder, file name) of a journal path the agent could have written, else None.
+def safe_relative_path(text: str) -> tuple[str, str, ParsedName] | None:
+    """(job, folder, parsed file name) of a journal path the agent could have written, else None.
 
     Journal lines are untrusted: an absolute path, `..`, or a name the agent never gives is not a
     backup of this storage and never becomes a path to ask the platform for.
@@ -112,13 +111,11 @@ def safe_relative_path(text: str) -> tuple[str, str, str] | None:
     parts = text.split("/")
     if len(parts) != 3 or any(part in ("", ".", "..") for part in parts):
         return None
-    if posixpath.normpath(text) != text:
-        return None
     job, folder, name = parts
     parsed = parse_backup_filename(name)
     if parsed is None or parsed.job != job:
         return None
-    return job, folder, name
+    return job, folder, parsed
 
 
 def lifetimes(events: Iterable[LedgerEvent]) -> list[Lifetime]:
@@ -128,32 +125,36 @@ def lifetimes(events: Iterable[LedgerEvent]) -> list[Lifetime]:
     began) publishes nothing; a second `created` for a path still open is ignored (the agent never
     publishes over a file). Unsafe paths are skipped (see `safe_relative_path`).
     """
-    open_files: dict[str, Lifetime] = {}
+    open_files: dict[str, tuple[LedgerEvent, str, str, datetime]] = {}
     closed: list[Lifetime] = []
     for event in events:
-        parts = safe_relative_path(event.path)
-        if parts is None:
-            continue
         if event.kind == CREATED:
             if event.path in open_files:
                 continue
-            parsed = parse_backup_filename(parts[2])
-            assert parsed is not None  # checked by safe_relative_path
-            open_files[event.path] = Lifetime(
-                path=event.path,
-                job=parts[0],
-                folder=parts[1],
-                created_at=parsed.created_at,
-                published_at=event.at,
-                deleted_at=None,
-                verified=event.verified,
-                sha256=event.sha256,
-                bytes=event.bytes,
-            )
+            parts = safe_relative_path(event.path)
+            if parts is not None:
+                open_files[event.path] = (event, parts[0], parts[1], parts[2].created_at)
         elif event.kind == DELETED and event.path in open_files:
             opened = open_files.pop(event.path)
-            closed.append(replace(opened, deleted_at=event.at, verified=opened.verified and event.verified))
-    return sorted([*closed, *open_files.values()], key=lambda item: (item.published_at, item.path))
+            closed.append(_lifetime(*opened, deleted=event))
+    still_open = [_lifetime(*opened, deleted=None) for opened in open_files.values()]
+    return sorted([*closed, *still_open], key=lambda item: (item.published_at, item.path))
+
+
+def _lifetime(
+    created: LedgerEvent, job: str, folder: str, created_at: datetime, *, deleted: LedgerEvent | None
+) -> Lifetime:
+    return Lifetime(
+        path=created.path,
+        job=job,
+        folder=folder,
+        created_at=created_at,
+        published_at=created.at,
+        deleted_at=deleted.at if deleted is not None else None,
+        verified=created.verified and (deleted is None or deleted.verified),
+        sha256=created.sha256,
+        bytes=created.bytes,
+    )
 
 
 def snapshot_instants(platform: Platform, start: datetime, end: datetime) -> list[datetime]:

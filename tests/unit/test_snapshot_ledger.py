@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import retention
+from agent import cli, retention
 from agent.budget import Budget, DiskFigures
 from agent.config import RetentionPolicy, parse_config
 from agent.ledger import deleted_rows, load
@@ -370,3 +370,37 @@ def test_a_dump_gone_without_a_deletion_line_is_claimed_by_no_snapshot(tmp_path:
     assert loaded is not None and loaded.vanished == (by_hand,)
     points = restore_points(loaded.files, loaded.platform, NOW, "main", "shop")
     assert {point.newest.path for point in points if point.newest} == {kept}, "no snapshot is claimed for it"
+
+
+def test_the_sentence_names_snapshots_in_local_time_across_the_spring_jump(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    (storage / ".agent").mkdir(parents=True)
+    config = parse_config(
+        f'[storage]\npath = "{storage}"\n[snapshots]\ntimes = ["02:30", "14:30"]\ntimezone = "Europe/Berlin"\n'
+        '[jobs.main]\nengine = "sqlite"\ndatabases = ["/srv/shop.db"]\n',
+        tmp_path / "config.toml",
+    )
+    path = _path(datetime(2026, 3, 28, 20, 0, tzinfo=UTC))
+    created = _journal_line(b"", at="2026-03-28T20:01:00+00:00", event="created", path=path, bytes=4)
+    deleted = _journal_line(created, at="2026-03-29T09:00:00+00:00", event="deleted", path=path, rule="expired")
+    (storage / ".agent" / "journal.jsonl").write_bytes(created + deleted)
+
+    loaded = load(config, datetime(2026, 3, 30, tzinfo=UTC))
+    assert loaded is not None
+    (row,) = deleted_rows(loaded)
+    # 02:30 does not exist on 2026-03-29 in Berlin: the snapshot is taken at the jump, 03:00 CEST (01:00 UTC)
+    assert row["snapshots"] == [{"taken_at": "2026-03-29T01:00:00+00:00", "kept_until": "2026-04-12T01:00:00+00:00"}]
+    assert "deleted locally on 2026-03-29 11:00 CEST, held by the snapshot of 2026-03-29 03:00 CEST" in row["text"]
+    assert "until 2026-04-12 03:00 CEST: ask for " + str(storage / path) in row["text"]
+
+
+def test_list_deleted_without_snapshot_times_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\npath = "{tmp_path / "storage"}"\n[jobs.main]\nengine = "sqlite"\ndatabases = ["/srv/shop.db"]\n'
+    )
+    config.chmod(0o600)
+    assert cli.main(["-c", str(config), "list", "--deleted"]) == 2
+    assert "list --deleted needs [snapshots] times" in capsys.readouterr().err
