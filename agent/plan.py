@@ -52,7 +52,10 @@ def describe_plan(config: Config, *, discover: bool) -> dict[str, Any]:
 def _scope_warnings(engine: Engine, databases: list[str]) -> list[str]:
     """The table scope resolved against each database's tables now: patterns that match nothing,
     and what a restore of that scope would trip on (agent/scope.py, the engine's scope_warnings)."""
-    warnings: list[str] = []
+    warnings = [
+        f"scope.{database!r}: no database of that name is dumped (the server has none, or exclude leaves it out)"
+        for database in sorted(set(engine.job.scope.databases) - set(databases))
+    ]
     for database in databases:
         try:
             resolved = engine.resolve_scope(database)

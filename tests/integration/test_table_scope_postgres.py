@@ -14,7 +14,10 @@ from servers.fixtures_data import load_pagila
 from servers.postgres import PostgresServer
 from test_postgres import SCHEMA, drop_database, pg_job, table_fingerprints
 
+from agent.config import load_config
 from agent.manifest import manifest_path, read_manifest
+from agent.plan import _scope_warnings as scope_warnings
+from agent.restore import engine_for
 from agent.verify import _check_against as verify_file_against
 
 # a literal `*` in a name: the glob `[*]` names only it; an unquoted pg_dump pattern would take both
@@ -118,3 +121,16 @@ def test_a_per_database_scope_replaces_the_jobs_and_check_config_names_what_a_re
         assert "not in this backup; its table scope excluded it" in capsys.readouterr().err
     finally:
         drop_database(pg_server, other)
+
+
+def test_check_config_names_a_database_scope_for_a_database_that_is_not_dumped(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path
+) -> None:
+    pg_server.psql(pg_database, SCHEMA)
+    config_path = write_config(tmp_path, {"main": pg_job(pg_server, tmp_path, "*", include_globals=False)})
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write('\n[jobs.main.scope.gone]\ntables = ["x"]\n')
+    engine = engine_for(load_config(config_path), "main")
+    assert scope_warnings(engine, [pg_database]) == [
+        "scope.'gone': no database of that name is dumped (the server has none, or exclude leaves it out)"
+    ]

@@ -137,3 +137,20 @@ def _manifest(scope: object) -> Manifest:
         agent_version="1",
         scope=scope,  # type: ignore[arg-type]
     )
+
+
+def test_the_example_config_shows_every_scope_key_and_they_parse_once_uncommented() -> None:
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
+    text = example.read_text(encoding="utf-8")
+    for line in (
+        '# tables = ["public.*"]',
+        '# exclude_tables = ["public.audit_log_*"]',
+        '# schema_only_tables = ["public.sessions"]',
+        "# [jobs.main.scope.crm]",
+        '# tables = ["public.customer*"]',
+    ):
+        assert line in text
+        text = text.replace(line, line[2:], 1)
+    scope = parse_config(text, example, file_mode=0o100600).jobs["main"].scope
+    assert scope.default == TableScope(("public.*",), ("public.audit_log_*",), ("public.sessions",))
+    assert scope.for_database("crm").tables == ("public.customer*",)
