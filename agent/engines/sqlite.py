@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 SQLITE_FORMAT = "sqlite3"
 _MAGIC = b"SQLite format 3\x00"
 _READ_SIZE = 1 << 20
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
 # a file written this recently may be written again within the same timestamp tick, unseen by a token
 SETTLED_SECONDS = 2.0
 _WAL_HEADER_BYTES = 32
@@ -202,6 +203,20 @@ class SqliteEngine(Engine):
             return None
         return token
 
+    def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
+        """The file's tables, read only (check-config); the dump resolves again on its own copy."""
+        try:
+            source = sqlite3.connect(
+                _readonly_uri(database), uri=True, timeout=self.job.connect_timeout.total_seconds()
+            )
+            try:
+                rows = source.execute(_TABLES).fetchall()
+            finally:
+                source.close()
+        except sqlite3.Error as error:
+            raise ConnectionFailed(f"cannot read the tables of SQLite database {database}: {error}") from None
+        return [str(row[0]) for row in rows], {}
+
     def dump(self, target: DumpTarget, sink: Sink) -> DumpDetails:
         source_path = target.database
         if not Path(source_path).is_file():
@@ -235,9 +250,7 @@ class SqliteEngine(Engine):
                 problems = [row[0] for row in copy.execute("PRAGMA integrity_check").fetchall()]
                 if problems != ["ok"]:
                     raise DumpError(f"integrity_check failed on the copy: {'; '.join(problems[:5])}", "corrupt")
-                tables = copy.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                ).fetchall()
+                tables = copy.execute(_TABLES).fetchall()
                 scope = self.job.scope.for_database(source_path)
                 if not scope.is_everything:
                     details.scope = resolve(scope, [str(row[0]) for row in tables])

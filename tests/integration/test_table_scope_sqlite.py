@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import pytest
 from agent_helpers import data_files, decompressed, run_cli, write_config
 
 from agent.manifest import manifest_path, read_manifest
@@ -27,7 +28,9 @@ INSERT INTO audit VALUES ('created');
 """
 
 
-def test_a_sqlite_dump_drops_excluded_tables_and_empties_schema_only_ones_in_its_copy_only(tmp_path: Path) -> None:
+def test_a_sqlite_dump_drops_excluded_tables_and_empties_schema_only_ones_in_its_copy_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     database = tmp_path / "app.db"
     with sqlite3.connect(database) as connection:
         connection.executescript(SCHEMA)
@@ -63,6 +66,12 @@ def test_a_sqlite_dump_drops_excluded_tables_and_empties_schema_only_ones_in_its
         assert copy.execute("SELECT name FROM account ORDER BY id").fetchall() == [("ann",), ("bob",)]
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     copy.close()
+    capsys.readouterr()
+    assert run_cli(config, "check-config") == 0
+    assert (
+        f"warning: database '{database}': exclude_tables: \"nothing_like_this\" matches no table"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_per_file_scope_replaces_the_jobs(tmp_path: Path) -> None:
