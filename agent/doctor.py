@@ -331,7 +331,7 @@ def check_restore_account(config: Config, job: JobConfig, backup_engine: Engine)
             return [
                 Finding(True, topic, f"restore: {who} logs in; `restore --dry-run` checks its privileges for --into")
             ]
-        databases = backup_engine.selected_databases()
+        databases, _ = backup_engine.databases_on_server()  # a missing one is the backup check's finding
         now = datetime.now(UTC)
         findings = [
             Finding(False, topic, f"drills: {who} lacks {item}")

@@ -388,8 +388,28 @@ class Engine(ABC):
     # --- doctor ----------------------------------------------------------------------------------
     def check_privileges(self) -> list[PrivilegeFinding]:
         """Whether the job's account can read everything it dumps; engines with privileges override it."""
-        names = self.selected_databases()
+        names, problems = self.databases_on_server()
+        if problems:
+            return problems
         return [PrivilegeFinding(True, f"connected; {len(names)} database(s) to dump: {', '.join(names)}")]
+
+    def databases_on_server(self) -> tuple[list[str], list[PrivilegeFinding]]:
+        """The selected databases the server has, and a problem for each listed one it has not: doctor
+        never passes, nor advises a GRANT on, a database that is not there (a typo in the list)."""
+        names = self.selected_databases()
+        if self.job.databases is None:
+            return names, []
+        known = set(self.discover())
+        problems = [
+            PrivilegeFinding(
+                False,
+                f"database {name!r} is not on the server (or this account cannot see it): create it, or "
+                f"remove it from jobs.{self.job.name}.databases",
+            )
+            for name in names
+            if name not in known
+        ]
+        return [name for name in names if name in known], problems
 
     def selected_databases(self) -> list[str]:
         """The job's databases: as listed, or every discovered one not excluded."""

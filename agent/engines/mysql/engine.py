@@ -602,8 +602,7 @@ class MysqlEngine(Engine):
         return findings
 
     def _dump_privilege_findings(self, user: str, grants: list[Grant]) -> list[PrivilegeFinding]:
-        findings: list[PrivilegeFinding] = []
-        names = self.selected_databases()
+        names, findings = self.databases_on_server()
         for name in names:
             missing = missing_privileges(grants, name)
             if missing:

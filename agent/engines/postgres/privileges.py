@@ -35,14 +35,14 @@ def check_privileges(engine: PostgresEngine) -> list[PrivilegeFinding]:
             member = connection.execute("SELECT pg_has_role(current_user, 'pg_read_all_data', 'USAGE')").fetchone()
             read_all = bool(member and member[0])
         sees_all = sees_every_backend(connection)
-    findings: list[PrivilegeFinding] = []
-    names = engine.selected_databases()
+    names, findings = engine.databases_on_server()
     for name in names:
         try:
             with engine.connect(name) as connection:
                 rows = [] if superuser or read_all else connection.execute(_UNREADABLE).fetchall()
         except ConnectionFailed as error:
-            findings.append(PrivilegeFinding(False, f"database {name!r}: {error}; GRANT CONNECT ON DATABASE to {user}"))
+            grant = f"GRANT CONNECT ON DATABASE {quote(name)} TO {quote(user)}"
+            findings.append(PrivilegeFinding(False, f"database {name!r}: {error}; {grant}"))
             continue
         if rows:
             shown = ", ".join(str(item[0]) for item in rows[:_SHOWN_OBJECTS])
