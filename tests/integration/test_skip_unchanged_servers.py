@@ -1,17 +1,20 @@
 """skip_unchanged against real servers: an unchanged database is skipped (journaled), and one
 changed row, one DDL change, a sequence step, reset counters or a server restart are never skipped.
-Where nothing can be proved (MariaDB without a binary log), every run dumps.
+Where nothing can be proved (MariaDB without a binary log, a MongoDB standalone), every run dumps.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agent_helpers import data_files, events_named, password_file, run_cli, write_config
+from servers.mariadb import MariaDBServer, running_mariadb
+from servers.mongo import MongoServer, running_secantus
 from servers.postgres import PostgresServer
 
 from agent import journal
@@ -184,3 +187,119 @@ def test_postgres_globals_are_always_dumped(pg_server: PostgresServer, pg_databa
     folders = sorted(path.parent.name for path in data_files(runs.storage))
     assert folders == ["_globals", "_globals", pg_database]
     assert _skips(runs.storage) == 1  # the database was skipped, its globals file never
+
+
+# --------------------------------------------------------------------------------------------------
+# MariaDB: the binary log
+
+
+@pytest.fixture(scope="module")
+def mariadb_binary_log() -> Iterator[MariaDBServer]:
+    """A second throwaway MariaDB, this one with its binary log on."""
+    with running_mariadb(binary_log=True) as server:
+        yield server
+
+
+def _mariadb_job(server: MariaDBServer, tmp_path: Path, database: str) -> dict[str, Any]:
+    return {
+        "engine": "mariadb",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password_file": str(password_file(tmp_path, server.password)),
+        "databases": [database],
+        "include_grants": False,
+    }
+
+
+def _sql(server: MariaDBServer, database: str | None, *statements: str) -> None:
+    with server.connect(database) as connection, connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def test_mariadb_with_a_binary_log_skips_an_unchanged_database_and_dumps_every_change(
+    mariadb_binary_log: MariaDBServer, tmp_path: Path
+) -> None:
+    server = mariadb_binary_log
+    _sql(server, None, "CREATE DATABASE shop", "CREATE DATABASE other")
+    _sql(
+        server,
+        "shop",
+        "CREATE TABLE item (id INT PRIMARY KEY, body TEXT)",
+        "INSERT INTO item VALUES (1, 'a'), (2, 'b')",
+    )
+    runs = Runs(tmp_path, _mariadb_job(server, tmp_path, "shop"))
+    assert runs.backup() == "dumped no_backup"
+    assert read_manifest(manifest_path(data_files(runs.storage)[0])).change_token is not None
+    assert runs.backup() == "skipped"
+    changes: list[tuple[str, Callable[[], None]]] = [
+        ("one changed row", lambda: _sql(server, "shop", "UPDATE item SET body = 'x' WHERE id = 1")),
+        ("one DDL change", lambda: _sql(server, "shop", "ALTER TABLE item ADD COLUMN note TEXT")),
+        ("a view", lambda: _sql(server, "shop", "CREATE VIEW item_ids AS SELECT id FROM item")),
+        ("a write in another database of the server", lambda: _sql(server, "other", "CREATE TABLE t (x INT)")),
+        ("a restart", lambda: (server.stop(), server.start())),  # type: ignore[func-returns-value]
+    ]
+    for what, change in changes:
+        change()
+        assert runs.backup() == "dumped changed", what
+        assert runs.backup() == "skipped", what
+
+
+def test_mariadb_without_a_binary_log_proves_nothing_and_always_dumps(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+) -> None:
+    _sql(mariadb_server, mariadb_database, "CREATE TABLE item (id INT)", "INSERT INTO item VALUES (1)")
+    runs = Runs(tmp_path, _mariadb_job(mariadb_server, tmp_path, mariadb_database))
+    assert [runs.backup() for _ in range(3)] == ["dumped no_token"] * 3
+    assert all(read_manifest(manifest_path(path)).change_token is None for path in data_files(runs.storage))
+
+
+# --------------------------------------------------------------------------------------------------
+# MongoDB: the replica set's oplog
+
+
+@pytest.fixture(scope="module")
+def mongo_standalone() -> Iterator[MongoServer]:
+    """SecantusDB as a standalone server: no replica set, no oplog."""
+    with running_secantus(auth=False, standalone=True) as server:
+        yield server
+
+
+def _mongo_job(server: MongoServer, database: str) -> dict[str, Any]:
+    return {"engine": "mongodb", "uri": server.uri(), "databases": [database], "tool": "builtin"}
+
+
+def test_mongodb_replica_set_skips_an_unchanged_database_and_dumps_every_change(
+    mongo_server_noauth: MongoServer, tmp_path: Path
+) -> None:
+    client = mongo_server_noauth.client()
+    database = f"skip_{tmp_path.name[-12:]}"
+    try:
+        client[database].item.insert_many([{"_id": number, "body": f"row {number}"} for number in range(50)])
+        runs = Runs(tmp_path, _mongo_job(mongo_server_noauth, database))
+        assert runs.backup() == "dumped no_backup"
+        assert runs.backup() == "skipped"
+        changes: list[tuple[str, Callable[[], object]]] = [
+            ("one changed document", lambda: client[database].item.update_one({"_id": 7}, {"$set": {"body": "x"}})),
+            ("one new index", lambda: client[database].item.create_index("body")),
+            ("one dropped collection", lambda: client[database].drop_collection("item")),
+        ]
+        for what, change in changes:
+            change()
+            assert runs.backup() == "dumped changed", what
+            assert runs.backup() == "skipped", what
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
+def test_mongodb_standalone_has_no_oplog_so_every_run_dumps(mongo_standalone: MongoServer, tmp_path: Path) -> None:
+    client = mongo_standalone.client()
+    try:
+        assert "setName" not in client.admin.command("hello")
+        client.shop.item.insert_one({"_id": 1})
+        runs = Runs(tmp_path, _mongo_job(mongo_standalone, "shop"))
+        assert [runs.backup() for _ in range(3)] == ["dumped no_token"] * 3
+    finally:
+        client.close()

@@ -158,7 +158,8 @@ def _option_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _server_argv(data_dir: Path, base: Path, port: int, socket: Path) -> list[str]:
+def _server_argv(data_dir: Path, base: Path, port: int, socket: Path, *, binary_log: bool = False) -> list[str]:
+    logging = [f"--log-bin={base / 'binlog'}", "--server-id=1"] if binary_log else ["--skip-log-bin"]
     return [
         _SERVER_BINARY,
         "--no-defaults",
@@ -169,7 +170,7 @@ def _server_argv(data_dir: Path, base: Path, port: int, socket: Path) -> list[st
         f"--pid-file={base / 'mariadbd.pid'}",
         f"--tmpdir={base}",
         "--skip-name-resolve",
-        "--skip-log-bin",
+        *logging,
         "--event-scheduler=ON",
         "--character-set-server=utf8mb4",
         "--innodb-buffer-pool-size=64M",
@@ -181,8 +182,10 @@ def _server_argv(data_dir: Path, base: Path, port: int, socket: Path) -> list[st
 
 
 @contextmanager
-def running_mariadb() -> Iterator[MariaDBServer]:
-    """Install system tables, start the server and provision ``backup``; stop and delete on exit."""
+def running_mariadb(*, binary_log: bool = False) -> Iterator[MariaDBServer]:
+    """Install system tables, start the server and provision ``backup``; stop and delete on exit.
+
+    `binary_log`: with the binary log on (`--log-bin`), as a replication source would run."""
     require_binaries([_INSTALL_BINARY, _SERVER_BINARY, _CLIENT_BINARY], hint="install mariadb-server")
     run_as = service_account("mysql")
     base = make_base_dir("backup-agent-mariadb-", run_as)
@@ -207,7 +210,7 @@ def running_mariadb() -> Iterator[MariaDBServer]:
         except CommandError as error:
             raise RuntimeError(f"mariadb-install-db failed for the test MariaDB:\n{error}") from error
         process = ServerProcess(
-            _server_argv(data_dir, base, port, socket),
+            _server_argv(data_dir, base, port, socket, binary_log=binary_log),
             log_path=base / "mariadbd.log",
             run_as=run_as,
             cwd=base,

@@ -146,7 +146,7 @@ def find_secantusd() -> str:
     return shutil.which("secantusd-py") or "secantusd-py"
 
 
-def _secantus_argv(executable: str, base: Path, port: int, *, auth: bool) -> list[str]:
+def _secantus_argv(executable: str, base: Path, port: int, *, auth: bool, standalone: bool = False) -> list[str]:
     argv = [
         executable,
         "--config",
@@ -162,12 +162,15 @@ def _secantus_argv(executable: str, base: Path, port: int, *, auth: bool) -> lis
         "--log-level",
         "WARNING",
     ]
+    argv += ["--standalone"] if standalone else []
     return [*argv, "--auth"] if auth else argv
 
 
 @contextmanager
-def running_secantus(*, auth: bool) -> Iterator[MongoServer]:
-    """Start SecantusDB (provisioning a root user first when ``auth``); stop and delete on exit."""
+def running_secantus(*, auth: bool, standalone: bool = False) -> Iterator[MongoServer]:
+    """Start SecantusDB (provisioning a root user first when ``auth``); stop and delete on exit.
+
+    It runs as a single-node replica set with an oplog unless `standalone` (no set, no oplog)."""
     executable = require_binaries([find_secantusd()], hint="pip install SecantusDB==0.7.0b3")
     secantusd = next(iter(executable.values()))
     base = make_base_dir("backup-agent-mongo-", None)
@@ -178,7 +181,7 @@ def running_secantus(*, auth: bool) -> Iterator[MongoServer]:
         if auth:
             _provision_user(secantusd, base, port, user or "", password or "")
         process = ServerProcess(
-            _secantus_argv(secantusd, base, port, auth=auth),
+            _secantus_argv(secantusd, base, port, auth=auth, standalone=standalone),
             log_path=base / "secantusd.log",
             run_as=None,
             cwd=base,

@@ -28,6 +28,7 @@ from agent.engines.base import (
     EMPTY,
     MISSING,
     NOT_EMPTY,
+    ChangeToken,
     DumpDetails,
     DumpTarget,
     Engine,
@@ -37,6 +38,7 @@ from agent.engines.base import (
     options_of,
     select_databases,
 )
+from agent.engines.mongo import change_token
 from agent.engines.mongo.archive import ArchiveCheck, ArchiveParser
 from agent.engines.mongo.builtin_dump import BuiltinDump
 from agent.engines.mongo.busy import QueuedOperations
@@ -228,6 +230,14 @@ class MongoEngine(Engine):
     def busy_probe(self) -> QueuedOperations | None:
         threshold = self.options.busy_threshold
         return QueuedOperations(self.client(), threshold) if threshold > 0 else None
+
+    def change_token(self, target: DumpTarget) -> ChangeToken | None:
+        """The newest write in a replica set's oplog (mongo/change_token.py); a standalone proves nothing."""
+        try:
+            with self.connected() as client:
+                return change_token.read_token(client)
+        except PyMongoError:
+            return None
 
     def probe(self) -> ServerInfo:
         tool = self.resolve_tool()

@@ -34,6 +34,7 @@ from agent.engines.base import (
     EMPTY,
     MISSING,
     NOT_EMPTY,
+    ChangeToken,
     DumpDetails,
     DumpTarget,
     Engine,
@@ -45,7 +46,7 @@ from agent.engines.base import (
     TrailerCheck,
     options_of,
 )
-from agent.engines.mysql import auth, buffer_pool
+from agent.engines.mysql import auth, buffer_pool, change_token
 from agent.engines.mysql import grants as grant_rules
 from agent.engines.mysql.busy import RunningThreads
 from agent.engines.mysql.grants import (
@@ -358,6 +359,16 @@ class MysqlEngine(Engine):
                 (database,),
             )
             return int(cursor.fetchone()[0])
+
+    def change_token(self, target: DumpTarget) -> ChangeToken | None:
+        """The binary log position (mysql/change_token.py); the grants file is always dumped."""
+        if target.kind != "database":
+            return None
+        try:
+            with self.connect() as connection, connection.cursor() as cursor:
+                return change_token.read_token(cursor)
+        except pymysql.MySQLError:
+            return None
 
     @classmethod
     def new_check(cls, format_name: str, tool: str | None = None) -> StreamCheck:
