@@ -134,3 +134,45 @@ def test_check_config_names_a_database_scope_for_a_database_that_is_not_dumped(
     assert scope_warnings(engine, [pg_database]) == [
         "scope.'gone': no database of that name is dumped (the server has none, or exclude leaves it out)"
     ]
+
+
+def test_hostile_table_names_reach_pg_dump_exactly(pg_server: PostgresServer, pg_database: str, tmp_path: Path) -> None:
+    """A quote, a backslash, a newline, a dot and regex characters in names: each one is left out or
+    emptied exactly, and its look-alikes are kept."""
+    names = ['we"ird', "back\\slash.dot", "new\nline", "a+b(c)|d$"]
+    statements = [
+        sql.SQL("CREATE TABLE public.{} (id int); INSERT INTO public.{} VALUES (1), (2)").format(
+            sql.Identifier(name), sql.Identifier(name)
+        )
+        for name in [*names, "weXird", "back\\slashXdot", "aab(c)|d$"]
+    ]
+    with pg_server.connect(pg_database) as connection:
+        for statement in statements:
+            connection.execute(statement)
+    job = _scoped_job(
+        pg_server,
+        tmp_path,
+        pg_database,
+        exclude_tables=['public.we"ird', "public.back\\slash.dot"],
+        schema_only_tables=["public.new\nline", "public.a+b(c)|d$"],
+    )
+    config = write_config(tmp_path, {"main": job})
+    assert run_cli(config, "backup") == 0
+    (dump,) = data_files(tmp_path / "storage")
+    manifest = read_manifest(manifest_path(dump))
+    assert manifest.scope is not None
+    assert manifest.scope.excluded == ["public.back\\slash.dot", 'public.we"ird']
+    assert manifest.scope.schema_only == ["public.a+b(c)|d$", "public.new\nline"]
+    assert manifest.counts == {
+        "public.weXird": 2,
+        "public.back\\slashXdot": 2,
+        "public.aab(c)|d$": 2,
+        "public.new\nline": 0,
+        "public.a+b(c)|d$": 0,
+    }
+    restored = f"{pg_database}_r"
+    try:
+        assert run_cli(config, "restore", "--job", "main", "--database", pg_database, "--into", restored) == 0
+        assert {name: rows for name, (rows, _) in table_fingerprints(pg_server, restored).items()} == manifest.counts
+    finally:
+        drop_database(pg_server, restored)
