@@ -952,7 +952,7 @@ class _JobReader:
         if engine is None or family is None:
             return None
         options = family.read_options(table)
-        scope = read_scope(table, databases, engine, family.table_scope)
+        scope = read_scope(table, databases, engine, family.table_scope, extra_args)
         return JobConfig(
             name=self.name,
             engine=engine,

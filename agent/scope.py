@@ -117,7 +117,32 @@ def resolve(
     return ResolvedScope(scope, tuple(dumped), tuple(schema_only), tuple(excluded), tuple(unmatched))
 
 
-def read_scope(table: ConfigTable, databases: tuple[str, ...] | None, engine: str, supported: bool) -> JobScope:
+# the dump tools' own table choosers: beside a table scope they would make the manifest's lists untrue
+TABLE_OPTIONS = (
+    "--table", "--exclude-table", "--exclude-table-data", "--table-and-children", "--exclude-table-and-children",
+    "--exclude-table-data-and-children", "--ignore-table", "--ignore-table-data", "--tables", "--no-data",
+    "--collection", "--excludeCollection", "--excludeCollectionsWithPrefix", "--nsInclude", "--nsExclude",
+)  # fmt: skip
+_POSTGRES_SHORT_OPTIONS = ("-t", "-T")
+
+
+def table_option(argument: str, engine: str) -> str | None:
+    """The table-choosing option `argument` is (an extra_args item), or None."""
+    name = argument.split("=", 1)[0]
+    if name in TABLE_OPTIONS:
+        return name
+    if engine == "postgresql" and argument[:2] in _POSTGRES_SHORT_OPTIONS:
+        return argument[:2]
+    return None
+
+
+def read_scope(
+    table: ConfigTable,
+    databases: tuple[str, ...] | None,
+    engine: str,
+    supported: bool,
+    extra_args: tuple[str, ...] = (),
+) -> JobScope:
     """The scope keys of a [jobs.NAME] table and its [jobs.NAME.scope."<database>"] tables; problems
     go to the table with key path and line."""
     default = _read_table_scope(table, EVERYTHING)
@@ -133,6 +158,15 @@ def read_scope(table: ConfigTable, databases: tuple[str, ...] | None, engine: st
                 scope_table.add(database, "not one of the job's databases")
             overrides[database] = _read_table_scope(inner, default)
     scope = JobScope(default, MappingProxyType(overrides))
+    if not scope.is_everything:
+        for argument in extra_args:
+            option = table_option(argument, engine)
+            if option is not None:
+                table.add(
+                    "extra_args",
+                    f'"{option}" chooses tables beside the table scope; say it with tables, exclude_tables '
+                    "or schema_only_tables instead",
+                )
     if not supported and (not scope.is_everything or scope_table is not None):
         key = next((key for key in (*SCOPE_KEYS, "scope") if table.has(key)), "scope")
         table.add(key, f"engine {engine} has no tables to choose from; table scope is not supported")

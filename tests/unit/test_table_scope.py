@@ -154,3 +154,30 @@ def test_the_example_config_shows_every_scope_key_and_they_parse_once_uncommente
     scope = parse_config(text, example, file_mode=0o100600).jobs["main"].scope
     assert scope.default == TableScope(("public.*",), ("public.audit_log_*",), ("public.sessions",))
     assert scope.for_database("crm").tables == ("public.customer*",)
+
+
+def test_a_table_option_in_extra_args_beside_a_scope_is_refused() -> None:
+    problems = problems_of(
+        STORAGE + '[jobs.main]\nengine = "postgresql"\ndatabases = "*"\nexclude_tables = ["a"]\n'
+        'extra_args = ["-Tpublic.x", "--exclude-table-data=public.y", "--no-sync"]\n'
+    )
+    assert problems == [
+        f'jobs.main.extra_args (line 7): "{option}" chooses tables beside the table scope; say it with tables, '
+        "exclude_tables or schema_only_tables instead"
+        for option in ("-T", "--exclude-table-data")
+    ]
+    assert parse(STORAGE + '[jobs.main]\nengine = "postgresql"\ndatabases = "*"\nextra_args = ["-Tpublic.x"]\n')
+
+
+def test_a_bad_scope_exits_78_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\npath = "{tmp_path}/storage"\n[jobs.main]\nengine = "postgresql"\ndatabases = "*"\n'
+        "schema_only_tables = [1]\n",
+        encoding="utf-8",
+    )
+    config.chmod(0o600)
+    assert cli.main(["-c", str(config), "check-config", "--offline"]) == 78
+    assert "jobs.main.schema_only_tables (line 6): expected a list of strings" in capsys.readouterr().err
