@@ -724,8 +724,9 @@ def impact_section(results: dict[str, Any]) -> list[str]:
             "defaults here (nice 10, the dump tool also at best-effort 7), unlike the comparison above. Load average "
             f"{section['load_before']} before, {section['load_after']} after; CPU stall is the share of time "
             "some task waited for a CPU (/proc/pressure/cpu), the whole machine's. Busy episodes: how often the "
-            "window's backups logged `backup.paced reason=database_busy` (more than `busy_threshold`, 4 by "
-            "default, active client backends besides the dump's), and the median seconds they paused for it.",
+            "window's backups logged `backup.paced reason=database_busy` (more than `busy_threshold` active "
+            "client backends besides the dump's: 4 by default, 1 in the window that says so), and the median "
+            "seconds they paused for it.",
             "",
             "| during the window | TPS | of scheduled | p50 | p95 | p99 | p99 vs none | backup | busy episodes, "
             "paced for it | CPU stall | load |",
