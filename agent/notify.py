@@ -2,9 +2,9 @@
 
 Healthchecks: `URL/start` when a run starts, `URL` when it succeeds, `URL/fail` (with the run's log
 tail as body) when it fails or a dump is refused, each with `?rid=` so overlapping runs pair up.
-Webhooks get a JSON body with the event's fields. Every request runs in a daemon thread with a
-short timeout and a few retries; a run waits for them at most `notify.timeout` in total, so a dead
-endpoint delays a backup by at most that. Bodies pass through the log's redaction first.
+Webhooks get a JSON body with the event's fields. Every request runs in a daemon thread and is
+tried 1 + `notify.retries` times, every try within `notify.timeout`; a run waits for them at most
+that long in total, so a dead endpoint delays a backup by at most that. Bodies pass through the log's redaction first.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ FAILED = "run.failed"
 REFUSED = "run.refused"
 DRILL_FAILED = "drill.failed"
 TAIL_LINES = 40
-_RETRY_PAUSE_SECONDS = 0.5
+_RETRY_PAUSE_SECONDS = 0.5  # between tries, at most
+_BUDGET_SHARE = 0.95  # of notify.timeout for one request's tries: the rest is the run's margin to collect them
+_PAUSE_SHARE = 0.2  # of that budget, at most, spent pausing between tries
+_SHORTEST_TRY_SECONDS = 0.05
 
 
 def masked(value: Any) -> Any:
@@ -98,10 +101,16 @@ class Notifier:
         self._threads = [thread for thread in self._threads if thread.is_alive()]
 
     def _deliver(self, event: str, url: str, data: bytes, content_type: str) -> None:
-        timeout = self.settings.timeout.total_seconds()
+        """1 + `retries` tries, all within `notify.timeout`: each try gets an equal share of what is left,
+        so a silent endpoint is tried as often as configured before the run stops waiting."""
         attempts = self.settings.retries + 1
+        budget = self.settings.timeout.total_seconds() * _BUDGET_SHARE
+        pause = min(_RETRY_PAUSE_SECONDS, budget * _PAUSE_SHARE / max(1, attempts - 1))
+        deadline = time.monotonic() + budget
         error = ""
         for attempt in range(1, attempts + 1):
+            pauses_left = pause * (attempts - attempt)
+            timeout = max(_SHORTEST_TRY_SECONDS, (deadline - time.monotonic() - pauses_left) / (attempts - attempt + 1))
             request = urllib.request.Request(  # noqa: S310 - config accepts only http(s) URLs
                 url,
                 data=data,
@@ -120,7 +129,7 @@ class Notifier:
             except (urllib.error.URLError, OSError, ValueError) as failure:
                 error = str(getattr(failure, "reason", failure))
             if attempt < attempts:
-                time.sleep(_RETRY_PAUSE_SECONDS * attempt)
+                time.sleep(pause)
         self.log.warning("notify.failed", notify_event=event, target=masked_url(url), attempts=attempt, error=error)
 
 
