@@ -30,7 +30,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from agent import __version__, catalog, log, process
+from agent import __version__, catalog, journal, log, process
 from agent.activity import DaemonRecord, remove_daemon_record, write_daemon_record
 from agent.config import Config, JobConfig, load_config
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, DaemonRunning, LockedError
@@ -84,8 +84,14 @@ def configure_logging(config: Config) -> None:
 
 
 def last_good_backup(storage: Path, job: str) -> datetime | None:
-    """When the job's newest good backup on disk started (from its manifest), or None."""
+    """When the job's newest good backup on disk started (from its manifest), or None; a run that
+    found a database unchanged (skip_unchanged, journaled) counts as one at its time."""
     newest: datetime | None = None
+    for entry in journal.read_events(storage, journal.Event.SKIPPED):
+        with contextlib.suppress(ValueError):
+            skipped = datetime.fromisoformat(entry.at)
+            if entry.job == job and (storage / (entry.path or "")).is_file() and (newest is None or skipped > newest):
+                newest = skipped
     for record in catalog.scan(storage, job):
         if record.status != catalog.GOOD:
             continue

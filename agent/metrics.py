@@ -33,6 +33,11 @@ _DATABASE_METRICS = (
     ("last_run_success", "gauge", "1 if the last attempt succeeded, 0 if it failed or was refused."),
     ("last_drill_success_timestamp_seconds", "gauge", "When the last passing restore drill ran (Unix seconds)."),
     ("fresh", "gauge", "1 if the newest good backup is within max_backup_age (what status --check tests)."),
+    (
+        "last_unchanged_timestamp_seconds",
+        "gauge",
+        "When a run last found the database unchanged since a good backup (skip_unchanged; Unix seconds).",
+    ),
 )
 _STORAGE_METRICS = (
     ("storage_used_bytes", "gauge", "Bytes used by everything under the storage path."),
@@ -89,6 +94,9 @@ def _database_values(database: dict[str, Any]) -> dict[str, float | int | None]:
         "last_run_success": None if last_status in (None, "interrupted") else int(last_status == "ok"),
         "last_drill_success_timestamp_seconds": last_drill_success,
         "fresh": int(database["problem"] is None) if database["checked"] else None,
+        "last_unchanged_timestamp_seconds": _timestamp(skipped["at"])
+        if (skipped := database["last_unchanged"])
+        else None,
     }
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent_helpers import data_files, write_config
 from fault_helpers import frozen_clock, run_agent, sqlite_database, sqlite_job
 
-from agent import journal
+from agent import journal, metrics, status
+from agent.config import load_config
+from agent.daemon import last_good_backup
 from agent.manifest import manifest_path, read_manifest
 
 KEEP_ALL = {"keep_last": 100, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
@@ -76,6 +79,15 @@ def test_an_unchanged_file_is_skipped_journaled_fresh_and_its_backup_kept(tmp_pa
     assert entry["state"] == "ok" and entry["last_unchanged"]["at"].startswith("2031-05-03T12:00:00")
     stale = run_agent(config, "status", "--check", env=frozen_clock("2031-05-03 14:00:00"))
     assert stale.returncode == 1 and "newest good backup is" in stale.stdout
+
+    # the daemon's catch-up after a restart and the metrics file see the skip too
+    skipped_at = datetime(2031, 5, 3, 12, 0, tzinfo=UTC)
+    assert last_good_backup(storage, "app") == skipped_at
+    exposition = metrics.render(status.collect(load_config(config), now=skipped_at + timedelta(minutes=30)))
+    assert 'backup_agent_last_unchanged_timestamp_seconds{job="app"' in exposition
+    assert f"}} {skipped_at.timestamp()!r}" in exposition
+    assert 'backup_agent_fresh{job="app"' in exposition and exposition.count("backup_agent_fresh{") == 1
+    assert next(line for line in exposition.splitlines() if line.startswith("backup_agent_fresh{")).endswith(" 1")
 
     plan = json.loads(run_agent(config, "prune", "--dry-run", "--json", env=frozen_clock("2031-06-01 00:00:00")).stdout)
     (decision,) = plan["decisions"]
