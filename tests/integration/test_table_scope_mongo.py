@@ -43,6 +43,7 @@ def test_a_builtin_dump_keeps_exactly_its_collections_through_restore_and_drill(
     assert (manifest.scope.excluded, manifest.scope.schema_only) == (["types"], ["people"])
     assert manifest.counts["people"] == 0 and "types" not in manifest.counts and manifest.counts["capped"] == 50
     assert any('exclude_tables: "nothing*" matches no table' in warning for warning in manifest.warnings)
+    assert not any("view adults" in warning for warning in manifest.warnings)  # people is kept (schema only)
     try:
         assert run_cli(config, "restore", "--job", "docs", "--database", mongo_database, "--into", target) == 0
         with mongo_server.client() as client:
@@ -76,3 +77,15 @@ def test_mongodump_gets_exact_exclude_collection_names_and_refuses_schema_only(t
     assert argv[-2:] == ["--excludeCollection=audit.2024", "--excludeCollection=a$b"]
     with pytest.raises(DumpError, match="schema_only_tables needs the built-in dumper"):
         _engine(tmp_path, 'schema_only_tables = ["a*"]')._mongodump_scope(DumpTarget("shop"))
+
+
+def test_excluding_the_collection_a_view_reads_is_warned_about(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mongo_server.client() as client:
+        fill_rich_database(client, mongo_database)
+    job = mongo_job(mongo_server, tmp_path, [mongo_database], tool="builtin", exclude_tables=["people"])
+    config = write_config(tmp_path, {"docs": job})
+    assert run_cli(config, "check-config") == 0
+    expected = f"database '{mongo_database}': view adults reads people, which the scope excludes: it restores empty"
+    assert expected in capsys.readouterr().out

@@ -142,7 +142,7 @@ class BuiltinDump:
         if not scope.is_everything:  # resolved on the same listing the dump follows
             resolved = resolve(scope, [str(info["name"]) for info in listed])
             self.details.scope = resolved
-            self.details.warnings += resolved.warnings(self.database)
+            self.details.warnings += self.engine.scope_warnings(self.database, resolved)
             views = {str(info["name"]) for info in listed if info.get("type") == "view"}
             self.details.empty_tables = tuple(name for name in resolved.schema_only if name not in views)
         found: list[_Collection] = []

@@ -351,6 +351,23 @@ class MongoEngine(Engine):
             )
         return self.resolve_scope(target.database)
 
+    def scope_warnings(self, database: str, resolved: ResolvedScope) -> list[str]:
+        """Patterns that match nothing, and views reading a collection the scope leaves out (they
+        restore, and read nothing)."""
+        warnings = resolved.warnings(database)
+        excluded = set(resolved.excluded)
+        with self.connected() as client:
+            views = [
+                (str(info["name"]), str(info.get("options", {}).get("viewOn", "")))
+                for info in client[database].list_collections(filter={"type": "view"})
+            ]
+        warnings += [
+            f"database {database!r}: view {view} reads {source}, which the scope excludes: it restores empty"
+            for view, source in sorted(views)
+            if source in excluded and view not in excluded
+        ]
+        return warnings
+
     def table_names(self, database: str) -> tuple[list[str], dict[str, str]]:
         with self.connected() as client:
             names = client[database].list_collection_names()
@@ -374,7 +391,7 @@ class MongoEngine(Engine):
         details.scope = self._mongodump_scope(target)
         excluded = details.scope.excluded if details.scope is not None else ()
         if details.scope is not None:
-            details.warnings += details.scope.warnings(target.database)
+            details.warnings += self.scope_warnings(target.database, details.scope)
         with private_config(self.job.password.read()) as (config_path, fds):
             command = process.Command(
                 tuple(self.mongodump_argv(tool, target, config_path, excluded)),
