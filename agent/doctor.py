@@ -24,7 +24,7 @@ from agent.engines.base import MISSING, Engine, EngineContext
 from agent.errors import AgentError, ConfigError, ConnectionFailed, ToolError, UntrustedServer
 from agent.log import register_secret
 from agent.process import StreamLimits
-from agent.storage import StorageLayout
+from agent.storage import StorageLayout, foreign_owner_problem
 from agent.units import format_size
 
 
@@ -132,13 +132,10 @@ def check_storage(config: Config) -> list[Finding]:
     else:
         status = path.stat()
         if status.st_uid != uid:
-            findings.append(
-                Finding(
-                    False,
-                    "storage",
-                    f"{path} is owned by uid {status.st_uid}, not by the agent's user (uid {uid}); chown {uid} {path}",
-                )
-            )
+            # root on a service user's storage: run as its owner (what the writing verbs say), never chown it
+            foreign = foreign_owner_problem(path)
+            owned = f"{path} is owned by uid {status.st_uid}, not by the agent's user (uid {uid}); chown {uid} {path}"
+            findings.append(Finding(False, "storage", foreign or owned))
         who = _writable_by_others(status)
         if who is not None:
             findings.append(

@@ -157,3 +157,20 @@ def test_after_roots_refused_attempts_the_service_user_finds_every_backup_comple
     assert listing and {row["status"] for row in listing} == {"good"}, listing
     assert _agent(config, "verify", as_user=USER).returncode == 0
     assert _agent(config, "backup", as_user=USER).returncode == 0
+
+
+@pytest.mark.parametrize("args", [("list",), ("status",), ("verify",), ("verify", "--incremental")], ids=" ".join)
+def test_root_may_read_a_service_users_storage_and_leaves_nothing_there(
+    users_storage: Path, args: tuple[str, ...]
+) -> None:
+    storage = users_storage / "storage"
+    result = _agent(_config(users_storage, "app"), *args)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert [path for path in [storage, *storage.rglob("*")] if path.lstat().st_uid == 0] == []
+
+
+def test_doctor_as_root_on_a_service_users_storage_says_as_whom_to_run(users_storage: Path) -> None:
+    result = _agent(_config(users_storage, "app"), "doctor")
+    storage_lines = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM  storage:")]
+    assert any(f"sudo -u {USER}" in line for line in storage_lines), result.stdout
+    assert not any("chown 0 " in line for line in storage_lines), storage_lines
