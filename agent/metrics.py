@@ -95,7 +95,7 @@ def _database_values(database: dict[str, Any]) -> dict[str, float | int | None]:
         "last_drill_success_timestamp_seconds": last_drill_success,
         "fresh": int(database["problem"] is None) if database["checked"] else None,
         "last_unchanged_timestamp_seconds": _timestamp(skipped["at"])
-        if (skipped := database["last_unchanged"])
+        if (skipped := database.get("last_unchanged"))
         else None,
     }
 
