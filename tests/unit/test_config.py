@@ -224,7 +224,7 @@ def test_a_full_config_is_read_into_typed_values() -> None:
     warehouse = config.jobs["warehouse"]
     assert warehouse.schedule == ScheduleSpec("before-snapshots")
     assert warehouse.jitter == timedelta(0)
-    assert warehouse.password == SecretSource("env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env")
+    assert warehouse.password == SecretSource("env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env (line 46)")
     assert warehouse.hooks.after == ("/usr/local/bin/resume-etl", "--now")
     assert warehouse.drill is not None
     assert warehouse.drill.schedule == ScheduleSpec("cron", cron="0 5 * * sun")
@@ -480,13 +480,13 @@ def test_an_inline_password_is_refused_in_a_config_others_can_read() -> None:
 def test_an_inline_password_is_accepted_in_a_private_config() -> None:
     password = parse(job(f'password = "{PASSWORD}"'), file_mode=0o100600).jobs["main"].password
     assert password.kind == "inline"
-    assert password.key_path == "jobs.main.password"
+    assert password.key_path == "jobs.main.password (line 7)"
     assert password.read() == Secret(PASSWORD)
 
 
 def test_a_password_file_is_remembered_with_its_key_path() -> None:
     password = parse(job('password_file = "/etc/backup-agent/pg.pw"')).jobs["main"].password
-    assert password == SecretSource("file", "/etc/backup-agent/pg.pw", key_path="jobs.main.password_file")
+    assert password == SecretSource("file", "/etc/backup-agent/pg.pw", key_path="jobs.main.password_file (line 7)")
 
 
 def write_config(directory: Path, storage: Path, mode: int = 0o600) -> Path:
