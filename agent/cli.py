@@ -420,6 +420,10 @@ def command_restore(args: argparse.Namespace) -> int:
         if problem:
             raise UsageError(problem)
     chosen = restore.choose_backup(config, args.job, args.database, at=at, label=args.label)
+    if at is not None and args.label is None:
+        closer = restore.closer_platform_copy(config, args.job, chosen, at)
+        if closer is not None:
+            _say(f"note: {closer}", error=True)
     if args.to_file is not None:
         if args.dry_run:
             _say(f"would write the decompressed {chosen.record.path} to {args.to_file}")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 from structlog.stdlib import BoundLogger
 
-from agent import catalog, engines
+from agent import catalog, engines, snapshots
 from agent.compression import open_decompressed
 from agent.config import Config, JobConfig
 from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
@@ -132,6 +132,22 @@ def tables_left_out(manifest: Manifest, tables: tuple[str, ...]) -> list[str]:
     kept_short = {name.rsplit(".", 1)[-1] for name in kept}
     excluded = set(manifest.scope.excluded) | {name.rsplit(".", 1)[-1] for name in manifest.scope.excluded}
     return [table for table in tables if table in excluded and table not in kept and table not in kept_short]
+
+
+def closer_platform_copy(config: Config, job: str, chosen: Chosen, at: datetime) -> str | None:
+    """With `[snapshots]`: a deleted dump newer than the chosen one, still at or before `at`, that a snapshot holds."""
+    from agent import ledger
+
+    loaded = ledger.load(config)
+    if loaded is None or chosen.record.created_at is None:
+        return None
+    found = snapshots.platform_copy_at(loaded.files, job, {chosen.record.folder}, at)
+    if found is None or found.lifetime.created_at <= chosen.record.created_at:
+        return None
+    return (
+        f"restoring the local backup of {format_time(chosen.record.created_at)}; the platform has a closer one, "
+        f"of {format_time(found.lifetime.created_at)}: {ledger.held_sentence(loaded, found)}"
+    )
 
 
 def _raise_if_held_by_platform(config: Config, job: str, database: str, at: datetime) -> None:

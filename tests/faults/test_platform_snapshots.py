@@ -45,11 +45,12 @@ def _backup(config: Path, at: datetime) -> None:
 
 
 def _keep_for_docs(name: str, command: str, result: subprocess.CompletedProcess[str]) -> None:
+    """Append a command's output for the README; stderr first (the notes come before what was written)."""
     target = os.environ.get("BACKUP_AGENT_DOC_OUTPUT")
     if target:
         with open(target, "a", encoding="utf-8") as stream:
             stream.write(
-                f"### {name}\n$ backup-agent {command}\n{result.stdout}{result.stderr}(exit {result.returncode})\n\n"
+                f"### {name}\n$ backup-agent {command}\n{result.stderr}{result.stdout}(exit {result.returncode})\n\n"
             )
 
 
@@ -130,6 +131,17 @@ def test_restore_at_a_time_with_no_local_dump_names_the_platform_copy(
     local = _agent(config, NOW, *args[:-3], "2026-11-30T12:00:00", "--to-file", str(out))
     assert local.returncode == 0, local.stderr
     assert out.read_bytes().startswith(b"PGDMP"), "the custom-format archive of 2026-11-29, decompressed"
+    assert "note:" not in local.stderr, "no deleted dump lies between 2026-11-29 23:30 and the time asked for"
+    closer = _agent(config, NOW, *args[:-3], "2026-12-02T02:00:00", "--to-file", str(tmp_path / "closer.sql"))
+    _keep_for_docs(
+        "restore --at, a closer platform copy",
+        f"restore --job main --database {database} --at 2026-12-02T02:00:00 --to-file closer.sql",
+        closer,
+    )
+    assert closer.returncode == 0, closer.stderr
+    assert "note: restoring the local backup of 2026-12-01T23:30" in closer.stderr
+    assert "the platform has a closer one, of 2026-12-02T01:20:0" in closer.stderr  # the dump's start, to the second
+    assert "Z: deleted locally on 2026-12-02 23:30 UTC, held by the snapshot of 2026-12-02 18:00 UTC" in closer.stderr
     too_old = _agent(config, NOW, *args[:-3], "2026-11-10T00:00:00", "--to-file", str(out))
     assert too_old.returncode == 2 and "no good backup" in too_old.stderr
 
