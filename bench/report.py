@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import scale_report
+
 MiB = 1 << 20
 ENGINE_NAMES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 TARGET_RATIO = 1.05  # at impact = "fastest", on a quiet machine
@@ -128,7 +130,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 _verdict(retention["seconds"] < TARGET_RETENTION),
             )
         )
-    return rows
+    return rows + scale_report.targets(results)
 
 
 def headline(results: dict[str, Any]) -> list[str]:
@@ -312,6 +314,7 @@ def render(results: dict[str, Any]) -> str:
     lines += profile_section(results)
     lines += mongo_section(results)
     lines += retention_section(results)
+    lines += scale_report.section(results)
     lines += daemon_section(results)
     lines += notes_section(results)
     total = results.get("total_seconds", 0)

@@ -74,7 +74,10 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("comparison", "impact", "double", "mongo", "retention", "daemon", "check-cost", "profile", "counts"),
+        choices=(
+            *("comparison", "impact", "double", "mongo", "retention", "daemon", "check-cost", "profile", "counts"),
+            "scale",
+        ),
         help="leave a section out (repeatable)",
     )
     parser.add_argument("--impact-rounds", type=int, default=2, help="rounds of the application-impact windows")
@@ -856,6 +859,15 @@ def run(args: argparse.Namespace) -> int:
                 results["row_counts"] = counts_bench.counts_section(bench)
             if "retention" not in args.skip:
                 results["retention"] = retention_section(bench)
+            if "scale" not in args.skip and "postgresql" in bench.servers:
+                import scale_bench
+
+                scratch = bench.scratch("scale")
+                scratch.mkdir()
+                server = bench.servers["postgresql"]
+                results["scale"] = scale_bench.scale_section(
+                    server, scratch, databases=200, backups=20_000, rounds=3, say=bench.say
+                )
             if "mongo" not in args.skip:
                 results["mongo"] = mongo_section(bench)
             double_and_idle(bench, engines)

@@ -325,8 +325,13 @@ def many_backups_section(
     for key in commands:
         found[key] = summarize(samples[key])
         say(f"{key}: {found[key]}")
+    files = sorted(str(path) for path in storage.glob("*/*/*") if not path.name.endswith(MANIFEST_SUFFIX))
+    listing = work / "scale-files.txt"
+    listing.write_text("\0".join(files))
+    # reading the bytes: sha256sum of every data file (what verify must do at least), one process
+    found["read_reference"] = summarize([timed(["bash", "-c", f"xargs -0 sha256sum < {listing} > /dev/null"])])
     found["verify"] = summarize([timed(agent_command(config, "verify"))])
-    say(f"verify: {found['verify']}")
+    say(f"verify: {found['verify']}; sha256sum of the same files: {found['read_reference']}")
     found["verify_incremental_first"] = summarize([timed(agent_command(config, "verify", "--incremental"))])
     # a day later: one new backup per database, as the daily cron meets them
     extra = work / "scale-extra"
@@ -339,6 +344,7 @@ def many_backups_section(
     shutil.rmtree(extra)
     found["verify_incremental"] = summarize([timed(agent_command(config, "verify", "--incremental"))])
     found["verify_incremental_added"] = added
+    found["verify_incremental_sample"] = "15%"
     found["load_at_end"] = list(os.getloadavg())
     say(f"verify --incremental: {found['verify_incremental']}")
     shutil.rmtree(storage, ignore_errors=True)
