@@ -180,15 +180,19 @@ def shell_loop(work: Path, server: Any, names: list[str], out: Path) -> list[str
 
 
 def small_databases_section(server: Any, work: Path, count: int, rounds: int, say: Any) -> tuple[dict[str, Any], Path]:
-    """Agent vs shell loop over `count` small databases; returns the figures and the last agent storage."""
+    """Agent vs shell loop over `count` small databases; returns the figures and the agent's storage.
+
+    The agent keeps one storage, as a daily run does: from the second run on each database has its
+    history (the first dump of a database also asks the server for its size), and retention looks
+    at the earlier rounds' backups.
+    """
     names = create_small_databases(server, count)
     passfile_env = {**os.environ, "PGPASSFILE": str(work / "pgpass")}
     agent_samples: list[dict[str, float]] = []
     loop_samples: list[dict[str, float]] = []
-    kept: Path | None = None
+    storage = work / "small-storage"
+    config = small_config(work, server, names, storage)
     for round_number in range(rounds + 1):  # round 0 warms the caches and is not recorded
-        storage = work / f"small-storage-{round_number}"
-        config = small_config(work, server, names, storage)
         out = work / f"small-loop-{round_number}"
         out.mkdir()
         order = ["agent", "loop"] if round_number % 2 else ["loop", "agent"]
@@ -204,11 +208,7 @@ def small_databases_section(server: Any, work: Path, count: int, rounds: int, sa
                 if round_number:
                     loop_samples.append(sample)
         shutil.rmtree(out)
-        if kept is not None:
-            shutil.rmtree(kept, ignore_errors=True)
-        kept = storage
         say(f"small databases round {round_number}: agent {agent_samples[-1:]} loop {loop_samples[-1:]}")
-    assert kept is not None
     agent, loop = summarize(agent_samples), summarize(loop_samples)
     return {
         "databases": count,
@@ -218,7 +218,7 @@ def small_databases_section(server: Any, work: Path, count: int, rounds: int, sa
         "ratio": agent["wall"] / loop["wall"],
         "per_database_overhead_seconds": (agent["wall"] - loop["wall"]) / count,
         "loop_command": "for d in ...; do pg_dump -Fc --compress=0 $d | zstd -3 > f; done",
-    }, kept
+    }, storage
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,14 +231,14 @@ def _journal_line(previous: bytes, entry: dict[str, Any]) -> bytes:
     return (json.dumps({**entry, "prev": prev}, sort_keys=True, ensure_ascii=True) + "\n").encode()
 
 
-def build_storage(templates: Path, storage: Path, backups: int, *, newest: datetime) -> int:
+def build_storage(templates: Path, storage: Path, backups: int, *, latest: datetime) -> int:
     """Copy each template backup (data file and manifest) into `storage`, hourly back from `newest`,
     until `backups` backups are there; the journal gets each one's `created` line. Returns the count."""
-    sources = sorted(
-        path
-        for path in templates.glob("*/*/*")
-        if not path.name.endswith(MANIFEST_SUFFIX) and parse_backup_filename(path.name)
-    )
+    newest: dict[Path, Path] = {}  # the newest backup of each folder is its template
+    for path in sorted(templates.glob("*/*/*")):
+        if not path.name.endswith(MANIFEST_SUFFIX) and parse_backup_filename(path.name):
+            newest[path.parent] = path
+    sources = sorted(newest.values())
     per_source = -(-backups // len(sources))
     journal_lines: list[tuple[str, dict[str, Any]]] = []
     made = 0
@@ -253,7 +253,7 @@ def build_storage(templates: Path, storage: Path, backups: int, *, newest: datet
         for step in range(per_source):
             if made == backups:
                 break
-            moment = newest - timedelta(hours=step, seconds=index)
+            moment = latest - timedelta(hours=step, seconds=index)
             name = backup_filename(parsed.job, parsed.component, moment, parsed.extension)
             copy = msgspec.structs.replace(
                 manifest,
@@ -299,7 +299,7 @@ def many_backups_section(
     shutil.rmtree(storage, ignore_errors=True)
     started = time.perf_counter()
     newest = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    made = build_storage(templates, storage, backups, newest=newest)
+    made = build_storage(templates, storage, backups, latest=newest)
     say(f"built {made} backups in {time.perf_counter() - started:.1f} s under {storage}")
     stored = sum(path.stat().st_size for path in storage.glob("*/*/*") if not path.name.endswith(".json"))
     text = config_template.read_text().replace(f'path = "{templates}"', f'path = "{storage}"')
@@ -336,7 +336,8 @@ def many_backups_section(
     # a day later: one new backup per database, as the daily cron meets them
     extra = work / "scale-extra"
     shutil.rmtree(extra, ignore_errors=True)
-    added = build_storage(templates, extra, len(list(templates.glob("*/*/*.json"))), newest=newest + timedelta(days=1))
+    folders = len({path.parent for path in templates.glob("*/*/*.json")})
+    added = build_storage(templates, extra, folders, latest=newest + timedelta(days=1))
     for path in sorted(extra.glob("*/*/*")):
         target = storage / path.relative_to(extra)
         target.parent.mkdir(parents=True, exist_ok=True)
