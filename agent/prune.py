@@ -112,7 +112,7 @@ class Inventory:
 def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[str]) -> retention.Backup | None:
     if record.created_at is None:
         return None
-    key = record.path.relative_to(storage).as_posix()
+    key = f"{record.job}/{record.folder}/{record.path.name}"  # <storage>/<job>/<folder>/<name>, as scanned
     parsed = parse_backup_filename(record.path.name)
     return retention.Backup(
         key=key,
