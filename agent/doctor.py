@@ -323,18 +323,16 @@ def check_restore_account(config: Config, job: JobConfig, backup_engine: Engine)
         if secret is not None:
             register_secret(secret.reveal())
         engine.check_server()
-        engine.probe()
+        databases, _ = backup_engine.databases_on_server()  # a missing one is the backup check's finding
+        now = datetime.now(UTC)
+        gaps = {
+            database: engine.missing_restore_privileges(scratch_name(database, now), MISSING) for database in databases
+        }  # connecting proves the login; the scratch names are what drills create
         if job.drill is None:
             return [
                 Finding(True, topic, f"restore: {who} logs in; `restore --dry-run` checks its privileges for --into")
             ]
-        databases, _ = backup_engine.databases_on_server()  # a missing one is the backup check's finding
-        now = datetime.now(UTC)
-        findings = [
-            Finding(False, topic, f"drills: {who} lacks {item}")
-            for database in databases
-            for item in engine.missing_restore_privileges(scratch_name(database, now), MISSING)
-        ]
+        findings = [Finding(False, topic, f"drills: {who} lacks {item}") for items in gaps.values() for item in items]
     except ConnectionFailed as error:
         return [Finding(False, topic, f"restore: {who}: {error}; check [jobs.{job.name}.restore] user and password")]
     except AgentError as error:

@@ -52,6 +52,12 @@ class VerificationError(DumpError):
         super().__init__(message, reason="verification_failed", stderr_tail=stderr_tail)
 
 
+class PrivilegeError(AgentError):
+    """The server refused the account an operation (a restore's, a drill's); the message names it."""
+
+    reason = "no_privilege"
+
+
 class LockedError(AgentError):
     """Another run holds the lock this one needs."""
 

@@ -13,7 +13,9 @@ from agent_helpers import events_named, run_cli, write_config
 from psycopg import sql
 from servers.fixtures_data import load_sakila
 from servers.mariadb import MariaDBServer
+from servers.mongo import MongoServer
 from servers.postgres import PostgresServer
+from test_mongo import collection_shapes, fill_rich_database, mongo_job
 from test_postgres import SCHEMA, drop_database, table_fingerprints
 
 from agent.engines.mysql.grants import RESTORE_PRIVILEGES
@@ -353,3 +355,67 @@ def test_mariadb_restore_with_only_the_readme_backup_account_names_what_it_lacks
     captured = capsys.readouterr()
     assert "lacks INSERT, CREATE, DROP, ALTER" in captured.err and "GRANT SELECT, INSERT" in captured.err
     _no_traceback(captured.err)
+
+
+# --------------------------------------------------------------------------------------------------
+# MongoDB (SecantusDB enforces the built-in roles)
+
+
+def _mongo_config(
+    tmp_path: Path, server: MongoServer, database: str, roles: list[Any], **extra: Any
+) -> tuple[Path, str]:
+    name, password = f"r{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with server.client() as client:
+        client.admin.command("createUser", name, pwd=password, roles=roles)
+    job = mongo_job(server, tmp_path, [database])
+    job["restore"] = {"user": name, "password_file": _secret(tmp_path, name, password)}
+    job.update(extra)
+    return write_config(tmp_path, {"docs": job}), name
+
+
+def test_mongodb_restore_and_drill_with_the_documented_roles(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mongo_server.client() as client:
+        fill_rich_database(client, mongo_database)
+    target = f"{mongo_database}_copy"
+    roles = [{"role": "readWriteAnyDatabase", "db": "admin"}, {"role": "dbAdminAnyDatabase", "db": "admin"}]
+    config, name = _mongo_config(tmp_path, mongo_server, mongo_database, roles, drill={"every": "1w"})
+    try:
+        assert run_cli(config, "backup") == 0
+        assert run_cli(config, "restore", "--job", "docs", "--database", mongo_database, "--into", target) == 0
+        with mongo_server.client() as client:
+            assert collection_shapes(client, target) == collection_shapes(client, mongo_database)
+        capsys.readouterr()
+        assert run_cli(config, "drill") == 0
+        run_cli(config, "doctor")
+        assert f"drills: restore account {name} may create" in capsys.readouterr().out
+    finally:
+        with mongo_server.client() as client:
+            client.drop_database(target)
+            client.admin.command("dropUser", name)
+
+
+def test_mongodb_read_write_alone_is_refused_naming_db_admin(
+    mongo_server: MongoServer, mongo_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mongo_server.client() as client:
+        fill_rich_database(client, mongo_database)
+    target = f"{mongo_database}_rw"
+    config, name = _mongo_config(tmp_path, mongo_server, mongo_database, [{"role": "readWrite", "db": target}])
+    try:
+        assert run_cli(config, "backup") == 0
+        capsys.readouterr()
+        assert (
+            run_cli(config, "restore", "--job", "docs", "--database", mongo_database, "--into", target, "--dry-run")
+            == 1
+        )
+        assert f"lacks role dbAdmin on {target!r}" in capsys.readouterr().out
+        assert run_cli(config, "restore", "--job", "docs", "--database", mongo_database, "--into", target) == 1
+        captured = capsys.readouterr()
+        assert "dbAdmin" in captured.err
+        _no_traceback(captured.err)
+    finally:
+        with mongo_server.client() as client:
+            client.drop_database(target)
+            client.admin.command("dropUser", name)

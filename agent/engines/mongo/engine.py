@@ -25,7 +25,6 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from agent import __version__, process, trust
 from agent.engines.base import (
-    EMPTY,
     MISSING,
     NOT_EMPTY,
     ChangeToken,
@@ -49,7 +48,15 @@ from agent.engines.mongo.server import (
     first_line,
     read_topology,
 )
-from agent.errors import ConnectionFailed, DumpError, ToolError, UntrustedServer, UsageError, VerificationError
+from agent.errors import (
+    ConnectionFailed,
+    DumpError,
+    PrivilegeError,
+    ToolError,
+    UntrustedServer,
+    UsageError,
+    VerificationError,
+)
 from agent.scope import ResolvedScope
 
 if TYPE_CHECKING:
@@ -61,6 +68,7 @@ ARCHIVE_FORMAT = "mongodump-archive"
 BUILTIN_TOOL = "backup-agent-builtin"
 SYSTEM_DATABASES = ("admin", "config", "local")
 _AUTHENTICATION_FAILED = 18
+_UNAUTHORIZED = 13
 _VERSION = re.compile(r"version:?\s*r?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -190,6 +198,10 @@ class MongoEngine(Engine):
                 raise ConnectionFailed(
                     f"MongoDB at {self._server_label()} refused the credentials of user "
                     f"{self.job.user!r}: authentication failed"
+                ) from None
+            if error.code == _UNAUTHORIZED:
+                raise PrivilegeError(
+                    f"MongoDB refused user {self.job.user!r}: {first_line(error).split(', full error')[0]}"
                 ) from None
             raise
         except ConnectionFailure as error:
@@ -423,14 +435,34 @@ class MongoEngine(Engine):
 
     # --- restore (the runner's restore/drill interface) ------------------------------------------
     def database_state(self, database: str) -> str:
+        """A database without collections does not exist in MongoDB: MISSING (the restore creates it).
+
+        Asked of the database itself, so an account with roles on it alone (no listDatabases) can tell."""
         with self.connected() as client:
-            if database not in client.list_database_names():
-                return MISSING
             names = client[database].list_collection_names()
-        return NOT_EMPTY if names else EMPTY
+        return NOT_EMPTY if names else MISSING
 
     def create_database(self, database: str) -> None:
         """MongoDB creates a database with its first collection; nothing to do ahead of the restore."""
+
+    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+        """The built-in roles a restore into `database` (a drill's scratch included) needs and lacks."""
+        from agent.engines.mongo.privileges import missing_restore_roles
+
+        with self.connected() as client:
+            status = client.admin.command("connectionStatus")
+        info = status.get("authInfo", {})
+        if not info.get("authenticatedUsers"):
+            return []  # a server without authentication: nothing to lack
+        roles = [(str(role.get("role")), str(role.get("db"))) for role in info.get("authenticatedUserRoles", [])]
+        missing = missing_restore_roles(roles, database) or []
+        user = self.job.user or "?"
+        return [
+            f"role {name} on {database!r}: db.getSiblingDB({self.options.auth_source or 'admin'!r}).grantRolesToUser("
+            f"{user!r}, [{{role: {name!r}, db: {database!r}}}]) (drills: readWriteAnyDatabase and "
+            f"dbAdminAnyDatabase on admin)"
+            for name in missing
+        ]
 
     def drop_database(self, database: str) -> None:
         with self.connected() as client:
