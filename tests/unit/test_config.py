@@ -224,7 +224,9 @@ def test_a_full_config_is_read_into_typed_values() -> None:
     warehouse = config.jobs["warehouse"]
     assert warehouse.schedule == ScheduleSpec("before-snapshots")
     assert warehouse.jitter == timedelta(0)
-    assert warehouse.password == SecretSource("env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env (line 46)")
+    assert warehouse.password == SecretSource(
+        "env", "WAREHOUSE_PASSWORD", key_path="jobs.warehouse.password_env (line 46)"
+    )  # the key path carries its line
     assert warehouse.hooks.after == ("/usr/local/bin/resume-etl", "--now")
     assert warehouse.drill is not None
     assert warehouse.drill.schedule == ScheduleSpec("cron", cron="0 5 * * sun")
