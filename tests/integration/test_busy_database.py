@@ -231,3 +231,24 @@ def test_doctor_warns_when_a_postgresql_role_cannot_see_other_sessions_for_the_b
     finally:
         with pg_server.connect(pg_database) as connection:
             connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_postgresql_counts_statements_and_busy_transactions_but_not_a_transaction_left_open(
+    pg_server: PostgresServer,
+) -> None:
+    from agent.engines.postgres.busy import ActiveBackends
+
+    with pg_server.connect() as sampler, pg_server.connect() as left_open, pg_server.connect() as sleeping:
+        probe = ActiveBackends(sampler, threshold=2)
+        baseline = probe.sample()
+        assert baseline is not None
+        left_open.execute("BEGIN")
+        left_open.execute("SELECT 1")
+        time.sleep(2.5)  # idle in transaction for longer than a busy client's round trip
+        assert probe.sample() == baseline
+        worker = threading.Thread(target=lambda: sleeping.execute("SELECT pg_sleep(2)"))
+        worker.start()
+        time.sleep(0.5)
+        assert probe.sample() == baseline + 1
+        worker.join()
+        left_open.execute("ROLLBACK")
