@@ -31,10 +31,10 @@ INDEX_NAME = "catalog.index"
 KEY_NAME = "catalog.key"
 _KEY_BYTES = 32
 _TAG_BYTES = 32
-_VERSION = 1
+_VERSION = 2  # 2: the key is a digest
 _MAX_INDEX_BYTES = 1 << 30
 
-_FILE_KEY = struct.Struct("<4q")  # inode, size, mtime_ns, ctime_ns: packed, 32 bytes, not four int objects
+_FILE_KEY = struct.Struct("<4q")  # inode, size, mtime_ns, ctime_ns
 
 
 class Summary(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -73,10 +73,12 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def file_key(data: os.stat_result, manifest: os.stat_result) -> bytes:
-    """Both files' identity and last change: any write, rename or replacement changes it."""
-    return _FILE_KEY.pack(data.st_ino, data.st_size, data.st_mtime_ns, data.st_ctime_ns) + _FILE_KEY.pack(
+    """Both files' identity and last change (any write, rename or replacement changes it), as a
+    16-byte BLAKE2b digest: 20,000 keys take 1 MB less than the 64 packed bytes would."""
+    packed = _FILE_KEY.pack(data.st_ino, data.st_size, data.st_mtime_ns, data.st_ctime_ns) + _FILE_KEY.pack(
         manifest.st_ino, manifest.st_size, manifest.st_mtime_ns, manifest.st_ctime_ns
     )
+    return hashlib.blake2b(packed, digest_size=16).digest()
 
 
 def _own_private_file(descriptor: int) -> bool:
