@@ -53,6 +53,10 @@ class BackupRecord:
     summary: Summary | None = None  # set for every good backup: what the views show of its manifest
     allocated: int | None = None  # bytes its data file and manifest occupy on disk, as scanned
 
+    def __post_init__(self) -> None:
+        if self.summary is None and self.manifest is not None:  # a record made from a manifest in hand
+            object.__setattr__(self, "summary", summarize(self.manifest))
+
     @property
     def database(self) -> str:
         """The original database name: from the manifest, else decoded from the folder."""
@@ -231,7 +235,7 @@ def classify(
         return BackupRecord(
             job, folder, path, created_at, INVALID, problem=f"{manifest_path(path)}: {problem}", allocated=allocated
         )
-    return BackupRecord(job, folder, path, created_at, GOOD, manifest, summary=summarize(manifest), allocated=allocated)
+    return BackupRecord(job, folder, path, created_at, GOOD, manifest, allocated=allocated)
 
 
 def summarize(manifest: Manifest) -> Summary:

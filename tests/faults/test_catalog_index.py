@@ -158,3 +158,18 @@ def test_an_index_or_key_that_others_may_read_is_not_used(tmp_path: Path) -> Non
     assert catalog_index.load(storage / ".agent", str(storage)) == {}
     catalog.scan(storage, indexed=True)  # never replaces a key it does not trust
     assert key.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_record_made_from_a_manifest_in_hand_counts_its_size_in_the_run_s_inventory(tmp_path: Path) -> None:
+    config_path, storage = _storage_with_backups(tmp_path, runs=2)
+    config = load_config(config_path)
+    scanned = next(record for record in catalog.scan(storage) if record.status == catalog.GOOD)
+    assert scanned.manifest is not None
+    # as the runner adds the backup it just published, without a new scan
+    added = catalog.BackupRecord(
+        scanned.job, scanned.folder, scanned.path, scanned.created_at, catalog.GOOD, scanned.manifest
+    )
+    assert added.summary == scanned.summary and added.database == scanned.manifest.database
+    key = f"{scanned.job}/{scanned.folder}/{scanned.path.name}"
+    inventory = take_inventory(config).changed(config, removed=[key]).changed(config, added=[added])
+    assert scanned.manifest.stored_bytes in inventory.history(scanned.job, scanned.folder)
