@@ -25,7 +25,7 @@ from agent.compression import open_decompressed
 from agent.config import Config, JobConfig
 from agent.engines.base import MISSING, NOT_EMPTY, Engine, EngineContext
 from agent.errors import AgentError, UsageError
-from agent.log import get_logger
+from agent.log import get_logger, register_secret
 from agent.manifest import Manifest
 from agent.naming import encode_name
 from agent.process import StreamLimits
@@ -234,6 +234,10 @@ def engine_for(config: Config, job: str, target_url: str | None = None) -> Engin
         raise UsageError(f"no job named {job!r} in the config")
     layout = StorageLayout(config.storage.path)
     job_config = restoring_job(config.jobs[job]) if target_url is None else retarget(config.jobs[job], target_url)
+    with contextlib.suppress(AgentError):  # an unreadable password is the connection's to report
+        secret = job_config.password.read()
+        if secret is not None:
+            register_secret(secret.reveal())  # masked in every log line from now on
     return engines.engine_class(job_config.engine)(
         job_config, EngineContext(layout.root, layout.scratch(job), StreamLimits())
     )

@@ -279,6 +279,7 @@ def test_mariadb_restore_and_drill_with_exactly_the_documented_privileges(
         run_cli(config, "doctor")
         assert f"drills: restore account {restorer[0]} may create" in capsys.readouterr().out
         assert run_cli(config, "drill") == 0
+        assert restorer[1] not in (tmp_path / "agent.log").read_text()
     finally:
         mariadb_server.mysql(None, f"DROP DATABASE IF EXISTS {target}; DROP USER '{restorer[0]}'@'%';")
 
