@@ -13,6 +13,8 @@ goes idle, at most once a second, and otherwise within PGSTAT_IDLE_INTERVAL (10 
 flush; while it runs a transaction or a statement nothing is published. So the token is given only
 when every other backend connected to the database has been idle for longer than that (a backend
 of another database cannot write to this one): then every committed change is in the counters.
+A role that may not see other roles' sessions (pg_read_all_stats) sees their state as NULL, which
+proves nothing. A standby applies changes by WAL replay, which counts nothing: no token there.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ _UNSETTLED = """
 
 def read_token(connection: Any) -> ChangeToken | None:
     """The token of the database `connection` is connected to, or None when it cannot prove anything."""
+    recovery = connection.execute("SELECT pg_is_in_recovery()").fetchone()
+    if recovery is None or recovery[0]:
+        return None  # a standby: replayed changes move no counter
     connection.execute("SELECT pg_stat_clear_snapshot()")  # counters as of now, not a cached snapshot
     unsettled = connection.execute(_UNSETTLED, (SETTLED_SECONDS,)).fetchone()
     if unsettled is None or int(unsettled[0]) != 0:
