@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class Ledger:
     files: list[FileHoldings]
     first_break: int | None  # the journal's first line where the chain breaks (or does not decode)
     vanished: tuple[str, ...] = ()  # published, never journaled as deleted, and gone: holdings unknown
+    proofs: dict[str, list[datetime]] = field(default_factory=dict)  # skip_unchanged: skip times by backup
 
     @property
     def zone(self) -> ZoneInfo:
@@ -60,10 +61,15 @@ def load(config: Config, now: datetime | None = None) -> Ledger | None:
     # a chain broken at line N means line N-1 was edited (or lines removed before N): trust neither
     unverified_from = first_break - 1 if first_break is not None else None
     events: list[snapshots.LedgerEvent] = []
+    proofs: dict[str, list[datetime]] = {}
     for number, entry in numbered:
         kind = _LEDGER_EVENTS.get(entry.event)
         at = _instant(entry.at)
-        if kind is None or at is None or entry.path is None:
+        if at is None or entry.path is None:
+            continue
+        if entry.event == Event.SKIPPED and snapshots.safe_relative_path(entry.path) is not None:
+            proofs.setdefault(entry.path, []).append(at)
+        if kind is None:
             continue
         verified = unverified_from is None or number < unverified_from
         events.append(snapshots.LedgerEvent(kind, entry.path, at, number, verified, entry.sha256, entry.bytes))
@@ -77,7 +83,7 @@ def load(config: Config, now: datetime | None = None) -> Ledger | None:
             files.append(FileHoldings(lifetime, ()))
         else:
             files.append(snapshots.holdings_of(lifetime, platform, now))
-    return Ledger(storage, platform, now, files, first_break, tuple(vanished))
+    return Ledger(storage, platform, now, files, first_break, tuple(vanished), proofs)
 
 
 def _instant(text: str) -> datetime | None:
@@ -174,19 +180,23 @@ def platform_copy_message(ledger: Ledger, job: str, folders: Collection[str], la
 
 def series_points(ledger: Ledger, job: str, folder: str) -> dict[str, Any]:
     """How many kept snapshots hold a dump of the series, and how old the newest dump in each is."""
-    points = snapshots.restore_points(ledger.files, ledger.platform, ledger.now, job, folder)
+    points = snapshots.restore_points(ledger.files, ledger.platform, ledger.now, job, folder, proofs=ledger.proofs)
     ages = [point.age for point in points if point.age is not None]
+    current = [point.current_age for point in points if point.current_age is not None]
     return {
         "snapshots_kept": len(points),
         "restore_points": len(ages),
         "newest_dump_age_min_seconds": min(ages).total_seconds() if ages else None,
         "newest_dump_age_max_seconds": max(ages).total_seconds() if ages else None,
+        # with skip_unchanged: how old the database state in each snapshot was at most (a skip proves a dump current)
+        "current_age_max_seconds": max(current).total_seconds() if current else None,
         "oldest_restorable": _iso(min((p.newest.created_at for p in points if p.newest), default=None)),
         "points": [
             {
                 "snapshot": _iso(point.snapshot),
                 "newest_dump": str(ledger.absolute(point.newest.path)) if point.newest else None,
                 "newest_dump_age_seconds": point.age.total_seconds() if point.age is not None else None,
+                "proven_current_at": _iso(point.proven_at),
             }
             for point in points
         ],
@@ -286,6 +296,8 @@ def sizing_lines(sized: dict[str, Any]) -> list[str]:
                     f"the newest dump in each {_age(points['newest_dump_age_min_seconds'])}"
                     f" to {_age(points['newest_dump_age_max_seconds'])} old"
                 )
+                if points["current_age_max_seconds"] != points["newest_dump_age_max_seconds"]:
+                    ages += f"; proven current by skip_unchanged to within {_age(points['current_age_max_seconds'])}"
             else:
                 ages = "none holds a dump yet"
             lines.append(

@@ -16,7 +16,7 @@ that does not exist (clocks go forward) is the snapshot at the jump.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -27,6 +27,7 @@ from agent.schedule import local_to_instant, wall_clock
 
 CREATED = "created"
 DELETED = "deleted"
+SKIPPED = "skipped"  # skip_unchanged: the line's path, the backup relied on, still held the database then
 JOURNAL_TIME_STEP = timedelta(seconds=1)  # journal times are cut to the second
 
 # Each keep_* rule's period, at its longest (a month of 31 days, a year of 366); keep_last has none.
@@ -224,21 +225,38 @@ def platform_copy_at(
 
 @dataclass(frozen=True, slots=True)
 class RestorePoint:
-    """One kept snapshot and the newest dump of a series inside it (None: it holds none)."""
+    """One kept snapshot and the newest dump of a series inside it (None: it holds none); `proven_at`,
+    the last skip_unchanged check before the snapshot that found the database still as in that dump."""
 
     snapshot: datetime
     newest: Lifetime | None
+    proven_at: datetime | None = None
 
     @property
     def age(self) -> timedelta | None:
         """How old the newest dump was when the snapshot was taken."""
         return None if self.newest is None else self.snapshot - self.newest.created_at
 
+    @property
+    def current_age(self) -> timedelta | None:
+        """How old the database state in the snapshot was: the dump's age, or less after a skip proved it current."""
+        if self.newest is None:
+            return None
+        since = max(self.newest.created_at, self.proven_at) if self.proven_at else self.newest.created_at
+        return self.snapshot - since
+
 
 def restore_points(
-    entries: Sequence[FileHoldings], platform: Platform, now: datetime, job: str, folder: str
+    entries: Sequence[FileHoldings],
+    platform: Platform,
+    now: datetime,
+    job: str,
+    folder: str,
+    *,
+    proofs: Mapping[str, Sequence[datetime]] | None = None,
 ) -> list[RestorePoint]:
-    """For each kept snapshot, the newest dump of the series `job`/`folder` it holds."""
+    """For each kept snapshot, the newest dump of the series `job`/`folder` it holds, and the last
+    skip (`proofs`: times of `skipped` lines by the path they rely on) that proved it current."""
     points: list[RestorePoint] = []
     own = [entry for entry in entries if entry.lifetime.job == job and entry.lifetime.folder == folder]
     held_by: dict[datetime, list[Lifetime]] = {}
@@ -248,7 +266,11 @@ def restore_points(
     for snapshot in kept_snapshots(platform, now):
         inside = held_by.get(snapshot, [])
         newest = max(inside, key=lambda item: (item.created_at, item.path), default=None)
-        points.append(RestorePoint(snapshot, newest))
+        proven = None
+        if newest is not None and proofs:
+            before = [moment for moment in proofs.get(newest.path, ()) if moment + JOURNAL_TIME_STEP <= snapshot]
+            proven = max(before, default=None)
+        points.append(RestorePoint(snapshot, newest, proven))
     return points
 
 

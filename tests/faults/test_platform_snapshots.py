@@ -185,3 +185,28 @@ def test_an_edited_journal_marks_what_follows_the_break_unverified(platform_run:
         assert "[unverified: the journal was edited]" in text.stdout
     finally:
         journal_file.write_bytes(original)
+
+
+def test_status_counts_a_skip_unchanged_check_as_proof_that_the_snapshots_dump_is_current(
+    pg_server: PostgresServer, pg_database: str, tmp_path: Path
+) -> None:
+    with pg_server.connect(pg_database) as connection:
+        connection.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        connection.execute("INSERT INTO orders SELECT generate_series(1, 100)")
+        connection.commit()
+    config = write_config(
+        tmp_path,
+        {"main": pg_job(tmp_path, pg_server, [pg_database], skip_unchanged=True)},
+        sections={"snapshots": {"times": ["00:00", "06:00", "12:00", "18:00"], "keep": "14d"}},
+    )
+    _backup(config, datetime(2026, 12, 2, 23, 30, tzinfo=UTC))
+    skipped = _agent(config, "2026-12-03 11:00:00", "backup")
+    assert skipped.returncode == 0 and "unchanged" in skipped.stdout, skipped.stdout + skipped.stderr
+
+    status = _agent(config, NOW, "status")
+
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"main/{pg_database}: 3 of 56 snapshots hold a dump (the newest dump in each 30m to 12h30m old; "
+        "proven current by skip_unchanged to within 6h30m)"
+    ) in status.stdout

@@ -404,3 +404,18 @@ def test_list_deleted_without_snapshot_times_is_a_usage_error(
     config.chmod(0o600)
     assert cli.main(["-c", str(config), "list", "--deleted"]) == 2
     assert "list --deleted needs [snapshots] times" in capsys.readouterr().err
+
+
+def test_a_skip_unchanged_check_makes_a_snapshot_of_an_old_dump_count_as_current() -> None:
+    created = datetime(2026, 12, 1, 23, 30, tzinfo=UTC)
+    path = _path(created)
+    entries = ledger([LedgerEvent(CREATED, path, created + timedelta(minutes=1), 1)], PLATFORM, NOW)
+    skips = {path: [datetime(2026, 12, 2, 23, 30, tzinfo=UTC), datetime(2026, 12, 3, 11, 0, tzinfo=UTC)]}
+    points = {p.snapshot: p for p in restore_points(entries, PLATFORM, NOW, "main", "shop", proofs=skips)}
+    noon = points[datetime(2026, 12, 3, 12, 0, tzinfo=UTC)]
+    assert noon.age == timedelta(hours=36, minutes=30), "the dump itself is as old as it is"
+    assert noon.current_age == timedelta(hours=1), "but the 11:00 skip proved the database still as in it"
+    six = points[datetime(2026, 12, 3, 6, 0, tzinfo=UTC)]
+    assert six.current_age == timedelta(hours=6, minutes=30)
+    before_any_skip = points[datetime(2026, 12, 2, 18, 0, tzinfo=UTC)]
+    assert before_any_skip.current_age == before_any_skip.age
