@@ -30,7 +30,7 @@ from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.labels import BackupLabel
 from agent.limits import current_usable_cpus
 from agent.log import get_logger, register_secret
-from agent.manifest import Manifest, manifest_scope, write_manifest
+from agent.manifest import Manifest, ManifestError, manifest_path, manifest_scope, read_manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_backup_filename
 from agent.outcome import Reason, RunOutcome, Status, TargetKind, TargetOutcome
 from agent.pressure import Pacer, new_pacer
@@ -318,14 +318,12 @@ class JobRun:
         if self._inventory is None:
             self._inventory = take_inventory(self.config)
         newest = unchanged.newest_good(self._inventory.records.values(), self.job.name, folder)
-        why = unchanged.why_not_unchanged(
-            token,
-            newest.manifest if newest is not None else None,
-            engine=self.job.engine,
-            server=info.server,
-            target=target,
-        )
-        if why is not None or newest is None or newest.manifest is None:
+        manifest = None
+        if newest is not None:  # read afresh: the token is in the whole manifest, not a listing's summary
+            with contextlib.suppress(ManifestError):
+                manifest = read_manifest(manifest_path(newest.path))
+        why = unchanged.why_not_unchanged(token, manifest, engine=self.job.engine, server=info.server, target=target)
+        if why is not None or newest is None or manifest is None:
             log.info("backup.change_check", unchanged=False, reason=why)
             return None
         finding = verify_file(newest.path, self.layout.root)
@@ -344,7 +342,7 @@ class JobRun:
                 self.layout.root,
                 journal.Event.SKIPPED,
                 path=relative,
-                sha256=newest.manifest.sha256,
+                sha256=manifest.sha256,
                 run_id=self.run_id,
                 job=self.job.name,
                 database=target.database,
@@ -358,8 +356,8 @@ class JobRun:
             reason=unchanged.UNCHANGED,
             path=str(newest.path),
             relies_on=relative,
-            sha256=newest.manifest.sha256,
-            backup_started_at=newest.manifest.started_at,
+            sha256=manifest.sha256,
+            backup_started_at=manifest.started_at,
         )
         return TargetOutcome(
             target.database,
@@ -367,8 +365,8 @@ class JobRun:
             Status.OK,
             path=newest.path,
             reason=unchanged.UNCHANGED,
-            message=f"unchanged since the backup of {newest.manifest.started_at}",
-            manifest=newest.manifest,
+            message=f"unchanged since the backup of {manifest.started_at}",
+            manifest=manifest,
             unchanged=True,
         )
 

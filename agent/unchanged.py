@@ -45,9 +45,7 @@ def settings_digest(job: JobConfig, database: str) -> str:
 def newest_good(records: Iterable[BackupRecord], job: str, folder: str) -> BackupRecord | None:
     """The newest good backup of one series: the only one a skip may rely on."""
     candidates = [
-        record
-        for record in records
-        if record.status == GOOD and record.job == job and record.folder == folder and record.manifest is not None
+        record for record in records if record.status == GOOD and record.job == job and record.folder == folder
     ]
     return max(candidates, key=lambda record: record.order, default=None)
 
