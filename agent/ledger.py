@@ -299,7 +299,8 @@ def sizing_lines(sized: dict[str, Any]) -> list[str]:
                 if points["current_age_max_seconds"] != points["newest_dump_age_max_seconds"]:
                     ages += f"; proven current by skip_unchanged to within {_age(points['current_age_max_seconds'])}"
             else:
-                ages = "none holds a dump yet"
+                lines.append(f"platform: {job['job']}/{folder}: no snapshot holds a dump yet")
+                continue
             lines.append(
                 f"platform: {job['job']}/{folder}: {points['restore_points']} of {points['snapshots_kept']} "
                 f"snapshots hold a dump ({ages})"
@@ -314,6 +315,11 @@ def _retention_line(job: dict[str, Any], budget_bytes: int) -> str:
     if not job["changes"]:
         return f"platform: {job['job']}: local retention is already as small as the same protection allows"
     changed = ", ".join(f"{key} = {value}" for key, value in job["changes"].items())
+    if not job["freed_files"]:
+        return (
+            f"platform: {job['job']}: the same protection with {changed} in [retention] "
+            f"(the platform's snapshots hold those dumps): frees nothing yet ({job['kept_files']} file(s) kept)"
+        )
     share = f", {_share(job['freed_bytes'], budget_bytes)} of the budget" if budget_bytes > 0 else ""
     return (
         f"platform: {job['job']}: the same protection with {changed} in [retention] "

@@ -150,7 +150,7 @@ def write_textfile(config: Config) -> bool:
         return False
     try:
         trust.require_safe(trust.check_written_file(path, "the metrics file"))
-        text = render(collect(config))
+        text = render(collect(config, platform=False))
         replace_file_atomically(path, text.encode("utf-8", "backslashreplace"), mode=TEXTFILE_MODE)
     except (OSError, ValueError, trust.UnsafePath) as error:
         get_logger().error("metrics.write_failed", path=str(path), error=str(error))

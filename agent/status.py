@@ -153,8 +153,11 @@ def schedule_text(job: JobConfig) -> str:
     return schedule.kind
 
 
-def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
-    """The whole status as JSON-able data; `ok` is False when some checked database is not fresh."""
+def collect(config: Config, now: datetime | None = None, *, platform: bool = True) -> dict[str, Any]:
+    """The whole status as JSON-able data; `ok` is False when some checked database is not fresh.
+
+    `platform=False` leaves out the snapshot ledger (it reads the whole journal): the metrics file,
+    rewritten after every run, does without it."""
     now = now or datetime.now(UTC)
     storage = config.storage.path
     records = [record for record in catalog.scan(storage, indexed=True) if record.job in config.jobs]
@@ -209,7 +212,7 @@ def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
         "running": runs_in_progress(storage, now),
         "storage": storage_figures,
         "jobs": jobs,
-        "platform": platform_status(config, now),
+        "platform": platform_status(config, now) if platform else None,
         "problems": problems,
     }
 
