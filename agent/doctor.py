@@ -332,7 +332,13 @@ def check_restore_account(config: Config, job: JobConfig, backup_engine: Engine)
             return [
                 Finding(True, topic, f"restore: {who} logs in; `restore --dry-run` checks its privileges for --into")
             ]
-        findings = [Finding(False, topic, f"drills: {who} lacks {item}") for items in gaps.values() for item in items]
+        if any(items is None for items in gaps.values()):
+            return [
+                Finding(True, topic, f"drills: {who} logs in; its privileges cannot be checked ahead on {job.engine}")
+            ]
+        findings = [
+            Finding(False, topic, f"drills: {who} lacks {item}") for items in gaps.values() for item in items or []
+        ]
     except ConnectionFailed as error:
         return [Finding(False, topic, f"restore: {who}: {error}; check [jobs.{job.name}.restore] user and password")]
     except AgentError as error:

@@ -285,8 +285,9 @@ class RestorePlan:
     refused: bool = False
 
 
-def missing_privileges(engine: Engine, into: str, state: str) -> list[str]:
-    """What the account restoring lacks to restore into `into` (creating it first when MISSING)."""
+def missing_privileges(engine: Engine, into: str, state: str) -> list[str] | None:
+    """What the account restoring lacks to restore into `into` (creating it first when MISSING); None: not
+    known before trying (the engine cannot tell, or a custom role may grant it)."""
     try:
         return engine.missing_restore_privileges(into, state)
     except AgentError:
@@ -295,7 +296,7 @@ def missing_privileges(engine: Engine, into: str, state: str) -> list[str]:
         raise RestoreError(f"cannot check the privileges to restore into {into!r}: {_first_line(error)}") from None
 
 
-def refuse_missing(engine: Engine, into: str, missing: list[str]) -> None:
+def refuse_missing(engine: Engine, into: str, missing: list[str] | None) -> None:
     if missing:
         raise RestoreError(
             f"account {engine.job.user or '(default)'} cannot restore into {into!r}: it lacks " + "; ".join(missing),
@@ -327,6 +328,8 @@ def describe(chosen: Chosen, engine: Engine, into: str, *, force: bool, tables: 
     if missing:
         plan.refused = True
         lines.extend(f"missing:  account {user} lacks {item}" for item in missing)
+    elif missing is None:
+        lines.append(f"account:  {user}; its privileges are not checked before the restore on {engine.name}")
     else:
         lines.append(f"account:  {user} has the privileges for these steps")
     return plan

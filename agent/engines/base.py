@@ -371,10 +371,10 @@ class Engine(ABC):
         """Rows per table, keyed as in the manifest's `counts`, for drills."""
         raise UsageError(f"engine {self.name} cannot count rows")
 
-    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+    def missing_restore_privileges(self, database: str, state: str) -> list[str] | None:
         """What the account lacks to restore into `database` (created first when `state` is MISSING), each
-        with the statement that grants it; [] when it has everything or the engine cannot tell before trying."""
-        return []
+        with the statement that grants it; [] when it has everything, None when the engine cannot tell."""
+        return None
 
     @property
     def restores_as_own_account(self) -> bool:

@@ -420,3 +420,27 @@ def test_mongodb_read_write_alone_is_refused_naming_db_admin(
         with mongo_server.client() as client:
             client.drop_database(target)
             client.admin.command("dropUser", name)
+
+
+def test_mariadb_restore_into_an_existing_empty_database_and_never_into_one_holding_data(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mariadb_server.mysql(mariadb_database, "CREATE TABLE t (x int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3);")
+    target = f"{mariadb_database}_made"
+    mariadb_server.mysql(None, f"CREATE DATABASE `{target}`")  # created by the user, empty
+    restorer = _mariadb_account(mariadb_server, ", ".join(RESTORE_PRIVILEGES), target)
+    config = _mariadb_config(tmp_path, mariadb_server, mariadb_database, restorer)
+    try:
+        assert run_cli(config, "backup") == 0
+        capsys.readouterr()
+        arguments = ("restore", "--job", "shop", "--database", mariadb_database, "--into", target)
+        assert run_cli(config, *arguments, "--dry-run") == 0
+        out = capsys.readouterr().out
+        assert "(empty)" in out and "create database" not in out
+        assert run_cli(config, *arguments) == 0
+        assert mariadb_server.mysql(target, "SELECT SUM(x) FROM t").strip() == "6"
+        capsys.readouterr()
+        assert run_cli(config, *arguments) == 1
+        assert "already holds data" in capsys.readouterr().err
+    finally:
+        mariadb_server.mysql(None, f"DROP DATABASE IF EXISTS `{target}`; DROP USER '{restorer[0]}'@'%';")

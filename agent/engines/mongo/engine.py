@@ -445,7 +445,7 @@ class MongoEngine(Engine):
     def create_database(self, database: str) -> None:
         """MongoDB creates a database with its first collection; nothing to do ahead of the restore."""
 
-    def missing_restore_privileges(self, database: str, state: str) -> list[str]:
+    def missing_restore_privileges(self, database: str, state: str) -> list[str] | None:
         """The built-in roles a restore into `database` (a drill's scratch included) needs and lacks."""
         from agent.engines.mongo.privileges import missing_restore_roles
 
@@ -455,7 +455,9 @@ class MongoEngine(Engine):
         if not info.get("authenticatedUsers"):
             return []  # a server without authentication: nothing to lack
         roles = [(str(role.get("role")), str(role.get("db"))) for role in info.get("authenticatedUserRoles", [])]
-        missing = missing_restore_roles(roles, database) or []
+        missing = missing_restore_roles(roles, database)
+        if missing is None:
+            return None
         user = self.job.user or "?"
         return [
             f"role {name} on {database!r}: db.getSiblingDB({self.options.auth_source or 'admin'!r}).grantRolesToUser("
