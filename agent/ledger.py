@@ -2,9 +2,10 @@
 --deleted`, `status`, `doctor` and `restore --at` (the decisions are agent/snapshots.py's).
 
 The journal is untrusted input. Lines that do not decode, or whose path is not one the agent
-writes, are left out. When its hash chain is broken, every file whose lines come at or after the
-first break is marked unverified: it is still shown (the platform may well hold it), with the
-break named, because an edited journal can invent or hide files and only the platform knows.
+writes, are left out. When its hash chain is broken at line N, every file with a line from N-1 on
+(line N-1 is the one that may have been edited) is marked unverified: it is still shown (the
+platform may well hold it), with the break named, because an edited journal can invent or hide
+files and only the platform knows. Skips after that point prove nothing.
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def load(config: Config, now: datetime | None = None) -> Ledger | None:
         at = _instant(entry.at)
         if at is None or entry.path is None:
             continue
-        if entry.event == Event.SKIPPED and snapshots.safe_relative_path(entry.path) is not None:
+        verified = unverified_from is None or number < unverified_from
+        if entry.event == Event.SKIPPED and verified and snapshots.safe_relative_path(entry.path) is not None:
             proofs.setdefault(entry.path, []).append(at)
         if kind is None:
             continue
-        verified = unverified_from is None or number < unverified_from
         events.append(snapshots.LedgerEvent(kind, entry.path, at, number, verified, entry.sha256, entry.bytes))
     platform = platform_of(config.snapshots)
     files: list[FileHoldings] = []
