@@ -58,7 +58,9 @@ def _setup(tmp_path: Path, **job: Any) -> tuple[Path, Path, Path]:
 
 
 def test_an_unchanged_file_is_skipped_journaled_fresh_and_its_backup_kept(tmp_path: Path) -> None:
-    config, _database, storage = _setup(tmp_path, retention=ONE_KEPT)
+    seen = tmp_path / "after-hook.txt"
+    hook = ["/bin/sh", "-c", f'echo "$BACKUP_AGENT_STATUS $BACKUP_AGENT_REASON $BACKUP_AGENT_PATH" >> {seen}']
+    config, _database, storage = _setup(tmp_path, retention=ONE_KEPT, hooks={"after": hook})
     _backup(config, "2031-05-01 10:00:00")
     (first,) = data_files(storage)
     assert read_manifest(manifest_path(first)).change_token is not None
@@ -71,6 +73,7 @@ def test_an_unchanged_file_is_skipped_journaled_fresh_and_its_backup_kept(tmp_pa
     assert skip.sha256 == read_manifest(manifest_path(first)).sha256
     (logged,) = _events(tmp_path, "backup.skipped")
     assert logged["reason"] == "unchanged" and logged["path"] == str(first)
+    assert seen.read_text().splitlines() == [f"ok  {first}", f"ok unchanged {first}"]  # the after hook knows
 
     # fresh for status --check: the backup is 2 days old, but the skip 30 minutes
     fresh = run_agent(config, "status", "--check", "--json", env=frozen_clock("2031-05-03 12:30:00"))
