@@ -302,7 +302,34 @@ def check_job(config: Config, job: JobConfig, *, connect: bool = True) -> list[F
         findings.append(Finding(False, topic, f"privileges: could not be checked: {_first_line(str(error))}"))
     if job.drill is not None or job.restore is not None:
         findings += check_restore_account(config, job, engine)
+    findings += check_skip_unchanged(job, engine)
     return findings
+
+
+def check_skip_unchanged(job: JobConfig, engine: Engine) -> list[Finding]:
+    """With skip_unchanged: whether the server can prove a database unchanged now (a warning when not:
+    every run then dumps, which is safe but not what the key was set for)."""
+    if not job.skip_unchanged:
+        return []
+    topic = f"jobs.{job.name}"
+    try:
+        names = engine.selected_databases()
+        token = engine.change_token(engine.database_target(names[0])) if names else None
+    except (AgentError, OSError) as error:
+        return [Finding(True, topic, f"skip_unchanged: cannot be checked: {_first_line(str(error))}", True)]
+    if not names:
+        return []
+    if token is not None:
+        return [Finding(True, topic, f"skip_unchanged: the server can prove {names[0]!r} unchanged now")]
+    return [
+        Finding(
+            True,
+            topic,
+            f"skip_unchanged: the server cannot prove {names[0]!r} unchanged now (no binary log, no replica set, "
+            "a busy or invisible session, a missing privilege: see the README), so such runs dump it",
+            True,
+        )
+    ]
 
 
 def check_restore_account(config: Config, job: JobConfig, backup_engine: Engine) -> list[Finding]:

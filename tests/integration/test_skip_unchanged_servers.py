@@ -18,6 +18,7 @@ from servers.mongo import MongoServer, running_secantus
 from servers.postgres import PostgresServer
 
 from agent import journal
+from agent.doctor import diagnose
 from agent.manifest import manifest_path, read_manifest
 
 KEEP_ALL = {"keep_last": 100, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
@@ -212,6 +213,13 @@ def _mariadb_job(server: MariaDBServer, tmp_path: Path, database: str) -> dict[s
     }
 
 
+def _doctor_says(config: Path) -> str:
+    """What `doctor` says of skip_unchanged (one line, a warning when nothing can be proved)."""
+    (finding,) = [item for item in diagnose(config).findings if item.message.startswith("skip_unchanged")]
+    assert finding.ok and finding.warning == ("cannot prove" in finding.message)
+    return finding.message
+
+
 def _sql(server: MariaDBServer, database: str | None, *statements: str) -> None:
     with server.connect(database) as connection, connection.cursor() as cursor:
         for statement in statements:
@@ -230,6 +238,7 @@ def test_mariadb_with_a_binary_log_skips_an_unchanged_database_and_dumps_every_c
         "INSERT INTO item VALUES (1, 'a'), (2, 'b')",
     )
     runs = Runs(tmp_path, _mariadb_job(server, tmp_path, "shop"))
+    assert _doctor_says(runs.config) == "skip_unchanged: the server can prove 'shop' unchanged now"
     assert runs.backup() == "dumped no_backup"
     assert read_manifest(manifest_path(data_files(runs.storage)[0])).change_token is not None
     assert runs.backup() == "skipped"
@@ -253,6 +262,7 @@ def test_mariadb_without_a_binary_log_proves_nothing_and_always_dumps(
     runs = Runs(tmp_path, _mariadb_job(mariadb_server, tmp_path, mariadb_database))
     assert [runs.backup() for _ in range(3)] == ["dumped no_token"] * 3
     assert all(read_manifest(manifest_path(path)).change_token is None for path in data_files(runs.storage))
+    assert _doctor_says(runs.config).startswith(f"skip_unchanged: the server cannot prove {mariadb_database!r}")
 
 
 # --------------------------------------------------------------------------------------------------
