@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import events_named, run_cli, write_config
+from agent_helpers import events_named, run_cli, watching_processes, write_config
 from psycopg import sql
 from servers.fixtures_data import load_sakila
 from servers.mariadb import MariaDBServer
@@ -105,8 +105,12 @@ def test_postgres_restore_into_an_empty_database_the_user_created_for_the_restor
     assert run_cli(config, "restore", "--job", "main", "--database", pg_source, "--into", target, "--dry-run") == 0
     out = capsys.readouterr().out
     assert "create database" not in out and f"account:  {restorer} has the privileges" in out
-    assert run_cli(config, "restore", "--job", "main", "--database", pg_source, "--into", target) == 0
+    restore_password = pg_roles["restorer"][1].encode()
+    with watching_processes(b"pg_restore", restore_password) as watch:
+        assert run_cli(config, "restore", "--job", "main", "--database", pg_source, "--into", target) == 0
 
+    assert watch.tool_argvs and not watch.leaks  # pg_restore ran; the password was in no argv or environment
+    assert restore_password.decode() not in (tmp_path / "agent.log").read_text()
     assert table_fingerprints(pg_server, target) == table_fingerprints(pg_server, pg_source)
     # the second time the database holds data: refused without --force
     assert run_cli(config, "restore", "--job", "main", "--database", pg_source, "--into", target) == 1
