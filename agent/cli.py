@@ -230,6 +230,8 @@ def command_list(args: argparse.Namespace) -> int:
     if args.deleted:
         return _list_deleted(config, args)
     records = catalog.scan(config.storage.path, args.job, indexed=True)
+    if args.label is not None:  # `backup --label NAME`: only the backups made with it
+        records = [record for record in records if record.summary is not None and record.summary.label == args.label]
     rows: Iterator[dict[str, Any]] = (  # one at a time: 20,000 rows as dicts would double the command's memory
         {
             "job": record.job,
@@ -535,6 +537,17 @@ def command_retire(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_list_verb(verbs: Any) -> None:
+    listing = verbs.add_parser("list", help="list the backups on disk")
+    listing.add_argument("--job")
+    listing.add_argument("--json", action="store_true", help="JSON on stdout")
+    listing.add_argument(
+        "--deleted", action="store_true", help="dumps deleted locally that a platform snapshot still holds"
+    )
+    listing.add_argument("--label", help="only the backups made with `backup --label LABEL`")
+    listing.set_defaults(handler=command_list)
+
+
 def _add_restore_verb(verbs: Any) -> None:
     restore = verbs.add_parser("restore", help="restore the newest good backup (at or before --at) into a database")
     restore.add_argument("--job", required=True)
@@ -582,13 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="the daemon: run the scheduled jobs in the foreground until SIGTERM")
     run.set_defaults(handler=command_run)
 
-    listing = verbs.add_parser("list", help="list the backups on disk")
-    listing.add_argument("--job")
-    listing.add_argument("--json", action="store_true", help="JSON on stdout")
-    listing.add_argument(
-        "--deleted", action="store_true", help="dumps deleted locally that a platform snapshot still holds"
-    )
-    listing.set_defaults(handler=command_list)
+    _add_list_verb(verbs)
 
     verify = verbs.add_parser("verify", help="re-hash and check backups (all, or the given files)")
     verify.add_argument("paths", nargs="*", metavar="PATH")

@@ -61,6 +61,8 @@ def test_a_labelled_backup_is_kept_until_its_keep_runs_out_and_restore_finds_it(
     rows = {row["path"]: row for row in listing}
     assert rows[str(labelled)]["label"] == "before-upgrade"
     assert rows[str(labelled)]["keep_until"].startswith("2031-05-03T10:00:0")
+    only = json.loads(_at(config, "2031-05-02 12:00:01", "list", "--label", "before-upgrade", "--json").stdout)
+    assert [row["path"] for row in only] == [str(labelled)]
     text = _at(config, "2031-05-02 12:00:01", "list").stdout
     assert "[label before-upgrade until 2031-05-03]" in text
 
