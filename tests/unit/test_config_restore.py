@@ -81,3 +81,10 @@ def test_a_bad_restore_table_exits_78(tmp_path: Path) -> None:
     )
     config.chmod(0o600)
     assert run_cli(config, "check-config", "--offline") == 78
+
+
+def test_check_config_shows_the_restore_account_but_never_its_password() -> None:
+    text = HEAD + '\n[jobs.main.restore]\nuser = "r"\npassword = "s3cret-x"\n'
+    described = parse_config(text, SOURCE, file_mode=0o600).describe()
+    assert described["jobs"]["main"]["restore"] == {"user": "r", "password": "inline (hidden)"}
+    assert "s3cret-x" not in repr(described)
