@@ -173,3 +173,20 @@ def test_a_record_made_from_a_manifest_in_hand_counts_its_size_in_the_run_s_inve
     key = f"{scanned.job}/{scanned.folder}/{scanned.path.name}"
     inventory = take_inventory(config).changed(config, removed=[key]).changed(config, added=[added])
     assert scanned.manifest.stored_bytes in inventory.history(scanned.job, scanned.folder)
+
+
+def test_status_says_the_same_from_the_index_as_from_every_manifest(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from agent import status
+
+    config_path, storage = _storage_with_backups(tmp_path, runs=3)
+    config = load_config(config_path)
+    now = datetime.now(UTC)
+    assert not _index_file(storage).exists()
+    from_manifests = status.collect(config, now=now)
+    assert _index_file(storage).exists()
+    from_index = status.collect(config, now=now)
+    assert from_index == from_manifests
+    assert all(database["backups"] >= 1 for database in from_index["jobs"][0]["databases"])
+    assert len(from_index["jobs"][0]["databases"]) == 2
