@@ -206,3 +206,8 @@ def current_usable_cpus() -> int:
     """`usable_cpus` for this process now: its cgroup and its scheduler affinity."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return usable_cpus(read_limits(), affinity)
+
+
+def current_memory_limit() -> int | None:
+    """The container's memory limit in bytes (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`)."""
+    return read_limits().memory_bytes

@@ -28,7 +28,7 @@ from agent.engines.base import ChangeToken, DumpTarget, Engine, EngineContext, S
 from agent.errors import AgentError, ConnectionFailed, DumpError, LockedError, UntrustedServer, permission_problem
 from agent.immutable import ImmutableUnsupported, set_immutable
 from agent.labels import BackupLabel
-from agent.limits import current_usable_cpus
+from agent.limits import current_memory_limit, current_usable_cpus
 from agent.log import get_logger, register_secret
 from agent.manifest import Manifest, ManifestError, manifest_path, manifest_scope, read_manifest, write_manifest
 from agent.naming import PARTIAL_SUFFIX, backup_filename, encode_name, parse_backup_filename
@@ -63,10 +63,18 @@ def impact_of(config: Config, job: JobConfig) -> str:
 
 
 def compression_of(config: Config, job: JobConfig | None = None) -> CompressionSettings:
-    """The storage's compression; `threads = -1` resolved to the cores the container allows."""
+    """The storage's compression; `threads = -1` resolved to the cores and memory the container allows."""
     storage = config.storage
     spare = GENTLE_SPARE_CORES if job is not None and impact_of(config, job) == GENTLE else 0
-    threads = worker_threads(storage.threads, current_usable_cpus(), spare_cores=spare)
+    settings = CompressionSettings(storage.compression, storage.level)
+    level = settings.effective_level if storage.compression == "zstd" else None
+    threads = worker_threads(
+        storage.threads,
+        current_usable_cpus(),
+        spare_cores=spare,
+        memory_limit=current_memory_limit(),
+        level=level if level is not None else 3,
+    )
     return CompressionSettings(storage.compression, storage.level, threads)
 
 

@@ -83,3 +83,17 @@ def test_every_core_means_the_cores_the_container_allows_less_the_spare_ones() -
     assert worker_threads(-1, 1, spare_cores=1) == 1  # never fewer than one worker
     assert worker_threads(0, 8, spare_cores=1) == 0  # a number the user set is kept
     assert worker_threads(6, 2) == 6
+
+
+def test_zstd_workers_fit_in_a_quarter_of_the_containers_memory() -> None:
+    from agent.compression import worker_memory, worker_threads
+
+    assert 2 << 20 < worker_memory(3) < 8 << 20  # measured: 3.5 MiB per added worker
+    assert 80 << 20 < worker_memory(19) < 120 << 20  # measured: 90 MiB
+    assert worker_threads(-1, 8, memory_limit=512 << 20, level=19) == 1  # 128 MiB for zstd: one worker
+    assert worker_threads(-1, 8, memory_limit=4 << 30, level=19) == 8  # 1 GiB for zstd: room for all
+    assert worker_threads(-1, 8, memory_limit=256 << 20, level=3) == 8  # level 3: eight fit in 64 MiB
+    assert worker_threads(-1, 8, memory_limit=128 << 20, level=3) == 6  # six in 32 MiB
+    assert worker_threads(-1, 8, memory_limit=16 << 20, level=3) == 1  # never fewer than one
+    assert worker_threads(-1, 8, memory_limit=None, level=19) == 8  # no limit: the cores decide
+    assert worker_threads(4, 8, memory_limit=16 << 20, level=19) == 4  # a number the user set is kept
