@@ -443,6 +443,11 @@ class CustomArchiveCheck:
             if length == len(COPY_END) and self._is_end_of_data(data, index):
                 index += length
                 continue
+            stop = index + length
+            if stop <= end:  # the whole payload is here (nearly always): counted without another turn
+                rows += count(b"\n", index, stop)
+                index = stop
+                continue
             remaining = length
         self._remaining = remaining
         self._rows += rows
