@@ -21,6 +21,7 @@ from structlog.stdlib import BoundLogger
 SAMPLE_INTERVAL = 1.0  # seconds between two samples: one small query a second, on its own connection
 STALE_AFTER = 5.0  # seconds: an older sample (a hung sampler) says nothing about now
 QUIET_SECONDS = 10.0  # an episode ends after this long at or under the threshold
+CLOSE_WAIT = 2.0  # seconds close() waits for a sample in flight (the thread is a daemon thread)
 
 
 class BusyProbe(Protocol):
@@ -118,7 +119,7 @@ class BusySampler:
         """Stop sampling and close the probe's connection (waits at most for one sample)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=CLOSE_WAIT)  # a hung query never holds up the run or a shutdown
         try:
             self._probe.close()
         except Exception as error:  # a connection already gone: nothing left to close

@@ -41,6 +41,7 @@ class ActiveBackends:
     def __init__(self, connection: psycopg.Connection[Any], threshold: int) -> None:
         self._connection = connection
         self.threshold = threshold
+        connection.execute("SET statement_timeout = '5s'")  # a stuck server never stalls the sampler for long
 
     def sample(self) -> int | None:
         row = self._connection.execute(_ACTIVE_BACKENDS, (APPLICATION_NAME,)).fetchone()
