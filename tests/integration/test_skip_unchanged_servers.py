@@ -98,6 +98,14 @@ def test_postgres_skips_an_unchanged_database_and_dumps_every_change(
         "INSERT INTO item SELECT g, 'row ' || g FROM generate_series(1, 500) g",
         "CREATE SEQUENCE invoice",
     )
+    owner = f"owner_{pg_database[-8:]}"
+    _pg(
+        pg_server,
+        pg_database,
+        f'CREATE ROLE "{owner}"',
+        "CREATE TABLE owned (x int)",
+        f'ALTER TABLE owned OWNER TO "{owner}"',
+    )
     runs = Runs(tmp_path, _pg_job(pg_server, tmp_path, pg_database))
     settled = lambda: _quiet(pg_server, pg_database)  # noqa: E731 - read as a step below
     settled()
@@ -115,13 +123,23 @@ def test_postgres_skips_an_unchanged_database_and_dumps_every_change(
         ("a truncate", lambda: _pg(pg_server, pg_database, "CREATE TABLE scratch (x int)", "TRUNCATE scratch")),
         ("a sequence step", lambda: _pg(pg_server, pg_database, "SELECT nextval('invoice')")),
         ("a database setting", lambda: _pg(pg_server, "postgres", f'ALTER DATABASE "{pg_database}" SET work_mem = 8192')),  # noqa: E501
+        ("a renamed owner (a shared catalog only)", lambda: _pg(pg_server, "postgres", f'ALTER ROLE "{owner}" RENAME TO "{owner}_2"')),  # noqa: E501
     ]  # fmt: skip
-    for what, change in changes:
-        change()
-        settled()
-        assert runs.backup() == "dumped changed", what
-        settled()
-        assert runs.backup() == "skipped", what
+    try:
+        for what, change in changes:
+            change()
+            settled()
+            assert runs.backup() == "dumped changed", what
+            settled()
+            assert runs.backup() == "skipped", what
+    finally:
+        _pg(
+            pg_server,
+            pg_database,
+            "DROP TABLE owned",
+            f'DROP ROLE IF EXISTS "{owner}"',
+            f'DROP ROLE IF EXISTS "{owner}_2"',
+        )
 
 
 def test_postgres_dumps_a_row_changed_right_before_the_backup_by_a_session_still_open(

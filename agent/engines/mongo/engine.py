@@ -244,7 +244,10 @@ class MongoEngine(Engine):
         return QueuedOperations(self.client(), threshold) if threshold > 0 else None
 
     def change_token(self, target: DumpTarget) -> ChangeToken | None:
-        """The newest write in a replica set's oplog (mongo/change_token.py); a standalone proves nothing."""
+        """The newest write in a replica set's oplog (mongo/change_token.py); a standalone proves nothing,
+        nor does `local` (its writes are never in the oplog)."""
+        if target.database == "local":
+            return None
         try:
             with self.connected() as client:
                 return change_token.read_token(client)

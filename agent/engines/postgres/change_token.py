@@ -3,8 +3,9 @@
 The database's row in pg_stat_database counts every row inserted, updated and deleted in it,
 catalogs included, so DDL counts too (ALTER TABLE adds pg_attribute rows, TRUNCATE updates
 pg_class). Reads never move those counters (xact_commit would: every SELECT commits). What the
-counters cannot see is read directly: sequence positions (nextval writes no row), the database's
-own row and settings in the shared catalogs, and role names (a renamed owner changes the dump).
+counters cannot see is read directly: sequence positions (nextval writes no row), and what the dump
+takes from the shared catalogs: the database's own row and settings, role and tablespace names (a
+renamed owner changes the dump) and the database's subscriptions.
 `stats_reset` and the server's start time make a reset or a restart (a crash discards the
 counters) a change.
 
@@ -33,6 +34,13 @@ _COUNTERS = """
                          (SELECT string_agg(array_to_string(r.setconfig, ','), ';' ORDER BY r.setrole)
                             FROM pg_db_role_setting r WHERE r.setdatabase = d.oid))),
            (SELECT md5(string_agg(a.oid::text || ':' || a.rolname, ',' ORDER BY a.oid)) FROM pg_roles a),
+           (SELECT md5(string_agg(t.oid::text || ':' || t.spcname, ',' ORDER BY t.oid)) FROM pg_tablespace t),
+           (SELECT md5(coalesce(string_agg(concat_ws(':', u.oid, u.subname, u.subowner, u.subenabled,
+                                                     u.subslotname, u.subsynccommit, u.subpublications::text,
+                                                     CASE WHEN has_column_privilege('pg_subscription', 'subconninfo',
+                                                                                    'SELECT')
+                                                          THEN u.subconninfo END), ',' ORDER BY u.oid), ''))
+              FROM pg_subscription u WHERE u.subdbid = d.oid),
            (SELECT md5(coalesce(string_agg(q.schemaname || '.' || q.sequencename || '=' ||
                                            coalesce(q.last_value::text, '-'), ',' ORDER BY 1), ''))
               FROM pg_sequences q)
@@ -61,7 +69,7 @@ def read_token(connection: Any) -> ChangeToken | None:
     row = connection.execute(_COUNTERS).fetchone()
     if row is None:
         return None
-    oid, inserted, updated, deleted, reset, started, database, roles, sequences = row
+    oid, inserted, updated, deleted, reset, started, database, roles, tablespaces, subscriptions, sequences = row
     return {
         "database_oid": str(oid),
         "tuples": f"{inserted}/{updated}/{deleted}",
@@ -69,5 +77,7 @@ def read_token(connection: Any) -> ChangeToken | None:
         "server_started": str(started),
         "database_row": str(database),
         "roles": str(roles),
+        "tablespaces": str(tablespaces),
+        "subscriptions": str(subscriptions),
         "sequences": str(sequences),
     }
