@@ -8,7 +8,8 @@ that does not log what it applies (`log_slave_updates` off), or without the priv
 position, nothing can be proved and every run dumps. A session with
 `sql_log_bin = 0` (it needs SUPER) writes unlogged: the one change this cannot see.
 On MariaDB, `--single-transaction` dumps read a snapshot consistent with the binary log, so a change
-logged before the token was read is in the dump.
+logged before the token was read is in the dump; on MySQL that holds for the executed GTID set
+only, so MySQL needs `gtid_mode = ON`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ def read_token(cursor: Any) -> ChangeToken | None:
         return None
     if not int(logs_replicated or 0) and _is_replica(cursor):
         return None  # a replica applies its source's changes without writing them to its own log
+    position = _log_position(cursor)
+    if position is None:
+        return None
+    cursor.execute("SELECT VERSION()")
+    if "mariadb" in str(cursor.fetchone()[0]).lower():
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        gtid: str | None = str(cursor.fetchone()[0] or "")
+    else:
+        gtid = _mysql_executed_gtids(cursor)
+    if gtid is None:
+        return None
+    return {"server_id": str(server_id), "binary_log": position, "gtid": gtid}
+
+
+def _log_position(cursor: Any) -> str | None:
+    """`file:position` of the binary log, or None when unreadable or filtered by database."""
     try:
         cursor.execute("SHOW MASTER STATUS")
         status = cursor.fetchone()
@@ -38,13 +55,21 @@ def read_token(cursor: Any) -> ChangeToken | None:
     binlog_file, position, do_databases, ignore_databases = status[:4]
     if do_databases or ignore_databases:
         return None
-    gtid = ""
-    for variable in ("@@GLOBAL.gtid_binlog_pos", "@@GLOBAL.gtid_executed"):  # MariaDB, MySQL
-        with contextlib.suppress(pymysql.MySQLError):
-            cursor.execute(f"SELECT {variable}")
-            gtid = str(cursor.fetchone()[0] or "")
-            break
-    return {"server_id": str(server_id), "binary_log": f"{binlog_file}:{position}", "gtid": gtid}
+    return f"{binlog_file}:{position}"
+
+
+def _mysql_executed_gtids(cursor: Any) -> str | None:
+    """MySQL's executed GTID set, or None without GTIDs.
+
+    MySQL's consistent snapshot is not aligned with its binary log: a transaction is logged before
+    its engine commit, so a position read just then can name a change the dump's snapshot misses.
+    A GTID joins `gtid_executed` only once its transaction has committed, so that set is sound."""
+    with contextlib.suppress(pymysql.MySQLError):
+        cursor.execute("SELECT @@GLOBAL.gtid_mode, @@GLOBAL.gtid_executed")
+        mode, executed = cursor.fetchone()
+        if str(mode).upper() == "ON":
+            return str(executed or "")
+    return None
 
 
 def _is_replica(cursor: Any) -> bool:
