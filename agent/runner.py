@@ -310,7 +310,7 @@ class JobRun:
         try:
             token = engine.change_token(target)
         except (AgentError, OSError) as error:
-            log.info("backup.change_check", unchanged=False, reason=unchanged.NO_TOKEN, error=str(error))
+            log.warning("backup.change_token_failed", error=str(error))  # then dumped: nothing is proved
             return None
         if token is None:
             return None
