@@ -187,6 +187,9 @@ def test_status_says_the_same_from_the_index_as_from_every_manifest(tmp_path: Pa
     from_manifests = status.collect(config, now=now)
     assert _index_file(storage).exists()
     from_index = status.collect(config, now=now)
-    assert from_index == from_manifests
+    # the disk's figures move on their own (the index itself is a file in storage; other writers)
+    assert {key: value for key, value in from_index.items() if key != "storage"} == {
+        key: value for key, value in from_manifests.items() if key != "storage"
+    }
     assert all(database["backups"] >= 1 for database in from_index["jobs"][0]["databases"])
     assert len(from_index["jobs"][0]["databases"]) == 2
