@@ -30,7 +30,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from agent import __version__, catalog, journal, log, process
+from agent import __version__, catalog, journal, log, memory, process
 from agent.activity import DaemonRecord, remove_daemon_record, write_daemon_record
 from agent.config import Config, JobConfig, load_config
 from agent.errors import EXIT_FAILED, EXIT_OK, AgentError, ConfigError, DaemonRunning, LockedError
@@ -473,6 +473,8 @@ class Daemon:
                     return
         finally:
             self._mark_active(name, -1)
+            if not self._running_jobs():  # the last run ended: the daemon rests on what it holds
+                memory.release_freed()
 
     def _run_once(self, config: Config, name: str, logger: Any) -> RunOutcome | None:
         slots = self._slots
@@ -565,4 +567,5 @@ def _iso(moment: datetime | None) -> str | None:
 
 def run_daemon(config: Config, config_path: Path) -> int:
     """The `run` verb: the daemon in the foreground until SIGTERM/SIGINT; 0 after a clean stop."""
+    memory.use_one_arena()  # before the scheduler's threads: what a run frees can all go back
     return Daemon(config, config_path).run()

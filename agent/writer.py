@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent import memory
 from agent.compression import CompressionSettings, new_compressor
 from agent.errors import DumpError
 from agent.naming import MANIFEST_SUFFIX, PARTIAL_SUFFIX
@@ -172,9 +173,7 @@ class DumpWriter:
         glibc otherwise keeps: three 94 MB backups in one process left it at 70 MiB, with this 53 MiB
         (docs/performance.md)."""
         self._compressor = new_compressor(_NO_COMPRESSION)
-        trim = _malloc_trim()
-        if trim is not None:
-            trim(0)
+        memory.trim()
 
     def retract(self, published: PublishedFile) -> None:
         """Unpublish the file `commit` made when its manifest could not be written: without one
@@ -195,18 +194,6 @@ class DumpWriter:
 
 
 _NO_COMPRESSION = CompressionSettings("none")
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None (musl, macOS)."""
-    import ctypes
-
-    try:
-        function: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return function
 
 
 def link_without_replacing(source: Path, directory: Path, name_for: Callable[[int], str]) -> Path:
