@@ -473,8 +473,6 @@ class Daemon:
                     return
         finally:
             self._mark_active(name, -1)
-            if not self._running_jobs():  # the last run ended: the daemon rests on what it holds
-                memory.release_freed()
 
     def _run_once(self, config: Config, name: str, logger: Any) -> RunOutcome | None:
         slots = self._slots

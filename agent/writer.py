@@ -12,7 +12,6 @@ never retried: the data may already be lost, so the run fails and the partial go
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import stat

@@ -38,9 +38,20 @@ PYTHON = sys.executable
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 (ctypes' own declaration style)
+    _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
     ]
 
 
@@ -113,8 +124,8 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def _anonymous_mappings(pid: int) -> dict[str, int]:
-    """Anonymous RSS by kind of mapping: the main heap, thread arenas (64 MiB reservations),
-    thread stacks (8 MiB), everything else (Python's own 256 KiB arenas, libraries' buffers)."""
+    """The largest anonymous RSS by mapping kind: the main heap, thread stacks (8 MiB), and
+    mappings by size (glibc's thread arenas, Python's 1 MiB object arenas, libraries' buffers)."""
     kinds: dict[str, int] = {}
     kind = ""
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
@@ -128,16 +139,14 @@ def _anonymous_mappings(pid: int) -> dict[str, int]:
             elif name.startswith("[stack"):
                 kind = "main stack"
             elif name:
-                kind = ""  # a file or [vdso]
-            elif size >= 32 << 20 or size in (65536 << 10,):
-                kind = "thread arenas"
+                kind = ""  # a file, [vdso], [vvar]
             elif (8 << 20) <= size <= (8 << 20) + (64 << 10):
                 kind = "thread stacks"
             else:
-                kind = f"other {size >> 10} KiB"
+                kind = f"{size >> 10} KiB mappings"
         elif kind and head[0] == "Anonymous:":
             kinds[kind] = kinds.get(kind, 0) + int(head[1]) * 1024
-    return dict(sorted(kinds.items(), key=lambda item: -item[1])[:12])
+    return dict(sorted(kinds.items(), key=lambda item: -item[1])[:8])
 
 
 def _cpu(pid: int) -> float:
@@ -203,7 +212,9 @@ def _config(storage: Path, servers: dict[str, Any], suffixes: tuple[str, ...]) -
     common = ['databases = ["bench"]', 'schedule = "0 3 1 1 *"', 'jitter = "0s"']
     for suffix in suffixes:
         for name, server in servers.items():
-            engine, extra = ("postgresql", "include_globals = false") if name == "pg" else ("mysql", "include_grants = false")
+            engine, extra = (
+                ("postgresql", "include_globals = false") if name == "pg" else ("mysql", "include_grants = false")
+            )
             lines += [
                 f"[jobs.{name}{suffix}]",
                 f'engine = "{engine}"',
@@ -250,9 +261,14 @@ def _megabytes(value: int) -> str:
     return f"{value / 1e6:.0f} MB ({value / 2**20:.0f} MiB)"
 
 
-def measure(rows: int, mariadb: bool, tracemalloc: bool, rounds: int, trim: bool, extra: dict[str, str]) -> dict[str, Any]:
+def measure(
+    rows: int, mariadb: bool, tracemalloc: bool, rounds: int, trim: bool, extra: dict[str, str]
+) -> dict[str, Any]:
     results: dict[str, Any] = {"rows": rows}
-    with tempfile.TemporaryDirectory(prefix="backup-agent-idle-", dir="/var/tmp") as folder, _servers(rows, mariadb) as servers:
+    with (
+        tempfile.TemporaryDirectory(prefix="backup-agent-idle-", dir="/var/tmp") as folder,
+        _servers(rows, mariadb) as servers,
+    ):
         work = Path(folder)
         storage = work / "storage"
         config = work / "config.toml"
@@ -311,27 +327,33 @@ def main() -> int:
     parser.add_argument("--no-mariadb", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true", help="trace Python allocations (inflates RSS)")
     parser.add_argument("--trim", action="store_true", help="at the end, gc.collect and malloc_trim inside the daemon")
-    parser.add_argument("--environment", action="append", default=[], help="KEY=VALUE for the daemon (MALLOC_ARENA_MAX=1)")
-    parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--environment", action="append", default=[], help="KEY=VALUE for the daemon (MALLOC_ARENA_MAX=1)"
+    )
+    parser.add_argument("--modules", action="store_true", help="list the top-level modules imported")
+    parser.add_argument("--output", type=Path, help="the figures as JSON")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.environment)
     results = measure(args.rows, not args.no_mariadb, args.tracemalloc, args.rounds, args.trim, extra)
-    verbose = False
     for phase, picture in results.items():
         if isinstance(picture, dict):
             print(
                 f"{phase}: VmRSS {_megabytes(picture['VmRSS'])}, anonymous {_megabytes(picture['RssAnon'])},"
                 f" files {_megabytes(picture['RssFile'])}, heap in use {_megabytes(picture.get('heap_in_use', 0))},"
-                f" heap free kept {_megabytes(picture.get('heap_free_kept', 0))}, mmapped {_megabytes(picture.get('mmapped', 0))},"
+                f" heap free kept {_megabytes(picture.get('heap_free_kept', 0))},"
+                f" mmapped {_megabytes(picture.get('mmapped', 0))},"
                 f" threads {picture['Threads']}, modules {picture['modules']}"
             )
-            if verbose:
+            if args.modules:
                 print(f"  top-level modules: {' '.join(picture['top_level'])}")
             print(f"  threads: {' '.join(picture['threads'])}; gc objects {picture['gc_objects']}")
-            print(f"  anonymous by mapping: {', '.join(f'{kind} {_megabytes(size)}' for kind, size in picture['mappings'].items())}")
+            mappings = ", ".join(f"{kind} {_megabytes(size)}" for kind, size in picture["mappings"].items())
+            print(f"  anonymous by mapping: {mappings}")
             if "traced_by_package" in picture:
                 print(f"  traced {_megabytes(picture['traced_total'])}: {picture['traced_by_package']}")
-    print(f"idle CPU after: {results['idle_cpu_per_hour']:.2f} s per hour; stored {_megabytes(results['stored_bytes'])}")
+    print(
+        f"idle CPU after: {results['idle_cpu_per_hour']:.2f} s per hour; stored {_megabytes(results['stored_bytes'])}"
+    )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
     return 0

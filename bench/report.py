@@ -606,13 +606,12 @@ def notes_section(results: dict[str, Any]) -> list[str]:
         after = daemon["after_backups"]
         notes.append(
             f"- Daemon idle RSS after its backups {_mib(after['rss_max'])} ({_mib(after['anonymous_last'])} of it "
-            f"anonymous memory) against {_mib(daemon['start']['rss_max'])} before. By then it has imported both "
-            "database drivers, zstd and the TLS stack (a fresh Python importing just the daemon and both engines "
-            "holds 42 MiB), and the threads that ran the dumps (the scheduler's worker, zstd's workers, the row "
-            "counters) leave live allocations scattered over their malloc arenas. The writer already frees the "
-            "compressor and trims the heap when a dump ends (three 94 MB backups in one process: 53 MiB with "
-            "the trim, 70 MiB without; `MALLOC_ARENA_MAX=2` made no difference). Staying well under 60 MB after "
-            "work would take running each dump in a short-lived child process."
+            f"anonymous memory) against {_mib(daemon['start']['rss_max'])} before. The daemon runs on one malloc "
+            "arena (agent/memory.py), so the writer's trim after each dump reaches what zstd's workers freed; what "
+            "stays is the database drivers' modules and shared libraries (psycopg's bundled libpq and OpenSSL: "
+            "file-backed memory 13 MB at start, 23 MB after). `nice -n 19 python bench/idle_memory.py` breaks "
+            "it down (mappings, glibc's heap, modules, threads); below that would take running each dump in a "
+            "short-lived child process."
         )
     if not notes:
         return []
