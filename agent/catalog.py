@@ -101,7 +101,8 @@ def scan(storage: Path, job: str | None = None, *, indexed: bool = False) -> lis
 
     `indexed` (for the views: status, list, prune --dry-run) takes what an unchanged manifest said
     from the catalog index instead of reading it again, and leaves `manifest` unset; the records
-    are otherwise the same. Whatever deletes, restores or verifies scans without it.
+    are otherwise the same. Whatever deletes or restores scans without it; verify reads the manifest
+    of each backup it re-reads.
     """
     memo = _Index(storage, job) if indexed else None
     records: list[BackupRecord] = []

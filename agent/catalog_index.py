@@ -8,8 +8,9 @@ again; a deleted file is never listed, whatever the index says. The whole file c
 BLAKE2b tag (the key in `.agent/catalog.key`, 0600): an edited, truncated or copied-in index fails
 it and is ignored as if absent. Both files must be the agent's own (owner, mode), or neither is used.
 
-The index only ever saves reading a manifest for a view. Deciding what to delete (prune, retention
-after a dump, the just-in-time room), restoring, drilling and verifying read every manifest.
+The index only ever saves reading a manifest for a view, or for a backup `verify` does not re-read
+(it reads the manifest of each one it does). Deciding what to delete (prune, retention after a
+dump, the just-in-time room), restoring and drilling read every manifest.
 """
 
 from __future__ import annotations

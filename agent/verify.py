@@ -164,14 +164,23 @@ def _keys(storage: Path, records: list[catalog.BackupRecord]) -> dict[str, tuple
     """Each good backup's (file key, manifest sha256), taken before any byte of it is read."""
     keys: dict[str, tuple[bytes, str]] = {}
     for record in records:
-        if record.status != catalog.GOOD or record.manifest is None:
+        if record.status != catalog.GOOD or record.summary is None:
             continue
         try:
             key = catalog_index.file_key(os.lstat(record.path), os.lstat(manifest_path(record.path)))
         except OSError:
             continue  # gone meanwhile: checked, and found missing or unreadable
-        keys[f"{record.job}/{record.folder}/{record.path.name}"] = (key, record.manifest.sha256)
+        keys[f"{record.job}/{record.folder}/{record.path.name}"] = (key, record.summary.sha256)
     return keys
+
+
+def _read_again(record: catalog.BackupRecord) -> catalog.BackupRecord:
+    """A good record of the indexed listing with its manifest read and judged again, for its check."""
+    try:
+        size = os.lstat(record.path).st_size
+    except FileNotFoundError:
+        return record  # checked as it is: found missing
+    return catalog.classify(record.path, record.created_at, size)
 
 
 def verify_storage(storage: Path, job: str | None = None, *, sample: verified.Sample | None = None) -> list[Finding]:
@@ -183,7 +192,9 @@ def verify_storage(storage: Path, job: str | None = None, *, sample: verified.Sa
     """
     findings: list[Finding] = []
     present: set[str] = set()
-    records = catalog.scan(storage, job)
+    # the listing from the catalog index; every backup re-read below has its manifest read again,
+    # one at a time, so 20,000 manifests are never all in memory
+    records = catalog.scan(storage, job, indexed=True)
     keys = _keys(storage, records)
     record_before = verified.load(storage)
     now = time.time_ns()
@@ -198,10 +209,11 @@ def verify_storage(storage: Path, job: str | None = None, *, sample: verified.Sa
         if chosen is not None and where in keys and where not in chosen:
             findings.append(Finding(record.path, UNCHANGED, "unchanged since its last good check"))
             continue
-        finding = _verdict_of(record)
+        checked = _read_again(record) if record.status == catalog.GOOD else record
+        finding = _verdict_of(checked)
         findings.append(finding)
-        if finding.status == OK and where in keys:
-            passed[where] = verified.Verified(keys[where][0], keys[where][1], now)
+        if finding.status == OK and where in keys and checked.manifest is not None:
+            passed[where] = verified.Verified(keys[where][0], checked.manifest.sha256, now)
     scope = "" if job is None else f"{job}/"
     dropped = {
         path
