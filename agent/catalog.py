@@ -52,6 +52,7 @@ class BackupRecord:
     problem: str = ""
     summary: Summary | None = None  # set for every good backup: what the views show of its manifest
     allocated: int | None = None  # bytes its data file and manifest occupy on disk, as scanned
+    sequence: int | None = None  # the `-N` of its name, as scanned (None: parse the name when asked)
 
     def __post_init__(self) -> None:
         if self.summary is None and self.manifest is not None:  # a record made from a manifest in hand
@@ -160,7 +161,15 @@ class _Index:
         self._changed = False
 
     def record(
-        self, job: str, folder: Path, name: str, created_at: datetime, *, data: os.stat_result, manifest: os.stat_result
+        self,
+        job: str,
+        folder: Path,
+        name: str,
+        created_at: datetime,
+        *,
+        data: os.stat_result,
+        manifest: os.stat_result,
+        sequence: int,
     ) -> BackupRecord:
         key = f"{job}/{folder.name}/{name}"
         file_key = catalog_index.file_key(data, manifest)
@@ -170,9 +179,18 @@ class _Index:
             self._new[key] = entry
             status = GOOD if entry.good else INVALID
             return BackupRecord(
-                job, folder.name, folder / name, created_at, status, None, entry.problem, entry.summary, allocated
+                job,
+                folder.name,
+                folder / name,
+                created_at,
+                status,
+                None,
+                entry.problem,
+                entry.summary,
+                allocated,
+                sequence,
             )
-        record = classify(folder / name, created_at, data.st_size, allocated=allocated)
+        record = classify(folder / name, created_at, data.st_size, allocated=allocated, sequence=sequence)
         if record.status == GOOD or "unreadable manifest" not in record.problem:  # a failed read may pass later
             self._new[key] = catalog_index.Entry(file_key, record.status == GOOD, record.problem, record.summary)
             self._changed = True
@@ -213,13 +231,21 @@ def _scan_folder(job: str, folder: Path, index: _Index | None = None) -> Iterato
         if index is None:
             path = folder / name
             allocated = allocated_of(data) + allocated_of(manifest)
-            yield classify(path, parsed.created_at, data.st_size, allocated=allocated)
+            yield classify(path, parsed.created_at, data.st_size, allocated=allocated, sequence=parsed.sequence)
         else:
-            yield index.record(job, folder, name, parsed.created_at, data=data, manifest=manifest)
+            yield index.record(
+                job, folder, name, parsed.created_at, data=data, manifest=manifest, sequence=parsed.sequence
+            )
 
 
 def classify(
-    path: Path, created_at: datetime | None, size: int, *, in_storage: bool = True, allocated: int | None = None
+    path: Path,
+    created_at: datetime | None,
+    size: int,
+    *,
+    in_storage: bool = True,
+    allocated: int | None = None,
+    sequence: int | None = None,
 ) -> BackupRecord:
     """A data file with a manifest beside it: good, or invalid with the problem named.
 
@@ -229,14 +255,17 @@ def classify(
     try:
         manifest = read_manifest(manifest_path(path))
     except ManifestError as error:
-        return BackupRecord(job, folder, path, created_at, INVALID, problem=str(error), allocated=allocated)
+        return BackupRecord(
+            job, folder, path, created_at, INVALID, problem=str(error), allocated=allocated, sequence=sequence
+        )
     place = {"job": job, "folder": folder} if in_storage else {"job": None, "folder": None}
     problem = manifest_problem(manifest, name=path.name, size=size, **place)
     if problem:
+        where = f"{manifest_path(path)}: {problem}"
         return BackupRecord(
-            job, folder, path, created_at, INVALID, problem=f"{manifest_path(path)}: {problem}", allocated=allocated
+            job, folder, path, created_at, INVALID, problem=where, allocated=allocated, sequence=sequence
         )
-    return BackupRecord(job, folder, path, created_at, GOOD, manifest, allocated=allocated)
+    return BackupRecord(job, folder, path, created_at, GOOD, manifest, allocated=allocated, sequence=sequence)
 
 
 def summarize(manifest: Manifest) -> Summary:

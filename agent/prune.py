@@ -113,7 +113,11 @@ def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[st
     if record.created_at is None:
         return None
     key = f"{record.job}/{record.folder}/{record.path.name}"  # <storage>/<job>/<folder>/<name>, as scanned
-    parsed = parse_backup_filename(record.path.name)
+    if record.sequence is not None:
+        sequence = record.sequence
+    else:  # a record the runner made for the backup it just published
+        parsed = parse_backup_filename(record.path.name)
+        sequence = parsed.sequence if parsed else 0
     return retention.Backup(
         key=key,
         created_at=record.created_at,
@@ -122,7 +126,7 @@ def _backup_of(storage: Path, record: catalog.BackupRecord, pinned: frozenset[st
         else allocated_bytes(record.path) + allocated_bytes(manifest_path(record.path)),
         good=record.status == catalog.GOOD,
         pinned=key in pinned,
-        sequence=parsed.sequence if parsed else 0,
+        sequence=sequence,
         keep_until=record.summary.keep_until if record.summary is not None else None,
         file_bytes=record.stored_bytes,
     )
