@@ -9,6 +9,14 @@ the machine's load, so it may run while others load the machine: `nice -n 19`):
 The daemon is started as `python bench/idle_memory.py --probe CONFIG FIFO`: the agent's own CLI
 (`run`) in the main thread, plus one thread blocked reading FIFO that answers each request with a
 JSON picture of the process. It never wakes on its own, so the idle figures stay the daemon's.
+
+Measured (2026-12-03, 2 cores, load 1-3, 300,000 rows per database, both engines, 3 rounds):
+glibc's default arenas left 98 MB resident (70 MiB anonymous, 10 MB of the heap in use, 60 MiB
+free but kept in the worker threads' arenas, which `malloc_trim` does not shrink); with one arena
+(agent/memory.py) 58 MB after every round (33 MiB anonymous), against 39 MB before any backup.
+What stays is imports: 118 more modules (psycopg, pymysql, ...) and their libraries (file-backed
+memory 13 -> 23 MB). The catch-up's CPU was the same either way (1.24 and 1.08 s against 1.18 and
+1.06 s for two rounds of 800,000 rows).
 """
 
 from __future__ import annotations
