@@ -149,15 +149,15 @@ def _written_since(path: Path, since: int | None) -> bool:
 
 
 class _Index:
-    """The catalog index as one scan uses it: old entries matched by key, a new index of what was seen."""
+    """The catalog index as one scan uses it: old entries matched by key and let go as they are used
+    (a record keeps only the summary), the new index written only when something changed."""
 
     def __init__(self, storage: Path, job: str | None) -> None:
         self._agent_directory = StorageLayout(storage).agent_directory
         self._root = str(storage.absolute())
         self._old = catalog_index.load(self._agent_directory, self._root)
-        scope = f"{job}/" if job is not None else ""
-        # entries of jobs outside a one-job scan stay as they were
-        self._new = {key: entry for key, entry in self._old.items() if not key.startswith(scope)}
+        self._scope = f"{job}/" if job is not None else ""  # entries of other jobs stay as they were
+        self._seen: list[tuple[bytes, BackupRecord]] = []  # each record with its key, taken before any read
         self._changed = False
 
     def record(
@@ -171,14 +171,12 @@ class _Index:
         manifest: os.stat_result,
         sequence: int,
     ) -> BackupRecord:
-        key = f"{job}/{folder.name}/{name}"
         file_key = catalog_index.file_key(data, manifest)
         allocated = allocated_of(data) + allocated_of(manifest)
-        entry = self._old.get(key)
+        entry = self._old.pop(f"{job}/{folder.name}/{name}", None)
         if entry is not None and entry.key == file_key:
-            self._new[key] = entry
             status = GOOD if entry.good else INVALID
-            return BackupRecord(
+            found = BackupRecord(
                 job,
                 folder.name,
                 folder / name,
@@ -190,15 +188,26 @@ class _Index:
                 allocated,
                 sequence,
             )
+            self._seen.append((entry.key, found))
+            return found
+        self._changed = True  # new, changed, or gone from the index
         record = classify(folder / name, created_at, data.st_size, allocated=allocated, sequence=sequence)
+        record = dataclasses.replace(record, manifest=None)
         if record.status == GOOD or "unreadable manifest" not in record.problem:  # a failed read may pass later
-            self._new[key] = catalog_index.Entry(file_key, record.status == GOOD, record.problem, record.summary)
-            self._changed = True
-        return dataclasses.replace(record, manifest=None)
+            self._seen.append((file_key, record))
+        return record
 
     def save(self) -> None:
-        if self._changed or self._new.keys() != self._old.keys():
-            catalog_index.save(self._agent_directory, self._root, self._new)
+        gone = any(key.startswith(self._scope) for key in self._old)  # indexed files no longer there
+        if not (self._changed or gone):
+            return
+        entries = {key: entry for key, entry in self._old.items() if not key.startswith(self._scope)}
+        for file_key, record in self._seen:
+            good = record.status == GOOD
+            entries[f"{record.job}/{record.folder}/{record.path.name}"] = catalog_index.Entry(
+                file_key, good, record.problem, record.summary
+            )
+        catalog_index.save(self._agent_directory, self._root, entries)
 
 
 def _scan_folder(job: str, folder: Path, index: _Index | None = None) -> Iterator[BackupRecord]:
@@ -270,7 +279,6 @@ def classify(
 
 def summarize(manifest: Manifest) -> Summary:
     return Summary(
-        engine=manifest.engine,
         kind=manifest.kind,
         database=manifest.database,
         started_at=manifest.started_at,

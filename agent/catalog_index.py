@@ -26,13 +26,14 @@ from pathlib import Path
 
 import msgspec
 
+from agent.naming import TargetKind
 from agent.writer import replace_file_atomically
 
 INDEX_NAME = "catalog.index"
 KEY_NAME = "catalog.key"
 _KEY_BYTES = 32
 _TAG_BYTES = 32
-_VERSION = 2  # 2: the key is a digest
+_VERSION = 3  # 2: the key is a digest; 3: no engine, kind an enum
 _MAX_INDEX_BYTES = 1 << 30
 
 _FILE_KEY = struct.Struct("<4q")  # inode, size, mtime_ns, ctime_ns
@@ -41,8 +42,7 @@ _FILE_KEY = struct.Struct("<4q")  # inode, size, mtime_ns, ctime_ns
 class Summary(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The fields of a good backup's manifest that the views show (a few hundred bytes, not a few KiB)."""
 
-    engine: str
-    kind: str
+    kind: TargetKind  # decoded as the enum's own members: no string per backup
     database: str
     started_at: str
     stored_bytes: int

@@ -288,7 +288,12 @@ def _job_status(
     if plan is None:
         next_run = None
     own = [record for record in records if record.job == job.name]
-    present = {f"{record.job}/{record.folder}/{record.path.name}" for record in own if record.status == catalog.GOOD}
+    any_drill = any(entry.job == job.name for entry in drills)  # else no drill asks what is present
+    present = (
+        {f"{record.job}/{record.folder}/{record.path.name}" for record in own if record.status == catalog.GOOD}
+        if any_drill
+        else set()
+    )
     good_by_key: dict[tuple[str, str], list[catalog.BackupRecord]] = {}  # grouped once: 200 databases, 20,000 files
     for record in own:
         if record.status == catalog.GOOD:
