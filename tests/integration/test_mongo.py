@@ -469,8 +469,8 @@ def test_a_damaged_archive_from_mongodump_is_caught_and_nothing_is_published(
 # --------------------------------------------------------------------------------------------------
 # Size: bounded memory, and a server that goes away mid-dump
 
-BIG_DOCUMENTS = 200_000
-BIG_PAYLOAD = 400  # bytes of text per document: about 84 MiB of BSON for 200k documents
+BIG_DOCUMENTS = 80_000
+BIG_PAYLOAD = 400  # bytes of text per document: about 34 MiB of BSON for 80k documents (buffering half would show)
 
 # VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child would report pytest's size
 MEASURE = """
@@ -497,7 +497,7 @@ def _fill(client: pymongo.MongoClient[Any], name: str, count: int) -> int:
 
 @pytest.fixture(scope="module")
 def big_databases(mongo_server: MongoServer) -> Any:
-    """Databases of 100k and 200k small documents, made once for this section and dropped after it."""
+    """Databases of 40k and 80k small documents, made once for this section and dropped after it."""
     names = {count: f"t_big{count // 1000}k_{uuid.uuid4().hex[:8]}" for count in (BIG_DOCUMENTS // 2, BIG_DOCUMENTS)}
     with mongo_server.client() as client:
         sizes = {count: _fill(client, name, count) for count, name in names.items()}
@@ -519,10 +519,10 @@ def _measured_backup(config: Path) -> dict[str, int]:
     return result
 
 
-def test_dumping_200k_documents_keeps_the_agent_memory_bounded(
+def test_dumping_80k_documents_keeps_the_agent_memory_bounded(
     mongo_server: MongoServer, mongo_database: str, big_databases: dict[int, tuple[str, int]], tmp_path: Path
 ) -> None:
-    """Peak RSS of the whole agent process (with its zstd compressor) is the same for 100k and 200k
+    """Peak RSS of the whole agent process (with its zstd compressor) is the same for 40k and 80k
     documents: memory follows the cursor batch, not the data."""
     with mongo_server.client() as client:
         client[mongo_database].few.insert_many([{"n": index} for index in range(10)])
@@ -546,7 +546,7 @@ def test_dumping_200k_documents_keeps_the_agent_memory_bounded(
         f"dump {manifest.duration_seconds:.1f}s, {manifest.raw_bytes / mib / manifest.duration_seconds:.0f} MiB/s"
     )
     assert peaks[full[0]] - peaks[half[0]] < 8 * mib  # twice the data, no more memory
-    assert peaks[full[0]] - peaks[mongo_database] < full[1]
+    assert peaks[full[0]] - peaks[mongo_database] < 64 * mib  # the cursor's batches and zstd's window, not the data
     assert peaks[full[0]] < 256 * mib
 
 
