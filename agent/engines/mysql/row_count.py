@@ -4,12 +4,12 @@ mariadb-dump/mysqldump write each table's data as extended inserts, `INSERT INTO
 (1,'a'),(2,'b');`, on one line (MySQL, older MariaDB) or one row per line (MariaDB 10.11).
 The dump tools escape every newline inside a string (`\\n`, mysql_real_escape_string), so a raw
 newline is always outside a string. A row per line (the head line ends at `VALUES`) is therefore
-counted as the lines that start with `(`, up to the first `;` before a newline: C-speed
+counted as its newlines up to the first `;` before a newline, plus the row that `;` ends: C-speed
 `bytes.count`/`find` with no string to skip. On one line, every `(` outside a quoted string up to
 the statement's `;` opens one row (values are numbers, NULL, quoted strings and, with --hex-blob,
 0x literals); a regular expression steps over whole strings and another removes them before the
 `(` are counted, both in C. The state (inside a string, a pending backslash, the head of a line,
-a line's start or a `;` at a chunk's end) carries across chunks, so a chunk may end anywhere; only
+a `;` at a chunk's end) carries across chunks, so a chunk may end anywhere; only
 a line's first bytes are ever held.
 Tables come from the `-- Dumping data for table` comments (so an empty table counts 0) and from
 the INSERT targets; lines inside `DELIMITER ;;` blocks (trigger and routine bodies) are never data.
@@ -30,6 +30,7 @@ _ROUTINES_END = b"DELIMITER ;"
 _QUOTE = ord("'")
 _BACKSLASH = ord("\\")
 _NEWLINE = ord("\n")
+_SEMICOLON_TRIES = 8  # `;` inside strings before _statement_end switches to the two-byte search
 # a quoted string, escapes included (possessive: no backtracking on a long value)
 _STRING_LITERAL = rb"'[^'\\]*+(?:\\.[^'\\]*+)*+'"
 # an INSERT's values up to (not including) its `;` or the start of a string the chunk cuts
@@ -48,6 +49,17 @@ def _name(raw: bytes) -> str:
     return raw.replace(b"``", b"`").decode("utf-8", "replace")
 
 
+def _statement_end(data: bytes, index: int) -> int:
+    """The first `;` followed by a newline at or after `index`, or -1: a one-byte search (memchr) while
+    the `;` it finds inside strings are few, a two-byte search once they are many."""
+    for _ in range(_SEMICOLON_TRIES):
+        semicolon = data.find(b";", index)
+        if semicolon < 0 or data.startswith(b"\n", semicolon + 1):
+            return semicolon
+        index = semicolon + 1
+    return data.find(b";\n", index)
+
+
 class InsertRowCounter:
     """Counts the rows of each table's INSERT statements in a mysqldump/mariadb-dump stream."""
 
@@ -60,7 +72,6 @@ class InsertRowCounter:
         self._rows = 0  # rows of the current INSERT so far
         self._escape = False  # the last byte of the previous chunk was an unpaired backslash in a string
         self._in_routines = False
-        self._line_start = False  # a row per line: the previous chunk ended with a newline
         self._semicolon_pending = False  # a row per line: the previous chunk ended with `;`
 
     def feed(self, data: bytes) -> None:
@@ -107,7 +118,6 @@ class InsertRowCounter:
         self._rows = 0
         if newline >= 0 and rest == len(head):  # the head line ends at VALUES: a row per line follows
             self._state = _ROW_LINES
-            self._line_start = True
             self._semicolon_pending = False
             return newline + 1
         # an INSERT: its values begin inside `head` (a line's first bytes, so this copy stays small)
@@ -142,23 +152,22 @@ class InsertRowCounter:
         self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
 
     def _row_lines(self, data: bytes, index: int) -> int:
-        """A row per line: each line starting with `(` is a row; the first `;` before a newline ends it."""
+        """A row per line: every newline before the statement's `;` ends a row, and the `;` ends the last."""
         if self._semicolon_pending:
             self._semicolon_pending = False
             if data[index] == _NEWLINE:
+                self._rows += 1
                 self._end_statement()
                 self._state = _LINE_HEAD
                 return index + 1
-        end = data.find(b";\n", index)
+        end = _statement_end(data, index)
         stop = end if end >= 0 else len(data)
-        if self._line_start and data.startswith(b"(", index):
-            self._rows += 1
-        self._rows += data.count(b"\n(", index, stop)
+        self._rows += data.count(b"\n", index, stop)  # one byte: memchr speed
         if end >= 0:
+            self._rows += 1
             self._end_statement()
             self._state = _LINE_HEAD
             return end + 2
-        self._line_start = data[-1] == _NEWLINE
         self._semicolon_pending = data[-1] == ord(";")
         return len(data)
 
